@@ -1,0 +1,45 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   creates the venv, installs, runs the demo sweep, writes its report
+#   make test   creates the venv if needed, runs the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The venv is rebuilt when the dependency list changes.
+DEPS_HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.deps-$(DEPS_HASH)
+STORAGE ?= results
+PYTEST_ARGS ?=
+
+.PHONY: venv install demo test test-fast bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch torchvision
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@rm -f $(VENV)/.deps-*
+	@touch $(STAMP)
+
+# The editable install points at this checkout (a cached venv may have served another).
+install: venv
+	@$(PY) -m pip install -q --no-deps -e . >/dev/null
+
+demo: install
+	$(VENV)/bin/harness sweep demo --storage $(STORAGE)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/memory_step.py
+	$(PY) benchmarks/eval_speed.py
+	$(PY) benchmarks/loader_speed.py
+	$(PY) benchmarks/sweep_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
