@@ -124,6 +124,8 @@ class TrainConfig(_Section):
     amp: Literal["auto", "on", "off"] = "auto"
     probe_size: int = Field(64, ge=0)
     eval_batch_size: int = Field(256, ge=1)
+    # Evaluate the untrained network on the test split too ("test_untrained.*").
+    eval_untrained: bool = True
 
     @model_validator(mode="after")
     def _divisible(self) -> "TrainConfig":
@@ -157,6 +159,12 @@ class RunConfig(_Section):
             raise ValueError(
                 "xml.enabled needs at least 2 classes per batch to split into "
                 "class-disjoint halves (train.batch_size / train.samples_per_class >= 2)"
+            )
+        metrics = {f"recall@{k}" for k in self.eval.ks} | {"map@r", "r_precision"}
+        if self.train.select_metric not in metrics:
+            raise ValueError(
+                f"train.select_metric '{self.train.select_metric}' is not computed; "
+                f"choose one of {', '.join(sorted(metrics))} (recall@k needs k in eval.ks)"
             )
         return self
 

@@ -1,0 +1,108 @@
+"""``harness train CONFIG.yaml [--set key=value ...] [--out DIR]``: one training run.
+
+Progress (a rich bar) and one metrics line per epoch go to stderr; the final JSON
+summary (the content of ``summary.json``) is the last line on stdout, so
+``harness train cfg.yaml | tail -1 | jq`` works. Exit codes: 0 completed, 1 diverged,
+2 bad input (config, dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.cli import app
+from harness.config import load_config
+
+# Metrics shown in the per-epoch line, in this order, when present.
+EPOCH_LINE_KEYS = (
+    "loss", "loss.xml", "val.recall@1", "val.map@r", "lr", "memory_fill", "drift_mean", "epoch_seconds",
+)
+
+
+def default_out_dir(config_path: Path, root: Path = Path("runs")) -> Path:
+    """``runs/<config-stem>-<YYYYmmdd-HHMMSS>``; a suffix keeps two runs in one second apart."""
+    base = root / f"{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        out, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return out
+
+
+def format_epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    parts = [f"epoch {epoch}/{epochs}"]
+    for key in EPOCH_LINE_KEYS:
+        if key in metrics:
+            v = metrics[key]
+            parts.append(f"{key}={v:.3g}" if key in ("lr",) else f"{key}={v:.4f}")
+    return "  ".join(parts)
+
+
+class TrainProgress:
+    """A rich progress display: epochs bar + steps-in-epoch bar, metrics lines above."""
+
+    def __init__(self, epochs: int, console: Console):
+        self.epochs = epochs
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, transient=True,
+        )
+        self.epoch_task = self.progress.add_task("epochs", total=epochs)
+        self.step_task = self.progress.add_task("steps", total=None)
+
+    def __enter__(self) -> "TrainProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def on_step(self, step: int, total: int) -> None:
+        self.progress.update(self.step_task, completed=step, total=total)
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.progress.update(self.epoch_task, completed=epoch)
+        self.progress.update(self.step_task, completed=0)
+        self.console.print(format_epoch_line(epoch, self.epochs, metrics), highlight=False)
+
+
+@app.command("train")
+def train(
+    config: Path = typer.Argument(..., help="Run config YAML (see configs/)."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a config value: --set train.epochs=3 (repeatable)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Run directory (default: runs/<config-stem>-<timestamp>)."
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.pt when present."
+    ),
+) -> None:
+    """Train one run: per-epoch metrics, checkpoints, best-on-validation, test of the best."""
+    cfg = load_config(config, set_)  # a bad config fails here, before torch is imported
+    from harness.core.train import run_training
+
+    out_dir = out if out is not None else default_out_dir(config)
+    console = Console(stderr=True)
+    with TrainProgress(cfg.train.epochs, console) as progress:
+        result = run_training(
+            cfg, out_dir, on_epoch=progress.on_epoch, resume=resume, on_step=progress.on_step
+        )
+    summary = result.summary()
+    console.print(f"run directory: {out_dir}", highlight=False)
+    print(json.dumps(summary, default=str), flush=True)
+    if result.status != "completed":
+        console.print(
+            f"[red]run {result.status}[/red] at epoch {result.epochs_run + 1} (non-finite loss); "
+            "lower optim.lr or check the loss parameters",
+            highlight=False,
+        )
+        raise typer.Exit(1)

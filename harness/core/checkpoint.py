@@ -1,0 +1,113 @@
+"""Checkpoints: the full training state, written atomically, and ``load_model``.
+
+``last.pt`` holds everything a resumed run needs to continue the same run (model,
+optimizers, scheduler, grad scaler, memory incl. its Kalman state, RNG states, epoch,
+best-so-far, drift probe embeddings, the config). ``best.pt`` holds the model weights
+of the best validation epoch and the config, which is all ``load_model`` needs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.config import RunConfig, build_config
+from harness.errors import HarnessError
+
+
+class CheckpointError(HarnessError):
+    """A missing, truncated or foreign checkpoint file."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temp file in the same directory, then ``os.replace``.
+
+    A crash mid-write leaves the previous checkpoint intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; problems are one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        # weights_only=False: the state holds RNG states (numpy arrays, python tuples).
+        # Checkpoints are our own files, written by this harness.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({first}); delete it or point to another run"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a harness checkpoint (no model/config entries)")
+    return state
+
+
+def rng_states() -> dict[str, Any]:
+    """The python, numpy, torch (and CUDA) generator states."""
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> RunConfig:
+    return build_config(state["config"], source=f"{path} (stored config)")
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """``(model, RunConfig)`` from a ``best.pt`` / ``last.pt``; the model is in eval mode.
+
+    Used by ``harness eval``. Pretrained weights are not fetched again: the model is
+    built from the architecture and the stored weights are loaded over it.
+    """
+    from harness.core.train import build_model  # train imports this module
+
+    state = load_checkpoint(path, map_location)
+    config = config_from_checkpoint(state, path)
+    arch = config.model_copy(
+        update={"model": config.model.model_copy(update={"pretrained": False})}
+    )
+    model = build_model(arch)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored model config ({str(e).splitlines()[0]})"
+        ) from None
+    model.eval()
+    return model, config

@@ -1,0 +1,464 @@
+"""Reference-set memories: XBM, XBN and AXBN (``shared/METHODS.md`` section 1).
+
+``CrossBatchMemory`` wraps any pair-based pytorch-metric-learning loss (and optional
+miner) like the library's own ``CrossBatchMemory``: the batch is enqueued into a ring
+buffer and the loss is computed for the batch (queries) against the buffer (``ref_emb``,
+``ref_labels``), with each embedding's comparison against its own stored copy removed.
+
+Speed (``benchmarks/memory_step.py``). The adaptation of XBN/AXBN is a per-dimension
+affine map ``ẑ = a ⊙ z + b`` of every stored embedding. Instead of rewriting the M×d
+buffer every step, the buffer holds *pre-images* ``P`` and a pending affine ``(A, C)``
+with ``R = P ⊙ A + C``; one adaptation is then O(d) (``A ← aA``, ``C ← aC + b``), the
+moments of R follow from running sums of P and P², and the loss's cosine similarities
+of the batch against R come from one matmul with ``P`` (plus the row norms from a
+cached ``P²``), never materialising R. The pending affine is folded into the buffer
+whenever the stored embeddings are read (``.embeddings``, ``state_dict()``), when it
+leaves a safe numeric range, and every ``fold_interval`` steps, so what the API shows is
+exactly the persistent adaptation of METHODS.md (up to float rounding). Losses/miners
+whose distance is not cosine / normalised L2 take the plain path (R materialised).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import distances as pml_distances
+from pytorch_metric_learning.distances import BaseDistance
+from pytorch_metric_learning.losses import CrossBatchMemory as _PMLCrossBatchMemory
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+from torch import Tensor, nn
+
+from harness.errors import ConfigError
+
+__all__ = ["batch_moments", "xbn_adapt", "KalmanMoments", "CrossBatchMemory", "MEMORY_KINDS"]
+
+MEMORY_KINDS = ("none", "xbm", "xbm+batch", "xbn", "axbn")
+EPS = 1e-6
+
+# Losses / miners that use the reference embeddings only through ``self.distance``
+# (checked against pytorch-metric-learning 2.9's source), so a precomputed similarity
+# matrix can stand in for them. Anything else takes the plain, materialised path.
+_FAST_LOSSES = {
+    "CircleLoss", "ContrastiveLoss", "GeneralizedLiftedStructureLoss",
+    "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss",
+    "NCALoss", "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SupConLoss",
+    "TripletMarginLoss", "TupletMarginLoss",
+}  # fmt: skip
+_FAST_MINERS = {
+    "PairMarginMiner", "MultiSimilarityMiner", "TripletMarginMiner", "BatchHardMiner",
+    "BatchEasyHardMiner", "HDCMiner", "UniformHistogramMiner", "DistanceWeightedMiner",
+}  # fmt: skip
+
+
+def batch_moments(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-dimension mean and population std of ``z`` [N, d] in one fused pass."""
+    var, mean = torch.var_mean(z, dim=0, correction=0)
+    return mean, var.sqrt()
+
+
+def xbn_adapt(memory: Tensor, batch: Tensor, eps: float = EPS) -> Tensor:
+    """METHODS.md §1 eq. 6: ``(z - mean(R)) / (std(R) + eps) * std(B) + mean(B)``."""
+    r_mean, r_std = batch_moments(memory)
+    b_mean, b_std = batch_moments(batch)
+    return (memory - r_mean) / (r_std + eps) * b_std + b_mean
+
+
+class KalmanMoments:
+    """Kalman-filtered dataset mean/std per dimension (METHODS.md §1, AXBN).
+
+    Two scalar-per-dimension filters (mean and std) with a static state model. Both
+    see the same p0, q, r and |B| every step, so their covariance P and gain K are
+    identical and kept once. ``update`` is called once per iteration; the counter is 1
+    on the first call.
+    """
+
+    def __init__(self, p0: float = 1.0, q: float = 1.0, r: float = 0.01, gain_interval: int = 100):
+        if gain_interval < 1:
+            raise ConfigError(f"Kalman gain_interval must be >= 1, got {gain_interval}")
+        self.p0, self.q, self.r, self.gain_interval = float(p0), float(q), float(r), int(gain_interval)
+        self.iteration = 0
+        self.mean: Tensor | None = None
+        self.std: Tensor | None = None
+        self.P = float(p0)
+        self.K: float | None = None
+
+    def update(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        v_mean, v_std = batch_moments(batch.detach())
+        self.iteration += 1
+        if self.mean is None or self.std is None:
+            self.mean, self.std, self.P = v_mean.clone(), v_std.clone(), self.p0
+            return self.mean, self.std
+        self.P += self.q
+        if self.K is None or self.iteration % self.gain_interval == 0:
+            denom = self.P + self.r / batch.shape[0]
+            self.K = self.P / denom if denom > 0 else 0.0
+        # lerp is exact at K = 1 (returns v), so r = 0 reproduces XBN bit for bit.
+        self.mean = torch.lerp(self.mean.to(v_mean), v_mean, self.K)
+        self.std = torch.lerp(self.std.to(v_std), v_std, self.K)
+        self.P = (1.0 - self.K) * self.P
+        return self.mean, self.std
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "p0": self.p0, "q": self.q, "r": self.r, "gain_interval": self.gain_interval,
+            "iteration": self.iteration, "mean": self.mean, "std": self.std,
+            "P": self.P, "K": self.K,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("p0", "q", "r", "P"):
+            setattr(self, key, float(state[key]))
+        self.gain_interval = int(state["gain_interval"])
+        self.iteration = int(state["iteration"])
+        self.mean, self.std = state["mean"], state["std"]
+        self.K = None if state["K"] is None else float(state["K"])
+
+    def __repr__(self) -> str:
+        return f"KalmanMoments(p0={self.p0}, q={self.q}, r={self.r}, gain_interval={self.gain_interval})"
+
+
+class _SharedSimilarity(BaseDistance):
+    """Stands in for a loss's / miner's distance while the memory computes its loss.
+
+    When called with the exact (query, reference) tensors the memory armed it with, it
+    returns the matrix derived from the memory's one similarity matmul; any other call
+    is delegated to the wrapped distance unchanged.
+    """
+
+    def __init__(self, inner: BaseDistance):
+        super().__init__(
+            normalize_embeddings=inner.normalize_embeddings, p=inner.p,
+            power=inner.power, is_inverted=inner.is_inverted,
+        )  # fmt: skip
+        self.inner = inner
+        self.cosine = isinstance(inner, pml_distances.CosineSimilarity)
+        self._armed: tuple[Tensor, Tensor, Any] | None = None
+
+    def forward(self, query_emb, ref_emb=None):
+        armed = self._armed
+        if armed is not None and query_emb is armed[0] and ref_emb is armed[1]:
+            sim = armed[2]()
+            if self.cosine:
+                return sim
+            # normalised L2 distance of unit vectors, as torch.cdist's mm path computes it
+            return (2.0 - 2.0 * sim).clamp_min(0.0).sqrt()
+        return self.inner(query_emb, ref_emb)
+
+    def compute_mat(self, query_emb, ref_emb):
+        return self.inner.compute_mat(query_emb, ref_emb)
+
+    def pairwise_distance(self, query_emb, ref_emb):
+        return self.inner.pairwise_distance(query_emb, ref_emb)
+
+
+def _shareable(distance: Any) -> bool:
+    if type(distance) is pml_distances.CosineSimilarity:
+        return distance.power == 1
+    if type(distance) is pml_distances.LpDistance:
+        return distance.normalize_embeddings and distance.p == 2 and distance.power == 1
+    return False
+
+
+def _is_proxy(loss: nn.Module) -> bool:
+    return any(True for _ in loss.parameters())
+
+
+class CrossBatchMemory(nn.Module):
+    """A metric loss computed against a memory of past embeddings (METHODS.md §1).
+
+    kinds: ``none`` L(B,B); ``xbm`` L(B, R∪B) from ``start_iteration`` on (L(B,B)
+    before); ``xbm+batch`` L(B,B) + w·L(B, R∪B); ``xbn`` / ``axbn`` adapt R with the
+    batch's / Kalman-filtered moments first, then L(B, R̂∪B). The step order is
+    METHODS.md's: adapt (detached statistics, persistent), enqueue, loss.
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        embedding_size: int,
+        memory_size: int,
+        kind: str = "xbn",
+        miner: nn.Module | None = None,
+        start_iteration: int = 0,
+        batch_loss_weight: float = 1.0,
+        kalman: KalmanMoments | None = None,
+        fold_interval: int = 500,
+    ):
+        super().__init__()
+        if kind not in MEMORY_KINDS:
+            raise ConfigError(f"memory.kind '{kind}' is unknown; choose one of {', '.join(MEMORY_KINDS)}")
+        name = type(loss).__name__
+        if kind != "none":
+            if _is_proxy(loss):
+                raise ConfigError(
+                    f"loss {name} is proxy-based and has no reference set: use memory.kind=none with it"
+                )
+            if not any(c.__name__ in _PMLCrossBatchMemory.supported_losses() for c in type(loss).__mro__):
+                raise ConfigError(
+                    f"loss {name} cannot be computed against a memory; use memory.kind=none or one of "
+                    f"{', '.join(_PMLCrossBatchMemory.supported_losses())}"
+                )
+            if memory_size < 1:
+                raise ConfigError(f"memory size must be >= 1 for memory.kind={kind}, got {memory_size}")
+        self.loss, self.miner, self.kind = loss, miner, kind
+        self.embedding_size, self.memory_size = int(embedding_size), int(memory_size)
+        self.start_iteration, self.batch_loss_weight = int(start_iteration), float(batch_loss_weight)
+        self.kalman = (kalman or KalmanMoments()) if kind == "axbn" else kalman
+        self.fold_interval = int(fold_interval)
+        self.adaptive = kind in ("xbn", "axbn")
+        # One shared similarity matmul for loss and miner when their distances allow it.
+        self._shared: list[_SharedSimilarity] = []
+        self.fast = kind != "none" and name in _FAST_LOSSES and _shareable(loss.distance)
+        if self.fast and miner is not None:
+            self.fast = type(miner).__name__ in _FAST_MINERS and _shareable(miner.distance)
+        if self.fast:
+            loss.distance = _SharedSimilarity(loss.distance)
+            self._shared.append(loss.distance)
+            if miner is not None:
+                miner.distance = _SharedSimilarity(miner.distance)
+                self._shared.append(miner.distance)
+        cap = self.memory_size if kind != "none" else 0
+        d = self.embedding_size
+        # The checkpointed state (METHODS.md §1: a preallocated ring buffer).
+        self.register_buffer("embeddings", torch.zeros(cap, d))
+        self.register_buffer("labels", torch.zeros(cap, dtype=torch.long))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        # Derived caches, rebuilt on load: pending affine R = P*A + C, float64 sums of P
+        # and P^2 over the stored rows, P^2 itself (adaptive kinds) or row norms^2.
+        self.register_buffer("_scale", torch.ones(d), persistent=False)
+        self.register_buffer("_shift", torch.zeros(d), persistent=False)
+        self.register_buffer("_sum", torch.zeros(d, dtype=torch.float64), persistent=False)
+        self.register_buffer("_sumsq", torch.zeros(d, dtype=torch.float64), persistent=False)
+        self.register_buffer("_sq", torch.zeros(cap if self.adaptive and self.fast else 0, d), persistent=False)
+        self.register_buffer("_row_sq", torch.zeros(cap), persistent=False)
+        self._pending = False  # (A, C) differ from (1, 0)
+        self._since_fold = 0
+        # python mirrors of the counters (no device sync per step)
+        self._fill = self._ptr = self._iter = 0
+        self.last_parts: dict[str, float] = {"loss.batch": 0.0, "loss.memory": 0.0}
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.fold())
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module._rebuild())
+
+    # ------------------------------------------------------------------ state
+    def __getattr__(self, name: str):
+        if name == "embeddings" and self.__dict__.get("_pending"):
+            self.fold()  # the stored embeddings as METHODS.md defines them
+        return super().__getattr__(name)
+
+    @property
+    def fill(self) -> int:
+        """Number of embeddings stored (≤ memory_size)."""
+        return self._fill
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"kalman": None if self.kalman is None else self.kalman.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("kalman") is not None:
+            if self.kalman is None:
+                self.kalman = KalmanMoments()
+            self.kalman.load_state_dict(state["kalman"])
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Write the pending affine into the stored embeddings (R = P*A + C)."""
+        if not self._pending:
+            return
+        n = self._fill
+        rows = self._buffers["embeddings"][:n]
+        torch.addcmul(self._shift, rows, self._scale, out=rows)
+        if self.fast or self._since_fold >= self.fold_interval:
+            self._rebuild()  # exact sums (and P² for the shared similarity)
+            return
+        # the plain path folds every step: move the sums through the affine map in O(d)
+        A, C = self._scale.double(), self._shift.double()
+        self._sumsq.copy_(A * A * self._sumsq + 2 * A * C * self._sum + n * C * C)
+        self._sum.copy_(A * self._sum + n * C)
+        self._scale.fill_(1.0)
+        self._shift.zero_()
+        self._pending = False
+
+    @torch.no_grad()
+    def _rebuild(self) -> None:
+        """Recompute every derived cache from the stored embeddings (exact)."""
+        buf = self._buffers["embeddings"]
+        self._fill = int(self._buffers["filled"])
+        self._ptr = int(self._buffers["pointer"])
+        self._iter = int(self._buffers["iteration"])
+        n = self._fill
+        self._scale.fill_(1.0)
+        self._shift.zero_()
+        self._pending = False
+        self._since_fold = 0
+        rows = buf[:n]
+        if self.adaptive:
+            if len(self._sq):
+                torch.mul(rows, rows, out=self._sq[:n])
+            self._sum.copy_(rows.sum(0, dtype=torch.float64))
+            self._sumsq.copy_(rows.pow(2).sum(0, dtype=torch.float64))
+        if len(self._row_sq):
+            self._row_sq[:n] = rows.pow(2).sum(1)
+
+    # ------------------------------------------------------------------ steps
+    @torch.no_grad()
+    def _adapt(self, target_mean: Tensor, target_std: Tensor) -> None:
+        """METHODS.md §1 step 2-3 on all stored rows, as an update of (A, C)."""
+        n = self._fill
+        p_mean = self._sum / n
+        p_var = (self._sumsq / n - p_mean * p_mean).clamp_min(0.0)
+        A, C = self._scale.double(), self._shift.double()
+        r_mean = A * p_mean + C
+        r_std = A.abs() * p_var.sqrt()
+        a = target_std.double() / (r_std + EPS)
+        b = target_mean.double() - a * r_mean
+        self._scale.copy_(a * A)
+        self._shift.copy_(a * C + b)
+        self._pending = True
+        self._since_fold += 1
+        s = self._scale.abs()
+        if (
+            not self.fast  # the plain path reads R itself
+            or self._since_fold >= self.fold_interval
+            or not bool(((s > 1e-4) & (s < 1e4)).all())
+        ):
+            self.fold()
+
+    @torch.no_grad()
+    def _enqueue(self, z: Tensor, labels: Tensor) -> Tensor:
+        """METHODS.md §1 step 4: overwrite the oldest rows; returns the slots written."""
+        bsz, M = z.shape[0], self.memory_size
+        if bsz > M:
+            raise ConfigError(f"batch of {bsz} does not fit a memory of {M}; raise memory.size")
+        slots = (torch.arange(bsz, device=z.device) + self._ptr) % M
+        buf = self._buffers["embeddings"]
+        p = z.to(buf.dtype)
+        if self._pending:  # store the pre-image so that P*A + C == z
+            p = (p - self._shift) / self._scale
+        if self.adaptive:
+            p_sq = p * p
+            if self._fill + bsz > M:  # overwritten rows (slots < fill) leave the sums
+                old = slots if self._fill == M else slots[slots < self._fill]
+                old_rows = buf[old]
+                self._sum -= old_rows.sum(0, dtype=torch.float64)
+                self._sumsq -= old_rows.pow(2).sum(0, dtype=torch.float64)
+            self._sum += p.sum(0, dtype=torch.float64)
+            self._sumsq += p_sq.sum(0, dtype=torch.float64)
+            if len(self._sq):
+                self._sq[slots] = p_sq
+        else:
+            self._row_sq[slots] = (p * p).sum(1)
+        buf[slots] = p
+        self._buffers["labels"][slots] = labels.to(self._buffers["labels"].dtype)
+        self._ptr = (self._ptr + bsz) % M
+        self._fill = min(self._fill + bsz, M)
+        self.pointer.fill_(self._ptr)
+        self.filled.fill_(self._fill)
+        return slots
+
+    def _similarity(self, q: Tensor) -> Tensor:
+        """Cosine similarity of the batch [B,d] against R = P*A + C [n,d], exact."""
+        n = self._fill
+        P = self._buffers["embeddings"][:n]
+        qn = F.normalize(q.float(), p=2, dim=1)
+        if not self._pending:
+            dots = qn @ P.T
+            row_sq = self._row_sq[:n] if not self.adaptive else self._sq[:n].sum(1)
+        else:
+            A, C = self._scale, self._shift
+            # one matmul gives both q·(A⊙p) and p·(A⊙C) (the cross term of ||A⊙p + C||²)
+            X = torch.cat([qn * A, (A * C).unsqueeze(0)], 0)
+            G = X @ P.T
+            dots = G[:-1] + (qn @ C).unsqueeze(1)
+            row_sq = torch.mv(self._sq[:n], A * A) + 2.0 * G[-1].detach() + C.dot(C)
+        inv_norm = row_sq.clamp_min(0.0).sqrt().clamp_min(1e-12).reciprocal()
+        return (dots * inv_norm).to(q.dtype)
+
+    def _indices(self, embeddings, labels, ref_emb, ref_labels, slots):
+        if self.miner is not None:
+            t = self.miner(embeddings, labels, ref_emb, ref_labels)
+        else:
+            t = lmu.get_all_pairs_indices(labels, ref_labels)
+        # drop each query's comparison with its own stored copy (slot `slots[a]`)
+        keep = t[1] != slots[t[0]]
+        if len(t) == 3:
+            return t[0][keep], t[1][keep], t[2][keep]
+        return t[0][keep], t[1][keep], t[2], t[3]
+
+    def _memory_loss(self, embeddings: Tensor, labels: Tensor, slots: Tensor) -> Tensor:
+        n = self._fill
+        ref_labels = self._buffers["labels"][:n]
+        ref_emb = self._buffers["embeddings"][:n]
+        if not self.fast:
+            self.fold()
+            return self.loss(embeddings, labels, self._indices(embeddings, labels, ref_emb, ref_labels, slots), ref_emb, ref_labels)
+        cache: list[Tensor] = []
+
+        def sim() -> Tensor:
+            if not cache:  # the miner calls first, under no_grad: keep the graph
+                with torch.enable_grad():
+                    cache.append(self._similarity(embeddings))
+            return cache[0]
+
+        for dist in self._shared:
+            dist._armed = (embeddings, ref_emb, sim)
+        try:
+            indices = self._indices(embeddings, labels, ref_emb, ref_labels, slots)
+            return self.loss(embeddings, labels, indices, ref_emb, ref_labels)
+        finally:
+            for dist in self._shared:
+                dist._armed = None
+
+    def _batch_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        indices = self.miner(embeddings, labels) if self.miner is not None else None
+        return self.loss(embeddings, labels, indices)
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        labels = labels.to(embeddings.device)
+        if self.kind == "none":
+            loss = self._batch_loss(embeddings, labels)
+            self.last_parts = {"loss.batch": float(loss.detach()), "loss.memory": 0.0}
+            return loss
+        k = self._step_count()
+        z = embeddings.detach().float()
+        if self.adaptive:
+            if self.kind == "axbn":
+                target_mean, target_std = self.kalman.update(z)
+            else:
+                target_mean, target_std = batch_moments(z)
+            if self._fill >= 2:
+                self._adapt(target_mean, target_std)
+        slots = self._enqueue(z, labels)
+        use_memory = k >= self.start_iteration
+        batch_part = memory_part = None
+        if self.kind == "xbm+batch" or not use_memory:
+            batch_part = self._batch_loss(embeddings, labels)
+        if use_memory:
+            memory_part = self._memory_loss(embeddings, labels, slots)
+        if batch_part is not None and memory_part is not None:
+            loss = batch_part + self.batch_loss_weight * memory_part
+        else:
+            loss = batch_part if batch_part is not None else memory_part
+        self.last_parts = {
+            "loss.batch": 0.0 if batch_part is None else float(batch_part.detach()),
+            "loss.memory": 0.0 if memory_part is None else float(memory_part.detach()),
+        }
+        return loss
+
+    def _step_count(self) -> int:
+        """0-based iteration index k of this step (METHODS.md §1 table)."""
+        k = self._iter
+        self._iter += 1
+        self._buffers["iteration"].fill_(self._iter)
+        return k
+
+    def extra_repr(self) -> str:
+        return (
+            f"kind={self.kind!r}, embedding_size={self.embedding_size}, memory_size={self.memory_size}, "
+            f"start_iteration={self.start_iteration}, batch_loss_weight={self.batch_loss_weight}, "
+            f"kalman={self.kalman!r}, shared_similarity={self.fast}"
+        )

@@ -1,0 +1,327 @@
+"""Experiments as files: a base run config plus a ``search`` section.
+
+One YAML per named experiment lives in ``search_spaces/`` (package data). The ``base``
+section is exactly what ``harness train`` takes (:func:`harness.config.build_config`);
+the ``search`` section says what to tune, how, what to compare, and how to reproduce
+the winners. Everything is validated with pydantic (unknown keys forbidden) and every
+problem is one :class:`ConfigError` line naming the bad key.
+
+A conditional parameter is a plain mapping with a ``when`` clause, e.g.::
+
+    memory.kalman.r: {type: float, low: 0.001, high: 0.1, log: true,
+                      when: {memory.kind: axbn}}
+
+The ``compare`` axis is a dotted config key, or ``method``: a memory kind with an
+optional ``+xml`` suffix ("axbn", "none+xml"), the same spelling as the results
+tables' ``method`` column.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.config import RunConfig, build_config, load_yaml, parse_overrides
+from harness.errors import ConfigError
+
+METHOD_KEY = "method"
+XML_SUFFIX = "+xml"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParamSpec(_Spec):
+    """One searched config value: float (optionally log), int, or categorical."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    # Sampled only when every listed config key has this value (or one of a list).
+    when: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> "ParamSpec":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("categorical takes 'choices', not low/high")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high, not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs both 'low' and 'high'")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low and high must be finite numbers")
+        if self.low >= self.high:
+            raise ValueError(
+                f"empty or inverted range: low ({self.low:g}) must be below high ({self.high:g})"
+            )
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("int range needs whole-number low/high")
+        if self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("give 'log' or 'step', not both")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be positive")
+        return self
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """Whether the ``when`` clause holds for the (flat, dotted) config ``values``."""
+        for key, want in (self.when or {}).items():
+            have = values.get(key)
+            options = want if isinstance(want, list) else [want]
+            if have not in options:
+                return False
+        return True
+
+    def grid_values(self) -> list[Any]:
+        """The values a grid search visits (categorical choices, int range, stepped float)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        if self.type == "int":
+            step = int(self.step or 1)
+            return list(range(int(self.low), int(self.high) + 1, step))
+        if self.step is None:
+            raise ValueError("a float parameter in a grid search needs a 'step'")
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return [round(self.low + i * self.step, 12) for i in range(n)]
+
+    def describe(self) -> dict[str, Any]:
+        """The space.json entry (enough to rebuild the Optuna distribution)."""
+        return {
+            "type": self.type,
+            "low": self.low,
+            "high": self.high,
+            "log": self.log,
+            "step": self.step,
+            "choices": self.choices,
+            "when": self.when,
+        }
+
+
+class AshaSpec(_Spec):
+    """Asynchronous successive halving over epochs (ray.tune.schedulers.ASHAScheduler)."""
+
+    kind: Literal["asha"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+    brackets: int = Field(1, ge=1)
+
+
+class CompareSpec(_Spec):
+    key: str
+    values: list[Any] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "CompareSpec":
+        labels = [str(v) for v in self.values]
+        if len(set(labels)) != len(labels):
+            raise ValueError("compare.values must be distinct")
+        return self
+
+
+class ResourceSpec(_Spec):
+    """Resources of one trial; gpus may be a fraction to pack trials on one GPU."""
+
+    cpus: float = Field(1.0, gt=0.0)
+    gpus: float = Field(0.0, ge=0.0)
+
+
+class SearchSpec(_Spec):
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    # The whole search budget; each compared value gets an equal share of it.
+    trials: int = Field(8, ge=1)
+    metric: str = "val.recall@1"
+    mode: Literal["max", "min"] = "max"
+    scheduler: AshaSpec | None = None
+    compare: CompareSpec | None = None
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    reproduction_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    resources: ResourceSpec = ResourceSpec()
+    max_failures: int = Field(2, ge=0)
+    # Seed of the Optuna sampler (the search itself is reproducible).
+    sampler_seed: int = 0
+
+
+class Experiment(_Spec):
+    name: str
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    search: SearchSpec = SearchSpec()
+
+    # ---- derived views -------------------------------------------------------------
+
+    @property
+    def compare_key(self) -> str | None:
+        return self.search.compare.key if self.search.compare else None
+
+    @property
+    def compare_labels(self) -> list[str | None]:
+        """One label per compared value (``[None]`` without a compare axis)."""
+        if self.search.compare is None:
+            return [None]
+        return [str(v) for v in self.search.compare.values]
+
+    def compare_overrides(self, label: str | None) -> dict[str, Any]:
+        """Dotted config overrides that select the compared value ``label``."""
+        if label is None or self.search.compare is None:
+            return {}
+        value = next(v for v in self.search.compare.values if str(v) == label)
+        if self.compare_key == METHOD_KEY:
+            kind = label.removesuffix(XML_SUFFIX)
+            return {"memory.kind": kind, "xml.enabled": label.endswith(XML_SUFFIX)}
+        return {self.compare_key: value}
+
+    def trial_budget(self) -> dict[str | None, int]:
+        """Search trials per compared value: an equal share of ``search.trials``
+        (a grid visits its whole grid instead)."""
+        labels = self.compare_labels
+        if self.search.algorithm == "grid":
+            from harness.sweep.space import grid_for
+
+            return {label: len(grid_for(self, label)) for label in labels}
+        share = max(1, self.search.trials // len(labels))
+        return {label: share for label in labels}
+
+    def run_config(self, overrides: dict[str, Any] | None = None) -> RunConfig:
+        return build_config(self.base, overrides, source=f"experiment {self.name}: base")
+
+    def dataset(self) -> str:
+        return str(self.base.get("data", {}).get("name", "digits"))
+
+    def methods(self) -> list[str]:
+        """The method labels this experiment compares (for ``harness list``)."""
+        if self.compare_key == METHOD_KEY:
+            return self.compare_labels  # type: ignore[return-value]
+        cfg = self.run_config()
+        method = method_of(cfg)
+        if self.compare_key in ("memory.kind", "xml.enabled"):
+            return [method_of(self.run_config(self.compare_overrides(v))) for v in self.compare_labels]
+        if self.compare_key:
+            return [f"{method} ({self.compare_key}={v})" for v in self.compare_labels]
+        return [method]
+
+
+def method_of(cfg: RunConfig) -> str:
+    """The results tables' ``method``: memory kind, plus "+xml" when XML is on."""
+    return cfg.memory.kind + (XML_SUFFIX if cfg.xml.enabled else "")
+
+
+# ---- loading -----------------------------------------------------------------------
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("search_spaces")))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def find_experiment(name_or_path: str) -> Path:
+    """An experiment YAML by name (``search_spaces/NAME.yaml``) or by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"experiment file not found: {p}")
+        return p
+    candidate = builtin_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(builtin_names()) or "(none)"
+    raise ConfigError(
+        f"unknown experiment '{name_or_path}'; known: {known} (or give a path to a YAML file)"
+    )
+
+
+def load_experiment(
+    name_or_path: str,
+    overrides: list[str] | None = None,
+    trials: int | None = None,
+) -> Experiment:
+    """Read, validate and check an experiment; ``--set`` overrides apply to ``base``."""
+    path = find_experiment(name_or_path)
+    raw = load_yaml(path)
+    raw.setdefault("name", path.stem)
+    exp = parse_experiment(raw, source=str(path))
+    if overrides:
+        from harness.config import set_dotted
+
+        base = copy.deepcopy(exp.base)
+        for key, value in parse_overrides(overrides).items():
+            set_dotted(base, key, value)
+        exp = exp.model_copy(update={"base": base})
+    if trials is not None:
+        if trials < 1:
+            raise ConfigError("--trials must be at least 1")
+        exp = exp.model_copy(update={"search": exp.search.model_copy(update={"trials": trials})})
+    check_experiment(exp)
+    return exp
+
+
+def parse_experiment(raw: dict[str, Any], source: str) -> Experiment:
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(f"{source}: {loc or '(top level)'}: {msg}") from None
+
+
+def _config_has(key: str, flat: dict[str, Any]) -> bool:
+    if key in flat:
+        return True
+    # Free-form mappings (loss.params, loss.miner_params) accept any sub-key.
+    return any(key.startswith(k + ".") for k, v in flat.items() if isinstance(v, dict))
+
+
+def check_experiment(exp: Experiment) -> None:
+    """Checks that need the run config: every key exists, every corner builds."""
+    src = f"experiment {exp.name}"
+    base_cfg = exp.run_config()
+    flat = base_cfg.flat()
+    search = exp.search
+    if exp.compare_key and exp.compare_key != METHOD_KEY and not _config_has(exp.compare_key, flat):
+        raise ConfigError(
+            f"{src}: search.compare.key: '{exp.compare_key}' is not a config key "
+            f"(use a dotted key such as memory.kind, or 'method')"
+        )
+    for key, spec in search.space.items():
+        if not _config_has(key, flat):
+            raise ConfigError(
+                f"{src}: search.space.{key}: the run config has no key '{key}' "
+                f"(see `harness train --help` for the config sections)"
+            )
+        for cond in spec.when or {}:
+            if not _config_has(cond, flat):
+                raise ConfigError(f"{src}: search.space.{key}.when: unknown config key '{cond}'")
+        if search.algorithm == "grid":
+            try:
+                spec.grid_values()
+            except ValueError as e:
+                raise ConfigError(f"{src}: search.space.{key}: {e}") from None
+    if not search.reproduction_seeds:
+        raise ConfigError(f"{src}: search.reproduction_seeds: give at least one seed")
+    # Every compared value, with every parameter at its low and at its high end, must
+    # be a valid run config: fail here, before Ray starts, not in trial 17.
+    from harness.sweep.space import corner_overrides
+
+    for label in exp.compare_labels:
+        for corner in ("low", "high"):
+            overrides = corner_overrides(exp, label, corner)
+            build_config(exp.base, overrides, source=f"{src} (compare={label}, space at {corner})")

@@ -1,0 +1,126 @@
+"""Read and validate one experiment's results tables (docs/architecture.md, "Results tables").
+
+A report is only as good as the tables behind it, so anything that is not a
+metric-harness results table (a missing directory, an empty or unreadable Parquet
+file, a table without ``schema_version`` or the required columns) is a one-line
+:class:`~harness.errors.ResultsError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.errors import ResultsError
+
+SCHEMA_VERSION = 1
+TRIAL_COLUMNS = ("schema_version", "experiment", "trial_id", "phase", "method", "status")
+EPOCH_COLUMNS = ("schema_version", "experiment", "trial_id", "phase", "method", "epoch")
+
+
+@dataclass
+class ExperimentResults:
+    """The tables of one ``<storage>/<experiment>/`` directory."""
+
+    name: str
+    path: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame | None  # None: no epochs.parquet (yet)
+    space: dict[str, Any] | None  # None: no space.json (planned trials unknown)
+
+    @property
+    def compare_key(self) -> str | None:
+        if self.space and self.space.get("compare_key"):
+            return self.space["compare_key"]
+        keys = self.trials["compare_key"].dropna().unique() if "compare_key" in self.trials else []
+        return str(keys[0]) if len(keys) else None
+
+
+def _read_parquet(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt or truncated file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ResultsError(
+            f"{path}: not a readable Parquet file ({reason}); re-run the sweep to rewrite it"
+        ) from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ResultsError(
+            f"{path}: not a metric-harness {what} table (missing columns: {', '.join(missing)}); "
+            "point the report at a directory written by `harness sweep`"
+        )
+    if df.empty:
+        raise ResultsError(f"{path}: the {what} table has no rows; wait for a trial to finish")
+    versions = sorted({int(v) for v in df["schema_version"].dropna().unique()})
+    if versions != [SCHEMA_VERSION]:
+        raise ResultsError(
+            f"{path}: schema_version {versions or 'missing'} is not supported "
+            f"(this harness reads {SCHEMA_VERSION}); render it with the harness version that wrote it"
+        )
+    return df
+
+
+def _read_space(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        space = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{path}: not valid JSON ({e}); re-run the sweep to rewrite it") from None
+    if not isinstance(space, dict):
+        raise ResultsError(f"{path}: expected a JSON object describing the search space")
+    return space
+
+
+def load_experiment(path: str | Path) -> ExperimentResults:
+    """Read ``trials.parquet`` (required), ``epochs.parquet`` and ``space.json`` (optional)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ResultsError(
+            f"experiment directory not found: {root}; pass <storage>/<experiment>/ as written by `harness sweep`"
+        )
+    trials_path = root / "trials.parquet"
+    if not trials_path.is_file():
+        raise ResultsError(
+            f"{root}: no trials.parquet; no trial has finished yet, or this is not an experiment directory"
+        )
+    trials = _read_parquet(trials_path, TRIAL_COLUMNS, "trials")
+    for col in ("compare_key", "compare_value", "seed"):
+        if col not in trials.columns:
+            trials[col] = None
+    # Compare values are strings by contract; normalise so "64" and 64 group together.
+    trials["compare_value"] = trials["compare_value"].map(lambda v: None if pd.isna(v) else str(v))
+    trials["method"] = trials["method"].astype(str)
+
+    epochs_path = root / "epochs.parquet"
+    epochs = None
+    if epochs_path.is_file():
+        try:
+            epochs = _read_parquet(epochs_path, EPOCH_COLUMNS, "epochs")
+        except ResultsError as e:
+            # An epochs table that is still empty is normal early on; a foreign one is not.
+            if "has no rows" not in str(e):
+                raise
+    space = _read_space(root / "space.json")
+    names = sorted(trials["experiment"].astype(str).unique())
+    name = names[0] if len(names) == 1 else (space or {}).get("experiment") or root.name
+    return ExperimentResults(name=str(name), path=root, trials=trials, epochs=epochs, space=space)
+
+
+def load_experiments(paths: list[str | Path]) -> list[ExperimentResults]:
+    if not paths:
+        raise ResultsError("no experiment directory given; pass at least one <storage>/<experiment>/")
+    experiments = [load_experiment(p) for p in paths]
+    seen: dict[str, Path] = {}
+    for exp in experiments:
+        if exp.name in seen:
+            raise ResultsError(
+                f"experiment '{exp.name}' given twice ({seen[exp.name]} and {exp.path}); pass each once"
+            )
+        seen[exp.name] = exp.path
+    return experiments

@@ -1,0 +1,204 @@
+"""The report's figures (matplotlib, Agg), each returned as SVG bytes.
+
+- optimisation history: the objective against trial number, with the best-so-far line;
+- validation Recall@1 and feature drift (``drift_mean``, AXBN paper appendix C) against
+  epoch, per method, mean ± std over the reproduction seeds;
+- test Recall@1 against batch size and against memory size per method when the
+  experiments vary them (the AXBN paper's Figure 1).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
+
+from reports import stats  # noqa: E402
+from reports.load import ExperimentResults  # noqa: E402
+
+# Names come from configs: never let a "$" in them switch on mathtext. Fixed hash salt
+# and no date keep the SVG bytes identical between renders of the same tables.
+RC = {"text.parse_math": False, "svg.hashsalt": "metric-harness", "svg.fonttype": "path",
+      "figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9}
+
+
+@dataclass
+class Figure:
+    name: str  # file stem: figures/<name>.svg
+    title: str
+    caption: str
+    svg: bytes
+
+
+def _to_svg(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _panels(n: int, width: float = 4.2, height: float = 3.2):
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def method_colors(labels) -> dict[str, str]:
+    """One colour per method label, the same in every panel and figure."""
+    ordered = sorted(set(labels), key=stats.method_sort_key)
+    return {label: f"C{k % 10}" for k, label in enumerate(ordered)}
+
+
+def _panel_title(dataset: str, setting: str) -> str:
+    return f"{dataset} ({setting})" if setting else dataset
+
+
+def optimisation_history(exp: ExperimentResults, scale: float) -> Figure | None:
+    metric, mode = stats.objective(exp)
+    arms = [(cv, stats.search_rows(exp, cv)) for cv in stats.compare_values(exp)]
+    arms = [(cv, rows) for cv, rows in arms if not rows.empty]
+    if not arms:
+        return None
+    with plt.rc_context(RC):
+        fig, (ax,) = _panels(1, width=6.4, height=3.6)
+        for k, (cv, rows) in enumerate(arms):
+            y = pd.to_numeric(rows[metric], errors="coerce").to_numpy() * scale
+            x = np.arange(1, len(y) + 1)
+            best = np.maximum.accumulate(y) if mode == "max" else np.minimum.accumulate(y)
+            color = f"C{k % 10}"
+            label = str(cv) if cv is not None else exp.name
+            ax.scatter(x, y, s=14, color=color, alpha=0.6, label=f"{label} (trials)")
+            ax.step(x, best, where="post", color=color, label=f"{label} (best so far)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("trial (in start order)")
+        ax.set_ylabel(f"{metric}" + (" (%)" if scale != 1 else ""))
+        ax.set_title(f"{exp.name}: optimisation history")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        svg = _to_svg(fig)
+    return Figure(f"history-{_slug(exp.name)}", f"Optimisation history: {exp.name}",
+                  f"{metric} of each completed search trial ({mode}imised) and the best so far.", svg)
+
+
+def _epoch_frame(experiments: list[ExperimentResults], repro: pd.DataFrame) -> pd.DataFrame:
+    frames = [e.epochs for e in experiments if e.epochs is not None]
+    if not frames or repro.empty:
+        return pd.DataFrame()
+    ep = pd.concat(frames, ignore_index=True)
+    ep = ep[ep["phase"] == "reproduction"].drop(columns=["method"], errors="ignore")
+    ep["trial_id"] = ep["trial_id"].astype(str)
+    keys = repro[["experiment", "trial_id", "dataset", "setting", "label"]].astype({"trial_id": str})
+    return ep.merge(keys, on=["experiment", "trial_id"], how="inner")
+
+
+def epoch_curves(experiments: list[ExperimentResults], repro: pd.DataFrame, column: str,
+                 ylabel: str, scale: float, name: str, title: str, caption: str) -> Figure | None:
+    ep = _epoch_frame(experiments, repro)
+    if ep.empty or column not in ep.columns or ep[column].notna().sum() == 0:
+        return None
+    ep = ep[ep[column].notna()].copy()
+    ep[column] = pd.to_numeric(ep[column], errors="coerce") * scale
+    panels = sorted(ep.groupby(["dataset", "setting"]).groups,
+                    key=lambda p: (p[0], stats.setting_sort_key(p[1])))
+    colors = method_colors(ep["label"])
+    with plt.rc_context(RC):
+        fig, axes = _panels(len(panels))
+        for ax, (dataset, setting) in zip(axes, panels):
+            part = ep[(ep["dataset"] == dataset) & (ep["setting"] == setting)]
+            for label, g in sorted(part.groupby("label"), key=lambda kv: stats.method_sort_key(kv[0])):
+                agg = g.groupby("epoch")[column].agg(["mean", "std"]).fillna({"std": 0.0})
+                color = colors[label]
+                ax.plot(agg.index, agg["mean"], marker="o", ms=3, color=color, label=label)
+                ax.fill_between(agg.index, agg["mean"] - agg["std"], agg["mean"] + agg["std"],
+                                color=color, alpha=0.15, linewidth=0)
+            ax.set_title(_panel_title(dataset, setting))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7)
+        svg = _to_svg(fig)
+    return Figure(name, title, caption, svg)
+
+
+def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
+                        name: str, title: str, log2: bool = False) -> Figure | None:
+    """Test Recall@1 (mean ± std over seeds) against a config column, per method."""
+    if column not in repro.columns or "test.recall@1" not in repro.columns:
+        return None
+    df = repro[["dataset", "method", column, "test.recall@1"]].copy()
+    df[column] = pd.to_numeric(df[column], errors="coerce")
+    df["test.recall@1"] = pd.to_numeric(df["test.recall@1"], errors="coerce") * scale
+    df = df.dropna()
+    varying = [d for d, g in df.groupby("dataset") if g[column].nunique() > 1]
+    if not varying:
+        return None
+    colors = method_colors(df["method"])
+    with plt.rc_context(RC):
+        fig, axes = _panels(len(varying))
+        for ax, dataset in zip(axes, sorted(varying)):
+            part = df[df["dataset"] == dataset]
+            for method, g in sorted(part.groupby("method"), key=lambda kv: stats.method_sort_key(kv[0])):
+                agg = g.groupby(column)["test.recall@1"].agg(["mean", "std"]).fillna({"std": 0.0})
+                ax.errorbar(agg.index, agg["mean"], yerr=agg["std"], marker="o", ms=4, capsize=3,
+                            color=colors[method], label=method)
+            if log2:
+                # Plain tick labels at the values used (the log formatter needs mathtext).
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(sorted(part[column].unique()))
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(dataset)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test Recall@1" + (" (%)" if scale != 1 else ""))
+            ax.legend(fontsize=7)
+        svg = _to_svg(fig)
+    return Figure(name, title, "Mean ± std over the reproduction seeds (cf. the AXBN paper's Figure 1).", svg)
+
+
+def _slug(text: str) -> str:
+    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-")
+    return out or "experiment"
+
+
+def make_figures(experiments: list[ExperimentResults], repro: pd.DataFrame, scale: float) -> list[Figure]:
+    figures: list[Figure | None] = [optimisation_history(e, scale) for e in experiments]
+    unit = " (%)" if scale != 1 else ""
+    figures.append(epoch_curves(
+        experiments, repro, "val.recall@1", "validation Recall@1" + unit, scale, "val-recall-epoch",
+        "Validation Recall@1 against epoch", "Mean ± std over the reproduction seeds, per method."))
+    figures.append(epoch_curves(
+        experiments, repro, "drift_mean", "mean feature drift", 1.0, "drift-epoch",
+        "Feature drift against epoch",
+        "Mean L2 drift of the probe embeddings between evaluations (AXBN paper, appendix C)."))
+    figures.append(recall_against(repro, "config.train.batch_size", "batch size", scale,
+                                  "recall-batch-size", "Test Recall@1 against batch size", log2=True))
+    for col, label in (("config.memory.size", "memory size (embeddings)"),
+                       ("config.memory.fraction", "memory size (fraction of the training set)")):
+        fig = recall_against(repro, col, label, scale, "recall-memory-size",
+                                  "Test Recall@1 against memory size")
+        if fig is not None:
+            figures.append(fig)
+            break
+    # Two experiments may share a name once slugged; keep file names unique.
+    seen: dict[str, int] = {}
+    out = []
+    for f in figures:
+        if f is None:
+            continue
+        n = seen.get(f.name, 0)
+        seen[f.name] = n + 1
+        if n:
+            f.name = f"{f.name}-{n + 1}"
+        out.append(f)
+    return out

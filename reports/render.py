@@ -1,0 +1,170 @@
+"""Render the comparison report: Markdown (+ figures/*.svg) and one self-contained HTML file.
+
+Both formats come from the same context (built once from the tables) and Jinja2
+templates in ``reports/templates/``. Every string from configs and results is escaped:
+HTML by Jinja2's autoescape, Markdown by a ``finalize`` hook that escapes each output.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import jinja2
+
+from harness.errors import ConfigError, ResultsError
+from reports import plots, stats
+from reports.load import ExperimentResults, load_experiments
+
+FORMATS = ("md", "html")
+TEMPLATES = Path(__file__).parent / "templates"
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+
+
+def md_escape(value: Any) -> Any:
+    """Escape a value for a Markdown table cell (HTML specials, emphasis, pipes, newlines)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    text = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("\r", " ").replace("\n", " ")
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def pm(summary: stats.Summary | None) -> str:
+    """"80.73 ± 0.30" (mean ± std over seeds); a single seed has no std."""
+    if summary is None or summary.n == 0:
+        return "–"
+    if summary.std is None:
+        return f"{summary.mean:.2f} (1 seed)"
+    return f"{summary.mean:.2f} ± {summary.std:.2f}"
+
+
+def ci(summary: stats.Summary | None) -> str:
+    if summary is None or summary.ci_low is None:
+        return "–"
+    return f"{summary.ci_low:.2f} to {summary.ci_high:.2f}"
+
+
+def param(value: Any) -> str:
+    """A hyperparameter value: 4 significant digits for floats, as is otherwise."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _environment(autoescape: bool, finalize=None) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=autoescape,
+        finalize=finalize,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(fmt=fmt, pm=pm, ci=ci, param=param)
+    return env
+
+
+def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
+    """Everything both templates show, as plain data."""
+    repro = stats.reproductions(experiments)
+    metric_cols = [m for m in stats.METRICS if m in repro.columns]
+    percent = stats.is_fraction_scale(repro, metric_cols) if metric_cols else True
+    scale = 100.0 if percent else 1.0
+    tables = stats.summary_tables(repro, scale) if not repro.empty else []
+    per_experiment = []
+    for exp in experiments:
+        importances = [stats.param_importance(exp, cv) for cv in stats.compare_values(exp)]
+        per_experiment.append({
+            "name": exp.name,
+            "path": str(exp.path),
+            "compare_key": exp.compare_key,
+            "compare_values": [cv for cv in stats.compare_values(exp) if cv is not None],
+            "metric": "{} ({})".format(*stats.objective(exp)),
+            "progress": stats.progress(exp),
+            "best": stats.best_trials(exp),
+            "param_keys": stats.param_keys(exp),
+            "importances": importances,
+            "importance_params": sorted({k for imp in importances for k in (imp.values or {})}),
+        })
+    figures = plots.make_figures(experiments, repro, scale)
+    names = [e.name for e in experiments]
+    return {
+        "title": "Comparison report: " + ", ".join(names),
+        "experiments": per_experiment,
+        "tables": tables,
+        "unit": "%" if percent else "metric units",
+        "alpha": stats.ALPHA,
+        "confidence": stats.CONFIDENCE,
+        "environment": stats.environment(experiments),
+        "figures": figures,
+        "rendered_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
+    }
+
+
+def _parse_formats(formats: Iterable[str] | str) -> list[str]:
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    out = []
+    for f in formats:
+        f = f.strip().lower()
+        if f not in FORMATS:
+            raise ConfigError(f"unknown report format '{f}'; choose from {', '.join(FORMATS)}")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise ConfigError(f"no report format given; choose from {', '.join(FORMATS)}")
+    return out
+
+
+def render_report(experiment_dirs: list[Path], out_dir: Path,
+                  formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+    """Write ``report.md`` (+ ``figures/*.svg``) and/or ``report.html`` into ``out_dir``.
+
+    Returns format -> written file. Raises ResultsError for missing or foreign tables.
+    """
+    wanted = _parse_formats(formats)
+    experiments = load_experiments([Path(p) for p in experiment_dirs])
+    context = build_context(experiments)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ResultsError(f"cannot create the report directory {out_dir}: {e.strerror}") from None
+    written: dict[str, Path] = {}
+    if "md" in wanted:
+        fig_dir = out_dir / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        for f in context["figures"]:
+            (fig_dir / f"{f.name}.svg").write_bytes(f.svg)
+        text = _environment(False, finalize=md_escape).get_template("report.md.j2").render(**context)
+        written["md"] = _write(out_dir / "report.md", text)
+    if "html" in wanted:
+        images = {f.name: base64.b64encode(f.svg).decode("ascii") for f in context["figures"]}
+        text = _environment(True).get_template("report.html.j2").render(images=images, **context)
+        written["html"] = _write(out_dir / "report.html", text)
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    # Temp file + rename: a browser or a CI job never sees half a report.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path.resolve()

@@ -1,0 +1,85 @@
+"""The run config schema: typed sections, one-line errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from harness.config import (
+    RunConfig,
+    build_config,
+    load_config,
+    parse_overrides,
+)
+from harness.errors import ConfigError, HarnessError
+
+
+def test_defaults_validate_and_flatten():
+    cfg = build_config({})
+    assert isinstance(cfg, RunConfig)
+    flat = cfg.flat()
+    assert flat["train.samples_per_class"] == 4
+    assert flat["memory.kalman.r"] == 0.01
+    assert flat["loss.params"] == {"temperature": 0.1}  # params stay one value
+
+
+def test_overrides_are_yaml_values():
+    cfg = build_config({}, parse_overrides(["train.epochs=3", "memory.kind=xbn", "xml.enabled=true"]))
+    assert cfg.train.epochs == 3 and cfg.memory.kind == "xbn" and cfg.xml.enabled is True
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["train.samples_per_clas=4"], "train.samples_per_clas"),  # unknown key
+        (["bogus.section=1"], "bogus"),  # unknown section
+        (["train.epochs=many"], "train.epochs"),  # wrong type
+        (["train.samples_per_class=0"], "train.samples_per_class"),  # impossible value
+        (["memory.size=-5"], "memory.size"),
+        (["train.batch_size=30", "train.samples_per_class=4"], "train.batch_size"),  # not divisible
+        (["memory.kind=xbnn"], "memory.kind"),
+        (["train.select_metric=recall@5"], "train.select_metric"),  # not in eval.ks
+        (["memory.size=10", "memory.fraction=0.5"], "memory.size"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as e:
+        build_config({}, parse_overrides(overrides), source="cfg.yaml")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert key in msg
+    assert isinstance(e.value, HarnessError) and e.value.exit_code == 2
+
+
+def test_select_metric_accepts_every_computed_metric():
+    for m in ("recall@1", "recall@10", "map@r", "r_precision"):
+        assert build_config({"train": {"select_metric": m}}).train.select_metric == m
+
+
+def test_memory_capacity():
+    assert build_config({"memory": {"kind": "xbm", "fraction": 0.5}}).memory.capacity(1000) == 500
+    assert build_config({"memory": {"kind": "xbm", "size": 64}}).memory.capacity(1000) == 64
+    assert build_config({"memory": {"kind": "none", "size": 64}}).memory.capacity(1000) == 0
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"train": {"epochs": 2}}))
+    assert load_config(good, ["train.epochs=5"]).train.epochs == 5
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(good, ["train.epochs"])
+
+
+def test_shipped_digits_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert any(p.name == "digits.yaml" for p in configs)
+    for p in configs:
+        load_config(p)

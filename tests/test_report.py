@@ -1,0 +1,242 @@
+"""Comparison reports (issue 5): numbers, winner, significance, progress, errors, escaping, CLI.
+
+The tables come from tests/fixtures/report_tables.py, with known numbers: test Recall@1 in %
+over seeds 0, 1, 2 is xbm 70/72/74, xbn 78/79/80, axbn 80/81/82.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fixtures.report_tables import write_experiment
+from harness.cli import main
+from harness.errors import ResultsError
+from reports import render_report
+from reports import stats
+from reports.load import load_experiment
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["harness", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def table_row(md: str, label: str) -> list[str]:
+    """The cells of the first summary-table row of ``label``."""
+    for line in md.splitlines():
+        if line.startswith(f"| {label} |"):
+            return [c.strip() for c in line.strip().strip("|").split("|")]
+    raise AssertionError(f"no table row for {label}")
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("results")
+    exp = write_experiment(root, "sop-compare")
+    return exp, render_report([exp], root / "out")
+
+
+def test_markdown_has_means_stds_and_winner(full_report):
+    _, written = full_report
+    md = written["md"].read_text()
+    assert table_row(md, "axbn")[1:] == ["**81.00 ± 1.00**", "**91.00 ± 1.00**", "**27.00 ± 0.33**",
+                                         "**40.50 ± 0.50**"]
+    assert table_row(md, "xbn")[1] == "<u>79.00 ± 1.00</u>"  # second best
+    assert table_row(md, "xbm")[1] == "72.00 ± 2.00"
+    # Rows in the paper's order: XBM, XBN, AXBN.
+    assert md.index("| xbm |") < md.index("| xbn |") < md.index("| axbn |")
+    assert "- Best Recall@1: **axbn**" in md
+    # 95% t interval of 81 ± 1 over 3 seeds: 81 ± t(0.975, 2) / sqrt(3) = 81 ± 2.484.
+    assert "| axbn | Recall@1 | 3 | 81.00 | 1.00 | 78.52 to 83.48 |" in md
+
+
+def test_significance_sentences(full_report):
+    _, written = full_report
+    md = written["md"].read_text()
+    # scipy.stats.ttest_ind([80,81,82], [70,72,74], equal_var=False).pvalue = 0.00646
+    assert ("axbn vs xbm: +9.00 Recall@1, p = 0.006, significant at 5% "
+            "(Welch's t-test, 3 vs 3 seeds)") in md
+    # ... and against [78,79,80]: 0.0705, not significant.
+    assert "axbn vs xbn: +2.00 Recall@1, p = 0.070, not significant at 5%" in md
+
+
+def test_welch_not_testable_cases():
+    one = stats.welch("a", [0.8, 0.81], "b", [0.7], "Recall@1")
+    assert one.p is None and "1 seed for b" in one.sentence and "not testable" in one.sentence
+    flat = stats.welch("a", [0.8, 0.8], "b", [0.7, 0.7], "Recall@1")
+    assert flat.p is None and "zero variance" in flat.sentence
+    # One side constant, the other not: Welch's test is still defined.
+    assert stats.welch("a", [0.8, 0.8], "b", [0.7, 0.72], "Recall@1").p is not None
+
+
+def test_summarize_single_and_constant_seeds():
+    s1 = stats.summarize([0.5])
+    assert (s1.n, s1.mean, s1.std, s1.ci_low) == (1, 0.5, None, None)
+    s2 = stats.summarize([2.0, 2.0, 2.0])
+    assert (s2.std, s2.ci_low, s2.ci_high) == (0.0, 2.0, 2.0)
+
+
+def test_best_hyperparameters_and_importance(full_report):
+    exp_dir, written = full_report
+    exp = load_experiment(exp_dir)
+    best = {b.compare_value: b for b in stats.best_trials(exp)}
+    # The fixture's search trial k=2 (of 0..3) is best; its learning rate is 1e-5 * 10**(4/3).
+    assert best["axbn"].value == pytest.approx(0.81)
+    assert best["axbn"].params["optim.lr"] == pytest.approx(1e-5 * 10 ** (4 / 3))
+    imp = stats.param_importance(exp, "axbn")
+    assert imp.values is not None and set(imp.values) == {"optim.lr", "xml.weight", "train.samples_per_class"}
+    assert sum(imp.values.values()) == pytest.approx(1.0)
+    md = written["md"].read_text()
+    assert "Hyperparameter importance (fANOVA" in md
+
+
+def test_importance_omitted_with_one_trial(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, "tiny", {"xbn": [0.5, 0.6]}, search_trials=1))
+    imp = stats.param_importance(exp, "xbn")
+    assert imp.values is None and "at least 2 completed search trials, has 1" in imp.reason
+    md = render_report([exp.path], tmp_path / "out", formats=("md",))["md"].read_text()
+    assert "Importance omitted for xbn: needs at least 2 completed search trials, has 1." in md
+
+
+def test_environment_section(full_report):
+    _, written = full_report
+    md = written["md"].read_text()
+    # 21 rows (3 methods × (4 search + 3 reproductions)) × 600 s × 1 GPU = 3.5 GPU-hours.
+    assert "| GPU-hours | 3.50 |" in md
+    assert "| First start | 2025-01-01 00:00:00 UTC |" in md
+    assert "| Last finish | 2025-01-01 03:30:00 UTC |" in md
+    assert "| torch | 2.14.1 |" in md and "| Git commits | b88e09e |" in md
+
+
+def test_half_finished_sweep_lists_missing_trials(tmp_path):
+    exp = write_experiment(tmp_path, "half", drop_reproductions=2, failed_search=1)
+    md = render_report([exp], tmp_path / "out", formats=("md",))["md"].read_text()
+    assert "**Incomplete sweep.**" in md
+    assert "Completed reproductions: 7 of 9 planned" in md
+    assert "reproduction memory.kind=axbn, seed 1; reproduction memory.kind=axbn, seed 2" in md
+    assert "| half-s000 | search | failed | xbm | 0 |" in md
+    # axbn now has a single seed: its comparisons are stated as not testable.
+    assert table_row(md, "axbn")[1] == "**80.00 (1 seed)**"
+    assert "axbn vs xbn: +1.00 Recall@1, not testable (1 seed for axbn;" in md
+
+
+def test_compare_axis_batch_size_gives_figure_one(tmp_path):
+    a = write_experiment(tmp_path, "bs-axbn", {"axbn": [0.80, 0.81, 0.82]}, batch_sizes=[32, 64, 128])
+    b = write_experiment(tmp_path, "bs-xbm", {"xbm": [0.70, 0.72, 0.74]}, batch_sizes=[32, 64, 128])
+    written = render_report([a, b], tmp_path / "out", formats=("md",))
+    md = written["md"].read_text()
+    assert "### train.batch\\_size=32" in md and "### train.batch\\_size=128" in md
+    # Sections in numeric order of the batch size.
+    assert md.index("batch\\_size=32") < md.index("batch\\_size=64") < md.index("batch\\_size=128")
+    figures = re.findall(r"\]\(figures/([^)]+\.svg)\)", md)
+    assert "recall-batch-size.svg" in figures
+    assert "recall-memory-size.svg" not in figures  # the memory size does not vary
+    for name in figures:
+        svg = (tmp_path / "out" / "figures" / name).read_bytes()
+        assert svg.startswith(b"<?xml") and b"<svg" in svg
+
+
+def test_html_escapes_names_from_results(tmp_path):
+    evil = "<script>window.__xss=1</script>"
+    exp = write_experiment(tmp_path, "sop-" + evil.replace("/", "_"), {evil: [0.7, 0.71], "xbn": [0.8, 0.82]},
+                           seeds=[0, 1])
+    written = render_report([exp], tmp_path / "out")
+    html = written["html"].read_text()
+    assert evil not in html
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in html
+    assert html.count("<script") == 1  # only the inline table sorter
+    md = written["md"].read_text()
+    assert evil not in md and "&lt;script&gt;" in md
+
+
+def test_html_is_self_contained(full_report):
+    _, written = full_report
+    html = written["html"].read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no network URL
+    assert html.count('src="data:image/svg+xml;base64,') == 3  # history, val curves, drift
+    assert html.count('class="sortable') >= 4
+
+
+@pytest.mark.parametrize("case", ["missing_dir", "zero_bytes", "no_rows", "foreign", "schema_v2", "no_trials"])
+def test_bad_results_are_one_line_errors(tmp_path, case, monkeypatch, capsys):
+    d = tmp_path / "exp"
+    if case != "missing_dir":
+        d.mkdir()
+    cols = {"schema_version": [1], "experiment": ["e"], "trial_id": ["t"], "phase": ["search"],
+            "method": ["xbn"], "status": ["completed"]}
+    if case == "zero_bytes":
+        (d / "trials.parquet").write_bytes(b"")
+    elif case == "no_rows":
+        pd.DataFrame({k: pd.Series([], dtype=object) for k in cols}).to_parquet(d / "trials.parquet")
+    elif case == "foreign":
+        pd.DataFrame({"a": [1], "b": [2]}).to_parquet(d / "trials.parquet")
+    elif case == "schema_v2":
+        pd.DataFrame({**cols, "schema_version": [2]}).to_parquet(d / "trials.parquet")
+    expected = {"missing_dir": "experiment directory not found", "zero_bytes": "not a readable Parquet file",
+                "no_rows": "has no rows", "foreign": "missing columns: schema_version",
+                "schema_v2": "schema_version [2] is not supported", "no_trials": "no trials.parquet"}[case]
+    with pytest.raises(ResultsError, match=re.escape(expected)):
+        render_report([d], tmp_path / "out")
+    code, out, err = run_cli(["report", str(d), "--out", str(tmp_path / "out")], monkeypatch, capsys)
+    assert code == 2
+    assert expected in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_cli_prints_written_paths_and_default_out(tmp_path, monkeypatch, capsys):
+    exp = write_experiment(tmp_path, "one", {"xbm": [0.5, 0.6], "xbn": [0.6, 0.7]}, seeds=[0, 1])
+    code, out, err = run_cli(["report", str(exp)], monkeypatch, capsys)
+    assert code == 0, err
+    assert out.split() == [str((exp / "report" / "report.md").resolve()),
+                           str((exp / "report" / "report.html").resolve())]
+    other = write_experiment(tmp_path, "two", {"axbn": [0.7, 0.8]}, seeds=[0, 1])
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["report", str(exp), str(other), "--format", "html"], monkeypatch, capsys)
+    assert code == 0, err
+    assert out.split() == [str((tmp_path / "report" / "report.html").resolve())]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "one" in html and "two" in html
+    code, _, err = run_cli(["report", str(exp), "--format", "pdf"], monkeypatch, capsys)
+    assert code == 2 and "unknown report format 'pdf'" in err
+
+
+def test_space_json_contract_fields_are_used(tmp_path):
+    exp = write_experiment(tmp_path, "planned", {"xbn": [0.5, 0.6, 0.7], "axbn": [0.6, 0.7, 0.8]})
+    space = json.loads((exp / "space.json").read_text())
+    space.update(trials_planned=10, trials_per_value={"xbn": 6, "axbn": 4}, reproduction_seeds=[0, 1, 2, 3],
+                 reproductions_planned=8)
+    (exp / "space.json").write_text(json.dumps(space))
+    p = stats.progress(load_experiment(exp))
+    assert (p.search_done, p.search_planned, p.repro_done, p.repro_planned) == (8, 10, 6, 8)
+    assert p.missing == ["2 of 6 search trials for memory.kind=xbn", "reproduction memory.kind=xbn, seed 3",
+                         "reproduction memory.kind=axbn, seed 3"]
+    # Without trials_per_value the total is shared equally between the compare values.
+    del space["trials_per_value"]
+    space["trials_planned"] = 12
+    (exp / "space.json").write_text(json.dumps(space))
+    p = stats.progress(load_experiment(exp))
+    assert p.missing[:2] == ["2 of 6 search trials for memory.kind=xbn", "2 of 6 search trials for memory.kind=axbn"]
+
+
+def test_sampled_params_column_wins_over_config_columns(tmp_path):
+    # The sweep also writes a "params" JSON column: only the values the sampler drew.
+    exp_dir = write_experiment(tmp_path, "sampled", {"xbn": [0.5, 0.6]}, seeds=[0, 1])
+    trials = pd.read_parquet(exp_dir / "trials.parquet")
+    trials["params"] = [json.dumps({"optim.lr": lr}) for lr in trials["config.optim.lr"]]
+    trials.to_parquet(exp_dir / "trials.parquet")
+    exp = load_experiment(exp_dir)
+    (best,) = stats.best_trials(exp)
+    assert set(best.params) == {"optim.lr"}
+    imp = stats.param_importance(exp, "xbn")
+    assert imp.values == {"optim.lr": pytest.approx(1.0)}

@@ -1,0 +1,183 @@
+"""Ray Tune trainable wrapping :func:`harness.core.train.run_training`.
+
+One trial = one ``run_training`` call. Every epoch is reported to Tune together with
+the run directory as a Tune checkpoint (``last.pt``, ``best.pt``, ``epochs.jsonl``), so
+a trial whose worker dies restarts from its last epoch on another worker. A diverged
+run is reported as such and ends normally: the sweep goes on.
+
+The trial config is ``{"spec": {...}}`` with the keys ``phase`` ("search" |
+"reproduction"), ``compare_value``, ``overrides`` (dotted config values) and ``seed``;
+the experiment's base config arrives through ``tune.with_parameters``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import platform
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.config import build_config
+
+# The key every trial reports its objective under (Optuna and ASHA read it): the
+# experiment's metric, best so far on validation; the worst value before one exists.
+OBJECTIVE = "objective"
+TRIAL_META = "trial.json"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def worst(mode: str) -> float:
+    return -math.inf if mode == "max" else math.inf
+
+
+def better(a: float, b: float | None, mode: str) -> bool:
+    return b is None or (a > b if mode == "max" else a < b)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on (the ``versions`` column)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name, dist in [
+        ("torch", "torch"),
+        ("timm", "timm"),
+        ("pytorch-metric-learning", "pytorch-metric-learning"),
+        ("ray", "ray"),
+        ("optuna", "optuna"),
+        ("faiss", "faiss-cpu"),
+    ]:
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            if name == "faiss":
+                try:
+                    out[name] = metadata.version("faiss-gpu-cu12")
+                except metadata.PackageNotFoundError:
+                    out[name] = "missing"
+            else:
+                out[name] = "missing"
+    return out
+
+
+def read_epochs(out_dir: Path) -> list[dict[str, Any]]:
+    """The core's ``epochs.jsonl``, one row per epoch (the last record of an epoch wins:
+    a resumed run may rewrite the epoch it was interrupted in)."""
+    path = out_dir / "epochs.jsonl"
+    rows: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if "epoch" in rec:
+                    rows[int(rec["epoch"])] = rec
+    return [rows[k] for k in sorted(rows)]
+
+
+def train_retrieval(
+    config: dict[str, Any],
+    base: dict[str, Any] | None = None,
+    metric: str = "val.recall@1",
+    mode: str = "max",
+    cpus: float = 1.0,
+    train_fn: Callable[..., Any] | None = None,
+) -> None:
+    """The Tune function trainable (see the module docstring)."""
+    from ray import tune
+
+    spec = config["spec"]
+    overrides = dict(spec.get("overrides") or {})
+    overrides["seed"] = int(spec["seed"])
+    run_config = build_config(base or {}, overrides, source=f"trial {spec.get('phase')}")
+    if train_fn is None:
+        from harness.core.train import run_training as train_fn
+
+    # Intra-op threads: exactly the CPUs this trial was given, so parallel trials do
+    # not oversubscribe the node.
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(cpus)))
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+
+    ctx = tune.get_context()
+    out_dir = Path(ctx.get_trial_dir()) / "run"
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        # A restart (lost worker, resumed sweep): continue from the last epoch.
+        checkpoint.to_directory(str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = out_dir / TRIAL_META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta.setdefault("started_at", utc_now())
+    meta["restarts"] = int(meta.get("restarts", -1)) + 1
+    meta_path.write_text(json.dumps(meta))
+
+    metric_key = metric.removeprefix("val.")
+    best: float | None = None
+    for rec in read_epochs(out_dir):  # best so far from epochs before a restart
+        v = rec.get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(v) and better(v, best, mode):
+            best = float(v)
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        nonlocal best
+        v = metrics.get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(v) and better(v, best, mode):
+            best = float(v)
+        report = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float))}
+        report.update(
+            epoch=int(epoch),
+            final=False,
+            started_at=meta["started_at"],
+            **{OBJECTIVE: worst(mode) if best is None else best},
+        )
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+
+    result = train_fn(run_config, out_dir, on_epoch=on_epoch, resume=True)
+
+    best_val = {k: float(v) for k, v in (result.best_val or {}).items()}
+    objective = best_val.get(metric, best_val.get(f"val.{metric_key}"))
+    if result.status != "completed" or objective is None or not math.isfinite(objective):
+        objective = worst(mode)
+    summary = {
+        "status": result.status,
+        "epochs_run": int(result.epochs_run),
+        "best_epoch": result.best_epoch,
+        "best_val": best_val,
+        "test": {k: float(v) for k, v in (result.test or {}).items()},
+        "wall_seconds": float(result.wall_seconds),
+        "device": str(result.device),
+        "started_at": meta["started_at"],
+        "finished_at": utc_now(),
+        "restarts": meta["restarts"],
+        "versions": library_versions(),
+        "host": socket.gethostname(),
+        "epochs": read_epochs(out_dir),
+    }
+    tune.report(
+        {
+            OBJECTIVE: objective,
+            "epoch": int(result.epochs_run),
+            "final": True,
+            "status": result.status,
+            "started_at": meta["started_at"],
+            "summary_json": json.dumps(summary, default=_json_default),
+        }
+    )
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
