@@ -71,6 +71,7 @@ def optimisation_history(exp: ExperimentResults, scale: float) -> Figure | None:
     arms = [(cv, rows) for cv, rows in arms if not rows.empty]
     if not arms:
         return None
+    n_max = max(len(rows) for _, rows in arms)
     with plt.rc_context(RC):
         fig, (ax,) = _panels(1, width=6.4, height=3.6)
         for k, (cv, rows) in enumerate(arms):
@@ -78,17 +79,19 @@ def optimisation_history(exp: ExperimentResults, scale: float) -> Figure | None:
             x = np.arange(1, len(y) + 1)
             best = np.maximum.accumulate(y) if mode == "max" else np.minimum.accumulate(y)
             color = f"C{k % 10}"
-            label = str(cv) if cv is not None else exp.name
-            ax.scatter(x, y, s=14, color=color, alpha=0.6, label=f"{label} (trials)")
-            ax.step(x, best, where="post", color=color, label=f"{label} (best so far)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.scatter(x, y, s=16, color=color, alpha=0.6)
+            ax.step(x, best, where="post", color=color, marker="" if len(x) > 1 else "_", ms=12,
+                    label=str(cv) if cv is not None else exp.name)
+        ax.set_xlim(0.5, n_max + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("trial (in start order)")
         ax.set_ylabel(f"{metric}" + (" (%)" if scale != 1 else ""))
         ax.set_title(f"{exp.name}: optimisation history")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         svg = _to_svg(fig)
     return Figure(f"history-{_slug(exp.name)}", f"Optimisation history: {exp.name}",
-                  f"{metric} of each completed search trial ({mode}imised) and the best so far.", svg)
+                  f"{metric} of each completed search trial (dots; {mode}imised) and the best so far (line), "
+                  "per compare value.", svg)
 
 
 def _epoch_frame(experiments: list[ExperimentResults], repro: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +143,9 @@ def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
     df[column] = pd.to_numeric(df[column], errors="coerce")
     df["test.recall@1"] = pd.to_numeric(df["test.recall@1"], errors="coerce") * scale
     df = df.dropna()
-    varying = [d for d, g in df.groupby("dataset") if g[column].nunique() > 1]
+    # A curve needs one method at two or more values; methods tuned to different values
+    # (e.g. each its own searched memory size) are not a sweep over that axis.
+    varying = sorted({d for (d, _), g in df.groupby(["dataset", "method"]) if g[column].nunique() > 1})
     if not varying:
         return None
     colors = method_colors(df["method"])

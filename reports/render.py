@@ -101,6 +101,7 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
             "param_keys": stats.param_keys(exp),
             "importances": importances,
             "importance_params": sorted({k for imp in importances for k in (imp.values or {})}),
+            "importance_omitted": _group_reasons(importances),
         })
     figures = plots.make_figures(experiments, repro, scale)
     names = [e.name for e in experiments]
@@ -116,6 +117,15 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "rendered_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
     }
+
+
+def _group_reasons(importances: list[stats.Importance]) -> list[tuple[list[str], str]]:
+    """(compare values, reason) for the omitted importances, one entry per reason."""
+    groups: dict[str, list[str]] = {}
+    for imp in importances:
+        if imp.values is None:
+            groups.setdefault(imp.reason or "unknown", []).append(imp.compare_value or "")
+    return [([v for v in values if v], reason) for reason, values in groups.items()]
 
 
 def _parse_formats(formats: Iterable[str] | str) -> list[str]:

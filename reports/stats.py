@@ -192,6 +192,25 @@ class SummaryTable:
     winners: dict[str, list[str]]  # column header -> best method label(s)
     several_datasets: bool
 
+    @property
+    def primary_comparisons(self) -> list[Comparison]:
+        """Comparisons on the first metric column (Recall@1): shown in full."""
+        first = self.columns[0].metric if self.columns else None
+        return [c for c in self.comparisons if c.metric.split(" on ")[0] == first]
+
+    @property
+    def other_comparisons(self) -> list[Comparison]:
+        primary = set(map(id, self.primary_comparisons))
+        return [c for c in self.comparisons if id(c) not in primary]
+
+    @property
+    def winner_groups(self) -> list[tuple[list[str], list[str]]]:
+        """(best label(s), the column headers they win), in column order."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for header, labels in self.winners.items():
+            groups.setdefault(tuple(labels), []).append(header)
+        return [(list(labels), headers) for labels, headers in groups.items()]
+
 
 # Row order of the AXBN paper's tables: no memory, XBM, XBM*, XBN, AXBN; "+xml" after its base.
 METHOD_ORDER = ("none", "xbm", "xbm+batch", "xbn", "axbn")

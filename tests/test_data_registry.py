@@ -139,3 +139,23 @@ def test_split_validation_and_cap_do_not_mutate():
     train, val = split_validation(full, 0.4, seed=1)
     capped = cap_images(train, 50, seed=1)
     assert len(full) == n and len(train) + len(val.query) == n and len(capped) == 50
+
+
+@pytest.mark.slow
+def test_loader_speed_benchmark_smoke():
+    """benchmarks/loader_speed.py, tiny: SOP-layout JPEGs through the real loader, 0 and 1 workers."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "loader_speed.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--classes", "4", "--per-class", "4", "--jpeg-size", "48",
+         "--image-size", "16", "--batch-size", "8", "--batches", "2", "--workers", "0", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\s+(\d)\s+([\d.]+)\s+([\d.]+)$", proc.stdout, re.M)
+    assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) > 0 for r in rows)
+    assert "16 training images" in proc.stdout

@@ -242,3 +242,12 @@ def test_bad_inputs_raise_config_errors():
     mem = CrossBatchMemory(losses.ContrastiveLoss(), 6, 4, kind="xbm")
     with pytest.raises(ConfigError, match="does not fit"):
         mem(torch.randn(5, 6), torch.arange(5))
+
+
+def test_a_loss_reused_by_a_second_memory_keeps_the_shared_path():
+    loss, miner = losses.SupConLoss(), miners.PairMarginMiner(0.2, 0.8)
+    first = CrossBatchMemory(loss, 6, 30, kind="xbm", miner=miner)
+    second = CrossBatchMemory(loss, 6, 30, kind="xbm", miner=miner)  # e.g. a resumed run
+    assert first.fast and second.fast
+    z, y = _batches(1)[0]
+    torch.testing.assert_close(second(z, y), losses.CrossBatchMemory(losses.SupConLoss(), 6, 30, miner=miners.PairMarginMiner(0.2, 0.8))(z, y))

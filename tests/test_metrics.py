@@ -132,3 +132,22 @@ def test_no_positives_anywhere_gives_nan():
     assert m["n_queries"] == 0 and m["n_skipped"] == 3 and np.isnan(m["recall@1"])
     empty = retrieval_metrics(np.zeros((0, 4)), np.zeros(0), ks=(1,))
     assert empty["n_queries"] == 0 and np.isnan(empty["map@r"])
+
+
+@pytest.mark.slow
+def test_eval_speed_benchmark_smoke():
+    """benchmarks/eval_speed.py end to end, tiny: the three contenders run and agree."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_speed.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--n", "1200", "--classes", "240", "--dim", "32", "--noise", "1.5"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for name in ("bare faiss search", "ours retrieval_metrics", "AccuracyCalculator"):
+        assert name in out
+    assert "metrics agree with AccuracyCalculator: yes" in out

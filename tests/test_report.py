@@ -57,7 +57,7 @@ def test_markdown_has_means_stds_and_winner(full_report):
     assert table_row(md, "xbm")[1] == "72.00 ± 2.00"
     # Rows in the paper's order: XBM, XBN, AXBN.
     assert md.index("| xbm |") < md.index("| xbn |") < md.index("| axbn |")
-    assert "- Best Recall@1: **axbn**" in md
+    assert "- Best Recall@1, Recall@10, MAP@R, R-Precision: **axbn**" in md
     # 95% t interval of 81 ± 1 over 3 seeds: 81 ± t(0.975, 2) / sqrt(3) = 81 ± 2.484.
     assert "| axbn | Recall@1 | 3 | 81.00 | 1.00 | 78.52 to 83.48 |" in md
 

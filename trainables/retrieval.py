@@ -153,6 +153,9 @@ def train_retrieval(
         "best_epoch": result.best_epoch,
         "best_val": best_val,
         "test": {k: float(v) for k, v in (result.test or {}).items()},
+        "test_untrained": {
+            k: float(v) for k, v in (getattr(result, "test_untrained", None) or {}).items()
+        },
         "wall_seconds": float(result.wall_seconds),
         "device": str(result.device),
         "started_at": meta["started_at"],

@@ -34,6 +34,8 @@ def eval_command(
 
     if split not in ("test", "val"):
         raise ConfigError(f"--split '{split}': use test or val")
+    if save_embeddings is not None and save_embeddings.suffix.lower() not in (".parquet", ".npz", ".npy"):
+        raise ConfigError(f"--save-embeddings {save_embeddings}: use a .parquet, .npz or .npy file name")
     model, config = load_model(checkpoint)
     data_cfg = config.data.model_copy(update={
         "name": dataset or config.data.name,

@@ -155,6 +155,8 @@ class _SharedSimilarity(BaseDistance):
 
 
 def _shareable(distance: Any) -> bool:
+    if isinstance(distance, _SharedSimilarity):  # a loss reused by a second memory
+        distance = distance.inner
     if type(distance) is pml_distances.CosineSimilarity:
         return distance.power == 1
     if type(distance) is pml_distances.LpDistance:
@@ -215,11 +217,10 @@ class CrossBatchMemory(nn.Module):
         if self.fast and miner is not None:
             self.fast = type(miner).__name__ in _FAST_MINERS and _shareable(miner.distance)
         if self.fast:
-            loss.distance = _SharedSimilarity(loss.distance)
-            self._shared.append(loss.distance)
-            if miner is not None:
-                miner.distance = _SharedSimilarity(miner.distance)
-                self._shared.append(miner.distance)
+            for module in (loss, miner) if miner is not None else (loss,):
+                if not isinstance(module.distance, _SharedSimilarity):
+                    module.distance = _SharedSimilarity(module.distance)
+                self._shared.append(module.distance)
         cap = self.memory_size if kind != "none" else 0
         d = self.embedding_size
         # The checkpointed state (METHODS.md §1: a preallocated ring buffer).

@@ -191,7 +191,8 @@ class Experiment(_Spec):
         if self.search.algorithm == "grid":
             from harness.sweep.space import grid_for
 
-            return {label: len(grid_for(self, label)) for label in labels}
+            return {label: math.prod(len(v) for v in grid_for(self, label).values())
+                    for label in labels}
         share = max(1, self.search.trials // len(labels))
         return {label: share for label in labels}
 

@@ -294,7 +294,7 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
     if summary:
         status = summary["status"]
         val = {k: v for k, v in summary["best_val"].items()}
-        test = summary["test"]
+        test = {**summary["test"], **summary.get("test_untrained", {})}
         best_epoch, epochs_run = summary["best_epoch"], summary["epochs_run"]
         wall, device, host = summary["wall_seconds"], summary["device"], summary["host"]
         started, finished = summary["started_at"], summary["finished_at"]
@@ -326,7 +326,7 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
     row.update({f"config.{k}": _config_cell(v) for k, v in cfg.flat().items()})
     row["seed"] = int(spec["seed"])
     row.update({k if k.startswith("val.") else f"val.{k}": v for k, v in val.items()})
-    row.update({k if k.startswith("test.") else f"test.{k}": v for k, v in test.items()})
+    row.update({k if k.startswith("test") else f"test.{k}": v for k, v in test.items()})
     row.update(
         best_epoch=best_epoch, epochs_run=epochs_run, wall_seconds=wall, device=device,
         gpus=float(exp.search.resources.gpus), started_at=started, finished_at=finished,

@@ -1,0 +1,88 @@
+"""Backbone registry, weights and EmbeddingModel contract (docs/architecture.md)."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from harness.config import ModelConfig
+from harness.core.model import (
+    PACKAGE_BACKBONE, create_model, list_backbones, load_package_weights, package_weights_path,
+)  # fmt: skip
+from harness.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "tiny_cnn_small", "resnet18"])
+def test_every_registered_and_timm_backbone_builds_by_name(name):
+    assert "tiny_cnn" in list_backbones()
+    model = create_model(ModelConfig(backbone=name, embedding_size=24), with_prototypes=False).eval()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.embeddings.shape == (2, 24) and out.histogram is None
+    torch.testing.assert_close(out.embeddings.norm(dim=1), torch.ones(2))
+    assert torch.equal(out.pooled, out.gap)
+    assert model.prototypes is None and len(model.new_parameters()) == 2
+
+
+def test_prototype_model_outputs_and_new_parameters():
+    model = create_model(
+        ModelConfig(backbone="tiny_cnn_small", embedding_size=8, pooling="prototype", prototypes={"count": 5}),
+        with_prototypes=False,
+    ).train()
+    out = model(torch.randn(3, 3, 32, 32))
+    assert out.histogram.shape == (3, 5) and out.pooled.shape == out.gap.shape == (3, 64)
+    torch.testing.assert_close(out.pooled, out.histogram @ model.prototypes)
+    assert any(p is model.prototypes for p in model.new_parameters())
+    torch.testing.assert_close(model.embed_pooled(out.pooled), out.embeddings)
+
+
+def test_freeze_bn_keeps_batchnorm_in_eval_and_frozen():
+    model = create_model(ModelConfig(backbone="tiny_cnn_small", freeze_bn=True), False).train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = bns[0].running_mean.clone()
+    model(torch.randn(4, 3, 32, 32) + 3)
+    assert all(not m.training for m in bns) and torch.equal(bns[0].running_mean, before)
+    assert all(not p.requires_grad for m in bns for p in m.parameters())
+    assert model.head.weight.requires_grad
+
+
+def test_package_weights_load_and_classify_offline():
+    model = create_model(ModelConfig(backbone=PACKAGE_BACKBONE, pretrained="package"), False).eval()
+    assert model.mean == model.std == (0.5, 0.5, 0.5)
+    # the same features as loading the package's tensors by position into timm directly
+    state = torch.load(package_weights_path(), map_location="cpu", weights_only=True)
+    direct = timm.create_model(PACKAGE_BACKBONE, pretrained=False).eval()
+    direct.load_state_dict(dict(zip(direct.state_dict().keys(), state.values())))
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone.forward_features(x), direct.forward_features(x))
+    # and they are real ImageNet weights: scikit-learn's bundled photo of a daisy
+    from sklearn.datasets import load_sample_image
+
+    img = torch.tensor(load_sample_image("flower.jpg")).permute(2, 0, 1).float()[None] / 255
+    x = (F.interpolate(img, size=(224, 224), mode="bilinear") - 0.5) / 0.5
+    with torch.no_grad():
+        top = direct(x).topk(3).indices[0].tolist()
+    assert 985 in top  # ImageNet class 985: daisy
+    classifier = timm.create_model(PACKAGE_BACKBONE, pretrained=False)
+    load_package_weights(classifier)  # with the _fc classifier kept
+    with torch.no_grad():
+        assert classifier.eval()(x).argmax().item() == direct(x).argmax().item()
+
+
+def test_weight_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="tf_efficientnet_lite0 only"):
+        create_model(ModelConfig(backbone="resnet18", pretrained="package"), False)
+    with pytest.raises(ConfigError, match="not found"):
+        create_model(ModelConfig(backbone="tiny_cnn", pretrained=str(tmp_path / "nope.pt")), False)
+    with pytest.raises(ConfigError, match="did you mean"):
+        create_model(ModelConfig(backbone="resnet_18"), False)
+    # a local checkpoint round-trips; a mismatched one names the keys
+    src = create_model(ModelConfig(backbone="tiny_cnn_small"), False)
+    good = tmp_path / "good.pt"
+    torch.save(src.backbone.state_dict(), good)
+    loaded = create_model(ModelConfig(backbone="tiny_cnn_small", pretrained=str(good)), False)
+    assert torch.equal(loaded.backbone.features[0].weight, src.backbone.features[0].weight)
+    bad = tmp_path / "bad.pt"
+    torch.save({"features.0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ConfigError, match="missing .*shape"):
+        create_model(ModelConfig(backbone="tiny_cnn_small", pretrained=str(bad)), False)

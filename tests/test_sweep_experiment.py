@@ -1,0 +1,137 @@
+"""Experiment files: validation into typed objects, the define-by-run space, the shipped set."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from harness.errors import ConfigError
+from harness.sweep.experiment import builtin_names, find_experiment, load_experiment
+from harness.sweep.space import corner_overrides, define_by_run, space_description
+
+SHIPPED = {
+    "demo", "sop-axbn", "sop-xbn", "sop-xbm", "sop-memory-grid", "inshop-axbn", "deepfashion2-axbn",
+    "cub-xml", "cars196-xml", "sop-xml", "inshop-xml",
+}  # fmt: skip
+
+
+def write(tmp_path, doc, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc) if isinstance(doc, dict) else doc)
+    return str(p)
+
+
+def minimal(**search):
+    return {
+        "base": {"data": {"name": "digits"}, "model": {"backbone": "tiny_cnn_small"}},
+        "search": {"trials": 4, "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2,
+                                                      "log": True}}, **search},
+    }  # fmt: skip
+
+
+def test_every_shipped_experiment_validates():
+    assert SHIPPED <= set(builtin_names())
+    for name in builtin_names():
+        exp = load_experiment(name)
+        assert exp.name == name and exp.description
+        assert sum(exp.trial_budget().values()) >= len(exp.compare_labels)
+
+
+def test_protocol_experiments_follow_methods_section_4():
+    for name in SHIPPED - {"demo"}:
+        cfg = load_experiment(name).run_config()
+        assert cfg.model.backbone == "resnet50" and cfg.model.embedding_size == 512, name
+        assert cfg.loss.name == "SupConLoss" and cfg.loss.miner == "PairMarginMiner", name
+        assert cfg.loss.miner_params == {"pos_margin": 0.2, "neg_margin": 0.8}, name
+        assert (cfg.optim.lr, cfg.optim.lr_decay, cfg.optim.lr_decay_every) == (1e-4, 0.33, 15), name
+        assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.samples_per_class) == (50, 64, 4), name
+        assert (cfg.optim.warmup_epochs, cfg.optim.warmup_lr) == (2, 1e-3), name
+        assert cfg.train.select_metric == "recall@1", name
+
+
+def test_memory_grid_compares_batch_and_memory_size():
+    exp = load_experiment("sop-memory-grid")
+    assert exp.search.algorithm == "grid"
+    grid = exp.trial_budget()
+    assert len(grid) == 3 and all(n >= 4 for n in grid.values())  # xbm / xbn / axbn
+    assert {"train.batch_size", "memory.fraction"} <= set(exp.search.space)
+
+
+def test_find_by_name_or_path_and_unknown_name_lists_known(tmp_path):
+    assert find_experiment("demo").name == "demo.yaml"
+    assert find_experiment(write(tmp_path, minimal())).name == "exp.yaml"
+    with pytest.raises(ConfigError, match=r"unknown experiment 'nope'; known: .*demo"):
+        find_experiment("nope")
+
+
+@pytest.mark.parametrize(
+    "doc, match",
+    [
+        (minimal(algorithm="bayes"), r"search\.algorithm"),
+        ({**minimal(), "serach": {}}, r"serach: unknown key"),
+        (minimal(space={"optim.lr": {"type": "float", "low": 1e-2, "high": 1e-4}}), r"empty or inverted range"),
+        (minimal(space={"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-3}}), r"empty or inverted range"),
+        (minimal(space={"optim.lr": {"type": "float", "low": 0, "high": 1, "log": True}}), r"log: true needs low > 0"),
+        (minimal(space={"optim.lr": {"type": "float", "low": 0, "hi": 1}}), r"search\.space\.optim\.lr\.hi: unknown key"),
+        (minimal(space={"model.widht": {"type": "int", "low": 1, "high": 4}}), r"search\.space\.model\.widht: the run config has no key"),
+        (minimal(space={"xml.weight": {"type": "float", "low": 0.1, "high": 1, "when": {"xml.on": True}}}), r"unknown config key 'xml\.on'"),
+        (minimal(space={"memory.kind": {"type": "categorical", "choices": []}}), r"non-empty 'choices'"),
+        (minimal(compare={"key": "memory.kinds", "values": ["xbm"]}), r"compare\.key: 'memory\.kinds' is not a config key"),
+        (minimal(space={"train.batch_size": {"type": "int", "low": 6, "high": 30}}), r"train\.batch_size \(6\) must be divisible"),
+    ],
+)  # fmt: skip
+def test_bad_experiments_name_the_key(tmp_path, doc, match):
+    with pytest.raises(ConfigError, match=match):
+        load_experiment(write(tmp_path, doc))
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "base:\n  data: {name: digits\nsearch:\n  trials: 2\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML at .*exp\.yaml:\d+"):
+        load_experiment(path)
+
+
+def test_overrides_and_trials_apply_to_base_and_budget(tmp_path):
+    exp = load_experiment(write(tmp_path, minimal()), overrides=["train.epochs=2"], trials=6)
+    assert exp.run_config().train.epochs == 2 and exp.trial_budget() == {None: 6}
+    with pytest.raises(ConfigError, match="train.epocs: unknown key"):
+        load_experiment(write(tmp_path, minimal()), overrides=["train.epocs=2"])
+
+
+def test_compare_method_axis_sets_memory_and_xml_and_splits_budget():
+    exp = load_experiment("demo")
+    assert exp.compare_overrides("none+xml") == {"memory.kind": "none", "xml.enabled": True}
+    assert exp.compare_overrides("xbm+batch") == {"memory.kind": "xbm+batch", "xml.enabled": False}
+    budget = exp.trial_budget()
+    assert sum(budget.values()) == exp.search.trials and len(set(budget.values())) == 1
+
+
+def test_define_by_run_suggests_conditional_params_only_when_active():
+    exp = load_experiment("demo")
+    seen = {}
+    for label in ("none", "axbn", "none+xml"):
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        fn = define_by_run(exp, label)
+        for _ in range(5):
+            trial = study.ask()
+            fn(trial)
+            study.tell(trial, 0.5)
+        seen[label] = set().union(*(t.params for t in study.trials))
+    assert seen["none"] == {"optim.lr"}
+    assert {"memory.kalman.r", "memory.size", "optim.lr"} == seen["axbn"]
+    assert {"model.prototypes.count", "xml.weight", "optim.lr"} == seen["none+xml"]
+    for p in (optuna.trial.FixedTrial({"optim.lr": 1e-3, "memory.size": 300, "memory.kalman.r": 0.01}),):
+        define_by_run(exp, "axbn")(p)  # a fixed trial answers every suggestion: no KeyError
+
+
+def test_corners_and_space_json_document():
+    exp = load_experiment("demo")
+    low = corner_overrides(exp, "axbn", "low")
+    assert low["memory.kalman.r"] == 0.001 and low["memory.size"] == 128 and "xml.weight" not in low
+    doc = space_description(exp)
+    assert doc["trials_planned"] == 6 and doc["compare_key"] == "method"
+    assert doc["params"]["optim.lr"] == {
+        "type": "float", "low": 0.0003, "high": 0.003, "log": True, "step": None, "choices": None, "when": None,
+    }  # fmt: skip
+    assert doc["params"]["memory.kalman.r"]["when"] == {"memory.kind": "axbn"}
