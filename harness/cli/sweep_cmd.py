@@ -68,7 +68,9 @@ def list_experiments() -> None:
     from harness.sweep.experiment import builtin_names, load_experiment
 
     table = Table(title="experiments (search_spaces/)", title_justify="left")
-    for col in ("name", "dataset", "methods compared", "trials", "description"):
+    table.add_column("name", no_wrap=True)
+    table.add_column("dataset", no_wrap=True)
+    for col in ("methods compared", "trials", "description"):
         table.add_column(col, overflow="fold")
     for name in builtin_names():
         exp = load_experiment(name)

@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -82,10 +83,14 @@ def check_storage_writable(storage: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"--storage {storage}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:  # a real write (permission bits do not bind root, /proc refuses even root)
+        fd, tmp = tempfile.mkstemp(prefix=".harness-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError:
         raise ConfigError(
             f"--storage {storage}: {probe} is not writable; pick another --storage folder"
-        )
+        ) from None
 
 
 def prepare_sweep(
