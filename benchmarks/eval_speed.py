@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=60_502)
     ap.add_argument("--classes", type=int, default=11_316)
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--noise", type=float, default=1.05, help="per-image noise norm relative to the class centre")
+    ap.add_argument("--noise", type=float, default=2.32, help="per-image noise norm relative to the class centre")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-pml", action="store_true", help="omit AccuracyCalculator (slow, memory hungry)")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "EMB", "LABELS"), help=argparse.SUPPRESS)

@@ -214,3 +214,26 @@ def test_trainer_state_is_not_global(tmp_path):
     run_training(cfg, tmp_path / "a", on_epoch=lambda e, m: a.append(m["loss"]))
     run_training(cfg, tmp_path / "b", on_epoch=lambda e, m: b.append(m["loss"]))
     assert a == b
+
+
+def test_proxy_loss_trains_its_proxies_in_their_own_group(tmp_path):
+    from harness.errors import ConfigError
+
+    proxy = {"name": "ProxyAnchorLoss", "params": {}, "miner": None, "proxy_lr": 0.05}
+    result = run_training(build_config(tiny(loss=proxy, train={"epochs": 1})), tmp_path / "ok")
+    assert result.status == "completed"
+    state = load_checkpoint(tmp_path / "ok" / "checkpoints" / "last.pt")
+    groups = state["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [1e-3, 0.05]
+    proxies = state["memory"]["loss.proxies"]
+    assert proxies.shape == (3, 16)  # 3 training classes x embedding size
+    with pytest.raises(ConfigError, match="memory.kind"):
+        run_training(build_config(tiny(loss=proxy, memory={"kind": "xbm"})), tmp_path / "bad")
+
+
+def test_autocast_path_runs_on_cpu_with_bf16(tmp_path):
+    """The AMP code path (autocast + fp32 losses) on CPU; CUDA picks it by itself."""
+    result = run_training(build_config(tiny(train={"epochs": 1, "amp": "on"}, xml={"enabled": True})), tmp_path)
+    assert result.status == "completed" and math.isfinite(result.test["test.recall@1"])
+    epoch = json.loads((tmp_path / "epochs.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(epoch["loss"]) and epoch["loss.xml"] > 0

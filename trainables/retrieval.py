@@ -26,6 +26,10 @@ from harness.config import build_config
 # experiment's metric, best so far on validation; the worst value before one exists.
 OBJECTIVE = "objective"
 TRIAL_META = "trial.json"
+# The trial's final report, kept in its last checkpoint: a trial that Tune restarts
+# after it had already finished (the driver died before Tune's experiment snapshot
+# recorded the end) reports it again instead of running anything.
+FINAL_REPORT = "final.json"
 
 
 def utc_now() -> str:
@@ -114,6 +118,10 @@ def train_retrieval(
         # A restart (lost worker, resumed sweep): continue from the last epoch.
         checkpoint.to_directory(str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
+    final_path = out_dir / FINAL_REPORT
+    if final_path.is_file():
+        tune.report(json.loads(final_path.read_text()))
+        return
     meta_path = out_dir / TRIAL_META
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     meta.setdefault("started_at", utc_now())
@@ -165,16 +173,16 @@ def train_retrieval(
         "host": socket.gethostname(),
         "epochs": read_epochs(out_dir),
     }
-    tune.report(
-        {
-            OBJECTIVE: objective,
-            "epoch": int(result.epochs_run),
-            "final": True,
-            "status": result.status,
-            "started_at": meta["started_at"],
-            "summary_json": json.dumps(summary, default=_json_default),
-        }
-    )
+    final = {
+        OBJECTIVE: objective,
+        "epoch": int(result.epochs_run),
+        "final": True,
+        "status": result.status,
+        "started_at": meta["started_at"],
+        "summary_json": json.dumps(summary, default=_json_default),
+    }
+    final_path.write_text(json.dumps(final))
+    tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
 
 
 def _json_default(v: Any) -> Any:

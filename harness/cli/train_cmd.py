@@ -40,7 +40,12 @@ def format_epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str
     for key in EPOCH_LINE_KEYS:
         if key in metrics:
             v = metrics[key]
-            parts.append(f"{key}={v:.3g}" if key in ("lr",) else f"{key}={v:.4f}")
+            if key == "memory_fill":
+                parts.append(f"{key}={v:.0f}")
+            elif key in ("lr", "epoch_seconds"):
+                parts.append(f"{key}={v:.3g}")
+            else:
+                parts.append(f"{key}={v:.4f}")
     return "  ".join(parts)
 
 
@@ -70,7 +75,7 @@ class TrainProgress:
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.progress.update(self.epoch_task, completed=epoch)
         self.progress.update(self.step_task, completed=0)
-        self.console.print(format_epoch_line(epoch, self.epochs, metrics), highlight=False)
+        self.console.print(format_epoch_line(epoch, self.epochs, metrics), highlight=False, soft_wrap=True)
 
 
 @app.command("train")

@@ -209,9 +209,9 @@ class Trainer:
         self.data = create_datasets(config.data, config.seed, model.mean, model.std)
         self.model = model.to(self.device)
         train_labels = self.data.train.labels
-        self.memory, self.xml_loss = build_losses(
-            config, len(train_labels), int(len(np.unique(train_labels)))
-        )
+        # Class ids -> 0..C-1 for the losses (proxy losses index their proxies by label).
+        self.classes = torch.as_tensor(np.unique(train_labels), device=self.device)
+        self.memory, self.xml_loss = build_losses(config, len(train_labels), len(self.classes))
         self.memory.to(self.device)
         if self.xml_loss is not None:
             self.xml_loss.to(self.device)
@@ -308,9 +308,8 @@ class Trainer:
             skipped += n_skipped
             if len(labels) < 2:
                 continue
-            parts = self.train_step(
-                images.to(self.device, non_blocking=True), labels.to(self.device), optimizer
-            )
+            labels = torch.searchsorted(self.classes, labels.to(self.device))
+            parts = self.train_step(images.to(self.device, non_blocking=True), labels, optimizer)
             if parts is None:
                 return None
             for k, v in parts.items():

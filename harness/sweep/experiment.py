@@ -264,6 +264,12 @@ def load_experiment(
         for key, value in parse_overrides(overrides).items():
             set_dotted(base, key, value)
         exp = exp.model_copy(update={"base": base})
+    root = exp.base.get("data", {}).get("root")
+    if isinstance(root, str) and not Path(root).expanduser().is_absolute():
+        # Trials run in their own folders (and on other nodes): pin the driver's meaning.
+        base = copy.deepcopy(exp.base)
+        base["data"]["root"] = str(Path(root).expanduser().absolute())
+        exp = exp.model_copy(update={"base": base})
     if trials is not None:
         if trials < 1:
             raise ConfigError("--trials must be at least 1")

@@ -1,0 +1,100 @@
+"""Kill a real `harness sweep` (SIGKILL to its process group), then `--resume` it.
+
+Real run_training on tiny digits. After the resume: every planned trial appears exactly
+once, the trials that had finished before the kill were not rerun (same started_at and
+finished_at), and the reproductions ran.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.slow]
+
+HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]
+
+TINY = """\
+description: resume test
+base:
+  data: {name: digits, image_size: 16, val_fraction: 0.4}
+  model: {backbone: tiny_cnn_small, embedding_size: 16}
+  memory: {kind: none, size: 64}
+  train: {epochs: 3, batch_size: 16, samples_per_class: 4, iters_per_epoch: 4, probe_size: 8,
+          eval_untrained: false}
+search:
+  trials: 4
+  compare: {key: memory.kind, values: [none, xbm]}
+  space:
+    optim.lr: {type: float, low: 0.0003, high: 0.003, log: true}
+  reproduction_seeds: [1]
+  resources: {cpus: 1}
+"""
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of the session we created (the driver, its Ray node, Ray's workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(TINY)
+    storage = tmp_path / "results"
+    trials_path = storage / "tiny" / "trials.parquet"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*HARNESS, "sweep", str(exp), "--storage", str(storage)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not trials_path.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no trial finished in 300 s"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_session(proc.pid)  # Ray workers have process groups of their own
+    before = pd.read_parquet(trials_path).set_index("trial_id")
+    assert 1 <= len(before) < 4 + 2  # interrupted part-way
+
+    done = subprocess.run([*HARNESS, "sweep", "tiny", "--resume", "--storage", str(storage)],
+                          capture_output=True, text=True, env=env, timeout=480)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = pd.read_parquet(trials_path)
+    assert after.trial_id.is_unique
+    assert (after.phase == "search").sum() == 4 and (after.phase == "reproduction").sum() == 2
+    assert set(after.status) == {"completed"}
+    after = after.set_index("trial_id")
+    for tid in before.index:  # finished before the kill: not rerun
+        assert after.loc[tid, "started_at"] == before.loc[tid, "started_at"]
+        assert after.loc[tid, "finished_at"] == before.loc[tid, "finished_at"]
+    epochs = pd.read_parquet(storage / "tiny" / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert (epochs.groupby("trial_id").size() == 3).all() and epochs.trial_id.nunique() == 6
+    assert "4 search trials, 2 reproductions" in done.stdout
