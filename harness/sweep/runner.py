@@ -298,7 +298,7 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
     epochs = summary["epochs"] if summary else buffered_epochs
     if summary:
         status = summary["status"]
-        val = {k: v for k, v in summary["best_val"].items()}
+        val = dict(summary["best_val"])
         test = {**summary["test"], **summary.get("test_untrained", {})}
         best_epoch, epochs_run = summary["best_epoch"], summary["epochs_run"]
         wall, device, host = summary["wall_seconds"], summary["device"], summary["host"]
@@ -431,7 +431,9 @@ def start_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+        # address="local": never join a cluster some `ray start` on this machine left behind
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False,
                  _node_ip_address="127.0.0.1", logging_level="WARNING")
     return True
 
