@@ -81,6 +81,7 @@ def main() -> None:
     exp_path = work / "overhead.yaml"
     exp_path.write_text(yaml.safe_dump(exp_doc))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # as `harness sweep`: no Tune console box
     import ray
 
     from harness.sweep import runner

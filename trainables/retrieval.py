@@ -15,8 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import platform
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,12 +115,26 @@ def train_retrieval(
         pass
 
     ctx = tune.get_context()
-    out_dir = Path(ctx.get_trial_dir()) / "run"
+    # The run folder lives outside the trial folder: Tune syncs a driver-node trial
+    # folder with the experiment state, which would copy the checkpoints twice (and
+    # race with their writes). Tune checkpoints are its only persistent copy.
+    out_dir = Path(tempfile.gettempdir()) / "harness-trials" / f"{ctx.get_trial_id()}-{os.getpid()}"
+    shutil.rmtree(out_dir, ignore_errors=True)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         # A restart (lost worker, resumed sweep): continue from the last epoch.
         checkpoint.to_directory(str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _run_trial(run_config, out_dir, metric, mode, train_fn)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn) -> None:
+    """One run_training call reporting every epoch (with its checkpoint) and the end."""
+    from ray import tune
+
     final_path = out_dir / FINAL_REPORT
     if final_path.is_file():
         tune.report(json.loads(final_path.read_text()))
