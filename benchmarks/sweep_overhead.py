@@ -1,6 +1,6 @@
 """Sweep overhead: N identical short trials through `harness sweep`'s machinery on a local
-Ray instance (K parallel slots), against the same trials run one after another in-process
-with ``run_training`` (the baseline, measured in the same run).
+Ray instance (K parallel slots), against the same trials run one after another as plain
+``harness train`` calls (the baseline, measured in the same run).
 
 Printed: the sweep's wall time (Ray start-up included) against the ideal, i.e. the sum of
 the trials' own times divided by the slots; overhead = wall / ideal - 1. Target: < 10% at
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=4, help="N trials (all with the same config)")
     ap.add_argument("--trial-seconds", type=float, default=60.0, help="target length of one trial")
-    ap.add_argument("--iters", type=int, default=20, help="iterations per epoch")
+    ap.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     ap.add_argument("--slots", type=int, default=2, help="parallel trials (Ray CPUs, 1 CPU each)")
     args = ap.parse_args()
 
@@ -62,11 +64,19 @@ def main() -> None:
     epochs = max(1, round((args.trial_seconds - fixed) / per_epoch))
     base = trial_base(iters, epochs)
 
-    # Baseline: the same trials one after another, in-process run_training.
+    # Baseline: the same trials one after another as plain `harness train` calls, each
+    # with the CPU share a sweep trial gets (1 thread); a trial's own time is its call's
+    # wall time, process start-up included.
+    cfg_path = work / "trial.yaml"
+    cfg_path.write_text(yaml.safe_dump(base))
+    harness = Path(sys.executable).with_name("harness")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     own = []
     for i in range(args.trials):
         t = time.perf_counter()
-        run_training(build_config(base), work / f"baseline-{i}", resume=False)
+        subprocess.run([str(harness), "train", str(cfg_path), "--out", str(work / f"baseline-{i}"),
+                        "--no-resume"], check=True, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         own.append(time.perf_counter() - t)
 
     # The sweep: search phase only (one value, a one-point space, N trials), Ray start-up
@@ -102,11 +112,11 @@ def main() -> None:
     ideal_base = sum(own) / args.slots
     ideal_sweep = sum(sweep_own) / args.slots
     print(f"\nsweep overhead: {args.trials} trials x {epochs} epochs x {iters} iters, "
-          f"{args.slots} slots, 1 CPU per trial (baseline: in-process run_training, sequential)")
+          f"{args.slots} slots, 1 CPU per trial (baseline: sequential `harness train` calls)")
     print(f"| {'measure':<52} | {'seconds':>8} |")
     print(f"|{'-' * 54}|{'-' * 10}|")
     rows = [
-        ("baseline: mean trial time (sequential, in-process)", sum(own) / len(own)),
+        ("baseline: mean `harness train` call (sequential)", sum(own) / len(own)),
         ("sweep: mean trial time (trial's own wall_seconds)", sum(sweep_own) / len(sweep_own)),
         ("ideal A: sum(baseline trials) / slots", ideal_base),
         ("ideal B: sum(sweep trials' own times) / slots", ideal_sweep),

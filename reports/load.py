@@ -42,7 +42,10 @@ class ExperimentResults:
 
 def _read_parquet(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
     try:
-        df = pd.read_parquet(path)
+        # Open once, then read from the handle: the sweep replaces the file atomically,
+        # and a path-based read (stat, then open) can straddle a replace.
+        with open(path, "rb") as f:
+            df = pd.read_parquet(f)
     except Exception as e:  # pyarrow raises several types for a corrupt or truncated file
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ResultsError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 
@@ -134,15 +135,33 @@ def epoch_curves(experiments: list[ExperimentResults], repro: pd.DataFrame, colu
     return Figure(name, title, caption, svg)
 
 
-def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
-                        name: str, title: str, log2: bool = False) -> Figure | None:
-    """Test Recall@1 (mean ± std over seeds) against a config column, per method."""
-    if column not in repro.columns or "test.recall@1" not in repro.columns:
-        return None
+def recall_points(repro: pd.DataFrame, column: str, scale: float,
+                  fixed: dict[str, Any] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The points of a Figure-1 curve: (dataset, method, column, test.recall@1) rows.
+
+    ``fixed``: other Figure-1 axes (config column -> base value); where one of them
+    varies too (a batch x memory grid), the curve is the slice at its base value.
+    Returns the points and a description of the slices taken.
+    """
+    sliced_at = []
+    for other, value in (fixed or {}).items():
+        if other != column and other in repro.columns and value is not None \
+                and repro[other].nunique(dropna=True) > 1:
+            repro = repro[pd.to_numeric(repro[other], errors="coerce") == value]
+            sliced_at.append(f"{other.removeprefix('config.')} = {value}")
     df = repro[["dataset", "method", column, "test.recall@1"]].copy()
     df[column] = pd.to_numeric(df[column], errors="coerce")
     df["test.recall@1"] = pd.to_numeric(df["test.recall@1"], errors="coerce") * scale
-    df = df.dropna()
+    return df.dropna(), sliced_at
+
+
+def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
+                        name: str, title: str, log2: bool = False,
+                        fixed: dict[str, Any] | None = None) -> Figure | None:
+    """Test Recall@1 (mean ± std over seeds) against a config column, per method."""
+    if column not in repro.columns or "test.recall@1" not in repro.columns:
+        return None
+    df, sliced_at = recall_points(repro, column, scale, fixed)
     # A curve needs one method at two or more values; methods tuned to different values
     # (e.g. each its own searched memory size) are not a sweep over that axis.
     varying = sorted({d for (d, _), g in df.groupby(["dataset", "method"]) if g[column].nunique() > 1})
@@ -168,7 +187,9 @@ def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
             ax.set_ylabel("test Recall@1" + (" (%)" if scale != 1 else ""))
             ax.legend(fontsize=7)
         svg = _to_svg(fig)
-    return Figure(name, title, "Mean ± std over the reproduction seeds (cf. the AXBN paper's Figure 1).", svg)
+    at = f" At {', '.join(sliced_at)} (the base config)." if sliced_at else ""
+    return Figure(name, title, "Mean ± std over the reproduction seeds (cf. the AXBN paper's "
+                  f"Figure 1).{at}", svg)
 
 
 def _slug(text: str) -> str:
@@ -178,6 +199,12 @@ def _slug(text: str) -> str:
 
 def make_figures(experiments: list[ExperimentResults], repro: pd.DataFrame, scale: float) -> list[Figure]:
     figures: list[Figure | None] = [optimisation_history(e, scale) for e in experiments]
+    # Figure 1 uses every reproduced configuration; the per-method curves only the best.
+    fig1_rows, repro = repro, stats.best_reproductions(repro)
+    fixed: dict[str, Any] = {}
+    for e in experiments:
+        for key, value in ((e.space or {}).get("base_values") or {}).items():
+            fixed.setdefault(f"config.{key}", value)
     unit = " (%)" if scale != 1 else ""
     figures.append(epoch_curves(
         experiments, repro, "val.recall@1", "validation Recall@1" + unit, scale, "val-recall-epoch",
@@ -186,12 +213,13 @@ def make_figures(experiments: list[ExperimentResults], repro: pd.DataFrame, scal
         experiments, repro, "drift_mean", "mean feature drift", 1.0, "drift-epoch",
         "Feature drift against epoch",
         "Mean L2 drift of the probe embeddings between evaluations (AXBN paper, appendix C)."))
-    figures.append(recall_against(repro, "config.train.batch_size", "batch size", scale,
-                                  "recall-batch-size", "Test Recall@1 against batch size", log2=True))
+    figures.append(recall_against(fig1_rows, "config.train.batch_size", "batch size", scale,
+                                  "recall-batch-size", "Test Recall@1 against batch size", log2=True,
+                                  fixed=fixed))
     for col, label in (("config.memory.size", "memory size (embeddings)"),
                        ("config.memory.fraction", "memory size (fraction of the training set)")):
-        fig = recall_against(repro, col, label, scale, "recall-memory-size",
-                                  "Test Recall@1 against memory size")
+        fig = recall_against(fig1_rows, col, label, scale, "recall-memory-size",
+                             "Test Recall@1 against memory size", fixed=fixed)
         if fig is not None:
             figures.append(fig)
             break

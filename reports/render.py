@@ -86,7 +86,8 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
     metric_cols = [m for m in stats.METRICS if m in repro.columns]
     percent = stats.is_fraction_scale(repro, metric_cols) if metric_cols else True
     scale = 100.0 if percent else 1.0
-    tables = stats.summary_tables(repro, scale) if not repro.empty else []
+    best = stats.best_reproductions(repro)
+    tables = stats.summary_tables(best, scale) if not best.empty else []
     per_experiment = []
     for exp in experiments:
         importances = [stats.param_importance(exp, cv) for cv in stats.compare_values(exp)]

@@ -141,6 +141,14 @@ def is_fraction_scale(df: pd.DataFrame, columns: list[str]) -> bool:
     return bool(len(vals)) and bool(((vals >= 0) & (vals <= 1)).all())
 
 
+def best_reproductions(repro: pd.DataFrame) -> pd.DataFrame:
+    """The reproductions of each compared value's best configuration: the rows summary
+    tables compare (a sweep with ``search.reproduce: all`` reproduces the others too)."""
+    if "best_config" not in repro.columns:
+        return repro
+    return repro[repro["best_config"].map(lambda v: v is not False and v != 0)]
+
+
 def reproductions(experiments: list[ExperimentResults]) -> pd.DataFrame:
     """Completed reproduction rows of all experiments, with ``dataset``, ``setting``, ``label``."""
     frames = []
@@ -530,6 +538,9 @@ def progress(exp: ExperimentResults) -> Progress:
             if (cv, int(s)) not in have_pairs:
                 where = f"{exp.compare_key}={cv}, " if cv is not None else ""
                 p.missing.append(f"reproduction {where}seed {s}")
+    if exp.space.get("reproduce") == "all" and len(repro) < p.repro_planned:
+        p.missing.append(f"{p.repro_planned - len(repro)} of {p.repro_planned} reproductions "
+                         "(every searched configuration on every seed)")
     return p
 
 

@@ -18,7 +18,7 @@ from fixtures.report_tables import write_experiment
 from harness.cli import main
 from harness.errors import ResultsError
 from reports import render_report
-from reports import stats
+from reports import plots, stats
 from reports.load import load_experiment
 
 
@@ -240,3 +240,45 @@ def test_sampled_params_column_wins_over_config_columns(tmp_path):
     assert set(best.params) == {"optim.lr"}
     imp = stats.param_importance(exp, "xbn")
     assert imp.values == {"optim.lr": pytest.approx(1.0)}
+
+
+def test_reproduce_all_grid_summary_uses_best_and_figure_one_slices_at_base(tmp_path):
+    """A batch x memory grid reproduced at every point (search.reproduce: all): the
+    summary compares only each method's best configuration, and Figure 1's curves are
+    the slices at the base config's value of the other axis."""
+    exp = write_experiment(tmp_path, "grid", {"xbm": [0.70, 0.72, 0.74], "axbn": [0.80, 0.81, 0.82]})
+    trials = pd.read_parquet(exp / "trials.parquet")
+    best = trials[trials.phase == "reproduction"].assign(best_config=True)
+    extra = []
+    for _, row in best.iterrows():
+        for bs, frac in ((32, 0.5), (128, 0.5), (64, 1.0), (32, 1.0)):
+            # other grid points score far lower: they must stay out of the summary, and
+            # (32, 1.0), off both slices, must stay out of the curves
+            r = row.copy()
+            r["trial_id"] = f"{row.trial_id}-{bs}-{frac}"
+            r["best_config"] = False
+            r["config.train.batch_size"], r["config.memory.fraction"] = bs, frac
+            r["test.recall@1"] = 0.10 if (bs, frac) == (32, 1.0) else row["test.recall@1"] - 0.2
+            extra.append(r)
+    search = trials[trials.phase == "search"].assign(best_config=None)
+    pd.concat([search, best, pd.DataFrame(extra)]).to_parquet(exp / "trials.parquet", index=False)
+    space = json.loads((exp / "space.json").read_text())
+    space.update(reproduce="all", base_values={"train.batch_size": 64, "memory.fraction": 0.5},
+                 reproductions_planned=len(best) + len(extra))
+    (exp / "space.json").write_text(json.dumps(space))
+    written = render_report([exp], tmp_path / "out", formats=("md",))
+    md = written["md"].read_text()
+    assert "| axbn | **81.00 ± 1.00**" in md and "| xbm | 72.00 ± 2.00" in md
+    assert "recall-batch-size.svg" in md and "recall-memory-size.svg" in md
+    assert "At memory.fraction = 0.5 (the base config)" in md
+    assert "At train.batch\\_size = 64 (the base config)" in md  # Markdown-escaped
+    rows = stats.reproductions([load_experiment(exp)])
+    fixed = {"config.train.batch_size": 64, "config.memory.fraction": 0.5}
+    by_batch, _ = plots.recall_points(rows, "config.train.batch_size", 100.0, fixed)
+    by_memory, _ = plots.recall_points(rows, "config.memory.fraction", 100.0, fixed)
+    assert sorted(by_batch["config.train.batch_size"].unique()) == [32, 64, 128]
+    assert sorted(by_memory["config.memory.fraction"].unique()) == [0.5, 1.0]
+    # the off-slice point (32, 1.0) is in neither curve
+    assert (by_batch["test.recall@1"] > 20).all() and (by_memory["test.recall@1"] > 20).all()
+    rows = stats.reproductions([load_experiment(exp)])
+    assert len(stats.best_reproductions(rows)) == len(best)

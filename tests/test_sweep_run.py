@@ -176,3 +176,32 @@ def test_reproduce_only_reruns_reproductions_keeping_each_trial_once(swept):
     assert (after.loc[repro, "started_at"] >= before.loc[repro, "started_at"]).all()
     search = after[after.phase == "search"].index
     assert (after.loc[search, "started_at"] == before.loc[search, "started_at"]).all()
+
+
+def test_reproduce_all_reruns_every_grid_point_and_marks_the_best(ray_session, tmp_path):
+    """search.reproduce: all (the AXBN paper's Figure 1): every grid configuration is
+    reproduced on every seed; only the best one per compared value is marked best_config."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (marks / "crashed").write_text("none")  # no simulated crash in this sweep
+    doc = {**EXPERIMENT, "search": {
+        **EXPERIMENT["search"], "algorithm": "grid", "scheduler": None, "reproduce": "all",
+        "compare": {"key": "memory.kind", "values": ["none", "xbm"]},
+        "space": {"optim.lr": {"type": "categorical", "choices": [1e-3, 1e-2]}},
+        "reproduction_seeds": [1]}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
+    outcome = run_sweep(plan, train_fn=FakeTraining(marks, epoch_seconds=0.05), render=False)
+    trials = plan.store.trials()
+    repro = trials[trials.phase == "reproduction"]
+    assert outcome.trials == 4 and outcome.reproductions == 4 and trials.trial_id.is_unique
+    assert sorted(zip(repro.compare_value, repro["config.optim.lr"])) == [
+        ("none", 1e-3), ("none", 1e-2), ("xbm", 1e-3), ("xbm", 1e-2)]
+    # the fake scores lr=1e-3 best: exactly that configuration is each value's best
+    best = repro[repro.best_config.astype(bool)]
+    assert sorted(best.compare_value) == ["none", "xbm"] and (best["config.optim.lr"] == 1e-3).all()
+    assert trials[trials.phase == "search"].best_config.isna().all()
+    space = json.loads((Path(plan.store.root) / "space.json").read_text())
+    assert space["reproduce"] == "all" and space["reproductions_planned"] == 4
+    assert space["base_values"] == {"optim.lr": 1e-4}

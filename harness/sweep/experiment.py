@@ -149,6 +149,10 @@ class SearchSpec(_Spec):
     compare: CompareSpec | None = None
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     reproduction_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    # "best": reproduce the best search configuration of each compared value (the
+    # numbers reports compare); "all": every completed search configuration too, for
+    # experiments whose every grid point is a result (the AXBN paper's Figure 1).
+    reproduce: Literal["best", "all"] = "best"
     resources: ResourceSpec = ResourceSpec()
     max_failures: int = Field(2, ge=0)
     # Seed of the Optuna sampler (the search itself is reproducible).

@@ -18,6 +18,7 @@ Ray Tune's own experiment folders live under ``<storage>/<experiment>/tune/`` an
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -327,6 +328,9 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
         "method": method,
         "status": status,
         "params": json.dumps(spec.get("params") or {}),
+        # reproductions: whether this is the compared value's best search configuration
+        # (the one summary tables compare); null for search trials
+        "best_config": spec.get("best_config") if spec["phase"] == REPRODUCTION else None,
     }
     row.update({f"config.{k}": _config_cell(v) for k, v in cfg.flat().items()})
     row["seed"] = int(spec["seed"])
@@ -464,6 +468,11 @@ def _trainable(exp: Experiment, train_fn: Callable | None):
     return tune.with_resources(fn, {"cpu": res.cpus, "gpu": res.gpus})
 
 
+# A trial reuses a finished trial's worker process (torch, timm and the data already
+# imported) instead of starting a new one; run_training keeps no global state.
+REUSE_ACTORS = True
+
+
 def _run_config(plan: SweepPlan, phase: str, planned: int, slots: int, git: str | None):
     from harness.sweep.progress import SweepProgress
 
@@ -533,7 +542,8 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None):
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=planned, trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name),
+                                        trial_dirname_creator=_trial_name,
+                                        reuse_actors=REUSE_ACTORS),
             run_config=_run_config(plan, SEARCH, planned, _slots(exp, plan.max_concurrent), git),
         )
 
@@ -566,17 +576,41 @@ def _slug(label: str | None) -> str:
     return "all" if label is None else "".join(c if c.isalnum() or c in "+-." else "_" for c in label)
 
 
+def _search_trials_to_reproduce(plan: SweepPlan) -> list[tuple[str | None, dict[str, Any], bool]]:
+    """(compared value, search row, is the value's best) for every configuration to
+    reproduce: the best of each value, or with ``search.reproduce: all`` every completed
+    search configuration (each distinct parameter set once)."""
+    best = best_search_trials(plan)
+    if plan.experiment.search.reproduce == "best":
+        return [(label, row, True) for label, row in best.items()]
+    df = plan.store.trials()
+    df = df[(df["phase"] == SEARCH) & (df["status"] == "completed")]
+    out = []
+    for label, best_row in best.items():
+        rows = df[df["compare_value"] == label] if label is not None else df
+        seen: set[str] = set()
+        for row in rows.sort_values("trial_id").to_dict("records"):
+            key = row.get("params") or "{}"
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((label, row, row["trial_id"] == best_row["trial_id"]))
+    return out
+
+
 def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | None) -> int:
     exp = plan.experiment
-    best = best_search_trials(plan)
     specs = []
-    for label, row in best.items():
+    for label, row, is_best in _search_trials_to_reproduce(plan):
         params = json.loads(row.get("params") or "{}")
         overrides = {**exp.compare_overrides(label), **params}
+        # ids stay stable across --resume: the parameter set names the configuration
+        config_tag = "" if exp.search.reproduce == "best" else "-" + hashlib.sha1(
+            json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
         for seed in exp.search.reproduction_seeds:
             specs.append({"phase": REPRODUCTION, "compare_value": label, "overrides": overrides,
-                          "params": params, "seed": int(seed),
-                          "trial_id": f"reproduction-{_slug(label)}-seed{seed}",
+                          "params": params, "seed": int(seed), "best_config": is_best,
+                          "trial_id": f"reproduction-{_slug(label)}{config_tag}-seed{seed}",
                           "source_trial": row["trial_id"]})
     if not specs:
         return 0
@@ -591,7 +625,8 @@ def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | Non
             param_space={"spec": tune.grid_search(specs)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent,
                                         trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name),
+                                        trial_dirname_creator=_trial_name,
+                                        reuse_actors=REUSE_ACTORS),
             run_config=_run_config(plan, REPRODUCTION, len(specs),
                                    _slots(exp, plan.max_concurrent), git),
         )

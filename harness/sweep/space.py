@@ -95,6 +95,7 @@ def space_description(exp: Experiment) -> dict[str, Any]:
     """The ``space.json`` document (docs/architecture.md, "Results tables")."""
     budget = exp.trial_budget()
     labels = exp.compare_labels
+    base = exp.run_config().flat()
     return {
         "experiment": exp.name,
         "metric": exp.search.metric,
@@ -105,6 +106,10 @@ def space_description(exp: Experiment) -> dict[str, Any]:
         "trials_planned": sum(budget.values()),
         "trials_per_value": {str(k): v for k, v in budget.items()},
         "reproduction_seeds": list(exp.search.reproduction_seeds),
-        "reproductions_planned": len(labels) * len(exp.search.reproduction_seeds),
+        "reproduce": exp.search.reproduce,
+        "reproductions_planned": (sum(budget.values()) if exp.search.reproduce == "all"
+                                  else len(labels)) * len(exp.search.reproduction_seeds),
+        # Base-config values of the searched keys: where a report slices a grid.
+        "base_values": {k: base.get(k) for k in exp.search.space},
         "params": {k: s.describe() for k, s in exp.search.space.items()},
     }
