@@ -130,7 +130,7 @@ def test_corners_and_space_json_document():
     low = corner_overrides(exp, "axbn", "low")
     assert low["memory.kalman.r"] == 0.001 and low["memory.size"] == 128 and "xml.weight" not in low
     doc = space_description(exp)
-    assert doc["trials_planned"] == 6 and doc["compare_key"] == "method"
+    assert doc["trials_planned"] == 18 and doc["compare_key"] == "method"
     assert doc["params"]["optim.lr"] == {
         "type": "float", "low": 0.0003, "high": 0.003, "log": True, "step": None, "choices": None, "when": None,
     }  # fmt: skip
