@@ -20,7 +20,7 @@ negatives and SupConLoss is non-zero; random unit vectors in 512-d would mine no
 negatives at all and make SupCon's loss (and backward) trivially zero.
 
     python benchmarks/memory_step.py [--memory 30000] [--batch 64] [--dim 512]
-        [--loss supcon|contrastive] [--repeats 15] [--threads N]
+        [--loss supcon|supcon-all|contrastive] [--repeats 15] [--threads N]
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from harness.core.memory import CrossBatchMemory
 def make_loss(name: str):
     if name == "supcon":
         return losses.SupConLoss(temperature=0.1), miners.PairMarginMiner(pos_margin=0.2, neg_margin=0.8)
+    if name == "supcon-all":  # the protocol's loss on all pairs: a value-independent workload
+        return losses.SupConLoss(temperature=0.1), None
     return losses.ContrastiveLoss(), None
 
 
@@ -93,7 +95,7 @@ def main(argv=None) -> dict[str, float]:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--loss", choices=["supcon", "contrastive"], default="contrastive")
+    ap.add_argument("--loss", choices=["supcon", "supcon-all", "contrastive"], default="contrastive")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
@@ -112,6 +114,8 @@ def main(argv=None) -> dict[str, float]:
         "work depends on the values: an XBN-adapted memory mines other (here ~5x more) pairs "
         "than XBM's, so xbn/axbn vs xbm then compares workloads, not memory overhead]"
         if args.loss == "supcon"
+        else "SupConLoss(0.1), no miner (all B x M pairs: the protocol's loss with a fixed workload)"
+        if args.loss == "supcon-all"
         else "ContrastiveLoss, no miner (all B x M pairs: the same work for every variant, so the "
         "ratios measure the memory's overhead; the protocol's SupCon+PairMarginMiner mines a "
         "value-dependent set of pairs, see --loss supcon)"
