@@ -10,8 +10,9 @@ affine map ``ẑ = a ⊙ z + b`` of every stored embedding. Instead of rewriting
 buffer every step, the buffer holds *pre-images* ``P`` and a pending affine ``(A, C)``
 with ``R = P ⊙ A + C``; one adaptation is then O(d) (``A ← aA``, ``C ← aC + b``), the
 moments of R follow from running sums of P and P², and the loss's cosine similarities
-of the batch against R come from one matmul with ``P`` (plus the row norms from a
-cached ``P²``), never materialising R. The pending affine is folded into the buffer
+of the batch against R come from one matmul with ``P`` (the shift as a per-query bias)
+and R's row norms from one streaming pass over ``P`` through a cache-sized scratch
+block, never materialising R. The pending affine is folded into the buffer
 whenever the stored embeddings are read (``.embeddings``, ``state_dict()``), when it
 leaves a safe numeric range, and every ``fold_interval`` steps, so what the API shows is
 exactly the persistent adaptation of METHODS.md (up to float rounding). Losses/miners
@@ -230,13 +231,15 @@ class CrossBatchMemory(nn.Module):
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         # Derived caches, rebuilt on load: pending affine R = P*A + C, float64 sums of P
-        # and P^2 over the stored rows, P^2 itself (adaptive kinds) or row norms^2.
+        # and P^2 over the stored rows, row norms^2 (xbm kinds).
         self.register_buffer("_scale", torch.ones(d), persistent=False)
         self.register_buffer("_shift", torch.zeros(d), persistent=False)
         self.register_buffer("_sum", torch.zeros(d, dtype=torch.float64), persistent=False)
         self.register_buffer("_sumsq", torch.zeros(d, dtype=torch.float64), persistent=False)
-        self.register_buffer("_sq", torch.zeros(cap if self.adaptive and self.fast else 0, d), persistent=False)
-        self.register_buffer("_row_sq", torch.zeros(cap), persistent=False)
+        self.register_buffer("_row_sq", torch.zeros(cap if not self.adaptive else 0), persistent=False)
+        # scratch block for R's row norms, ~4 MiB: it stays in cache between the two passes
+        tmp_rows = min(cap, max(1, 2**20 // max(d, 1))) if self.adaptive and self.fast else 0
+        self.register_buffer("_norm_tmp", torch.zeros(tmp_rows, d), persistent=False)
         self._pending = False  # (A, C) differ from (1, 0)
         self._since_fold = 0
         # python mirrors of the counters (no device sync per step)
@@ -298,8 +301,6 @@ class CrossBatchMemory(nn.Module):
         self._since_fold = 0
         rows = buf[:n]
         if self.adaptive:
-            if len(self._sq):
-                torch.mul(rows, rows, out=self._sq[:n])
             self._sum.copy_(rows.sum(0, dtype=torch.float64))
             self._sumsq.copy_(rows.pow(2).sum(0, dtype=torch.float64))
         if len(self._row_sq):
@@ -349,8 +350,6 @@ class CrossBatchMemory(nn.Module):
                 self._sumsq -= old_rows.pow(2).sum(0, dtype=torch.float64)
             self._sum += p.sum(0, dtype=torch.float64)
             self._sumsq += p_sq.sum(0, dtype=torch.float64)
-            if len(self._sq):
-                self._sq[slots] = p_sq
         else:
             self._row_sq[slots] = (p * p).sum(1)
         buf[slots] = p
@@ -368,16 +367,32 @@ class CrossBatchMemory(nn.Module):
         qn = F.normalize(q.float(), p=2, dim=1)
         if not self._pending:
             dots = qn @ P.T
-            row_sq = self._row_sq[:n] if not self.adaptive else self._sq[:n].sum(1)
+            norm = self._row_sq[:n].sqrt() if not self.adaptive else torch.linalg.vector_norm(P, dim=1)
         else:
             A, C = self._scale, self._shift
-            # one matmul gives both q·(A⊙p) and p·(A⊙C) (the cross term of ||A⊙p + C||²)
-            X = torch.cat([qn * A, (A * C).unsqueeze(0)], 0)
-            G = X @ P.T
-            dots = G[:-1] + (qn @ C).unsqueeze(1)
-            row_sq = torch.mv(self._sq[:n], A * A) + 2.0 * G[-1].detach() + C.dot(C)
-        inv_norm = row_sq.clamp_min(0.0).sqrt().clamp_min(1e-12).reciprocal()
-        return (dots * inv_norm).to(q.dtype)
+            # q·(A⊙p + C) = (q⊙A)·p + q·C: the matmul's bias adds q·C (no extra B×n pass).
+            # The norms stay out of the matmul: a 65th row (for their cross term) costs an
+            # edge tile in the matmul and its backward, about as much as their own pass.
+            dots = torch.addmm((qn @ C).unsqueeze(1), qn * A, P.T)
+            norm = self._adapted_norms(P, A, C)
+        inv_norm = norm.clamp_min(1e-12).reciprocal()
+        # in place: (add)mm's backward does not need its output, so no second B×n tensor
+        return dots.mul_(inv_norm).to(q.dtype)
+
+    @torch.no_grad()
+    def _adapted_norms(self, P: Tensor, A: Tensor, C: Tensor) -> Tensor:
+        """Row norms ||A⊙p + C|| of R, exact: R is formed block by block in the scratch.
+
+        One read of P; cheaper than a gemv over a cached P² (which is as large as P) plus
+        the cross term, and free of the cancellation of the expanded ||A⊙p||² + 2(A⊙C)·p + C·C.
+        """
+        tmp = self._norm_tmp
+        norm = P.new_empty(len(P))
+        for rows, out in zip(P.split(len(tmp)), norm.split(len(tmp))):
+            block = tmp[: len(rows)]
+            torch.addcmul(C, rows, A, out=block)
+            torch.linalg.vector_norm(block, dim=1, out=out)
+        return norm
 
     def _indices(self, embeddings, labels, ref_emb, ref_labels, slots):
         if self.miner is not None:
