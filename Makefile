@@ -26,8 +26,9 @@ $(STAMP):
 install: venv
 	@$(PY) -m pip install -q --no-deps -e . >/dev/null
 
+# A second `make demo` continues (or just re-reports) the sweep already in $(STORAGE).
 demo: install
-	$(VENV)/bin/harness sweep demo --storage $(STORAGE)
+	$(VENV)/bin/harness sweep demo --storage $(STORAGE) $(if $(wildcard $(STORAGE)/demo/sweep.json),--resume,)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
