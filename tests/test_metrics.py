@@ -151,3 +151,47 @@ def test_eval_speed_benchmark_smoke():
     for name in ("bare faiss search", "ours retrieval_metrics", "AccuracyCalculator"):
         assert name in out
     assert "metrics agree with AccuracyCalculator: yes" in out
+
+
+@pytest.fixture
+def symmetric_path(monkeypatch):
+    """Force the CPU one-set symmetric blocked search at test sizes, small blocks."""
+    monkeypatch.setattr(M, "_SYMMETRIC_MIN_N", 0)
+    monkeypatch.setattr(M, "_SYMMETRIC_BLOCK", 37)
+    monkeypatch.setattr(M, "gpu_available", lambda: False)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_symmetric_one_set_matches_accuracy_calculator(seed, symmetric_path):
+    x, y = clustered(seed)
+    ours = retrieval_metrics(x, y, ks=(1, 4))
+    assert_same(ours, CALC.get_accuracy(x, y))
+
+
+def test_symmetric_topk_is_exact_order():
+    """Small-integer vectors: every product is exact in float32 (any summation order),
+    with many ties, so the reference is a full product sorted by (-sim, index)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2, 3, (300, 6)).astype(np.float32)
+    full = x.astype(np.float64) @ x.T.astype(np.float64)
+    order = np.lexsort((np.broadcast_to(np.arange(len(x)), full.shape), -full), axis=1)
+    for block in (5, 64, 4096):
+        for fetch in (1, 9, 300):
+            d, i = M.symmetric_topk(x, fetch, block=block)
+            np.testing.assert_array_equal(i, order[:, :fetch])
+            np.testing.assert_array_equal(d, np.take_along_axis(full, i, 1).astype(np.float32))
+
+
+def test_symmetric_ties_across_k_boundary(symmetric_path, monkeypatch):
+    ks_asked = []
+    orig = M.ExactCosineSearch.search
+    monkeypatch.setattr(M.ExactCosineSearch, "search", lambda self, q, k: ks_asked.append(k) or orig(self, q, k))
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((6, 8)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    x = np.repeat(base, 10, axis=0)
+    y = np.tile(np.arange(4), 15)
+    p = rng.permutation(len(y))
+    x, y = x[p], y[p]
+    assert_same(retrieval_metrics(x, y, ks=(1, 2)), CALC.get_accuracy(x, y))
+    assert ks_asked  # rows whose tie crossed the candidates were searched again

@@ -4,7 +4,9 @@ Cosine similarity = inner product of L2-normalised float32 embeddings, searched 
 with faiss ``IndexFlatIP`` (on GPU when faiss has GPUs), in chunks of queries: only
 ``chunk x k`` results exist at a time, never an N x N matrix. ``k`` is what the metrics
 need: max(ks) and the largest R (positives of a query), plus one for the self match in
-one-set mode.
+one-set mode. One-set mode on CPU (from ``_SYMMETRIC_MIN_N`` items) uses
+``symmetric_topk`` instead: each block of the symmetric Gram matrix is multiplied once
+and serves both its rows and its columns (half the FLOPs), same conventions.
 
 Conventions (they match pytorch-metric-learning's ``AccuracyCalculator`` with its
 default exact faiss k-NN, ``k="max_bin_count"``, ``avg_of_avgs=False``):
@@ -78,6 +80,113 @@ class ExactCosineSearch:
         return index.search(queries, k)
 
 
+# One-set mode on CPU, from this many items up: the symmetric blocked search below
+# (half the matrix products of a full search). Smaller sets use faiss directly.
+_SYMMETRIC_MIN_N = 16384
+_SYMMETRIC_BLOCK = 4096
+_KEY_MIN = -(2**63)
+
+
+def _keys(vals, idx):
+    """int64 keys ordering (similarity descending, index ascending) as larger-is-better."""
+    import torch
+
+    vals = vals + 0.0  # -0.0 -> +0.0 (equal similarities must share a key prefix)
+    b = vals.contiguous().view(torch.int32)
+    b = b ^ ((b >> 31) & 0x7FFFFFFF)  # monotone in the float's value
+    return (b.to(torch.int64) << 32) + (0xFFFFFFFF - idx.to(torch.int64))
+
+
+def _key_values(keys):
+    import torch
+
+    b = (keys >> 32).to(torch.int32)
+    b = b ^ ((b >> 31) & 0x7FFFFFFF)
+    return b.view(torch.float32)
+
+
+def _key_indices(keys):
+    return 0xFFFFFFFF - (keys & 0xFFFFFFFF)
+
+
+def symmetric_topk(x: np.ndarray, fetch: int, block: int | None = None):
+    """Top ``fetch`` of every row of x xᵀ (self match included), ordered by
+    (-similarity, index), without ever holding more than a block x block product.
+
+    The Gram matrix is symmetric: each block pair (i, j >= i) is multiplied once and
+    feeds the rows of block i (row-wise) and of block j (column-wise), so both sides see
+    identical values. Entries below a row's current ``fetch``-th best similarity are
+    skipped; entries equal to it are kept (a tie may still win by a smaller index).
+    Returns (similarities float32 [N, fetch], indices int64 [N, fetch]).
+    """
+    import torch
+
+    n = len(x)
+    fetch = min(fetch, n)
+    block = block or _SYMMETRIC_BLOCK
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    keys = torch.full((n, fetch), 0, dtype=torch.int64)
+    keys[:] = _keys(torch.tensor([-np.inf], dtype=torch.float32), torch.tensor([0xFFFFFFFF]))
+    thr = torch.full((n,), -np.inf, dtype=torch.float32)
+    starts = list(range(0, n, block))
+
+    def merge(rows, idx, vals):
+        if len(rows) == 0:
+            return
+        new = _keys(vals, idx)
+        urows, inv, counts = torch.unique(rows, return_inverse=True, return_counts=True)
+        perm = torch.argsort(inv, stable=True)
+        inv_s = inv[perm]
+        offs = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(len(rows)) - offs[inv_s]
+        dense = torch.full((len(urows), int(counts.max())), _KEY_MIN, dtype=torch.int64)
+        dense[inv_s, pos] = new[perm]
+        top = torch.topk(torch.cat([keys[urows], dense], 1), fetch, dim=1, sorted=True).values
+        keys[urows] = top
+        thr[urows] = _key_values(top[:, -1])
+
+    # Reused buffers: a fresh 64 MB product per block pair costs page faults.
+    buf = torch.empty(min(block, n) ** 2, dtype=torch.float32)
+    mask1 = torch.empty(min(block, n) ** 2, dtype=torch.bool)
+    mask2 = torch.empty(min(block, n) ** 2, dtype=torch.bool)
+
+    def product(a, b):
+        xa, xb = xt[a : a + block], xt[b : b + block]
+        s = buf[: len(xa) * len(xb)].view(len(xa), len(xb))
+        torch.mm(xa, xb.T, out=s)
+        return s
+
+    # Diagonal blocks first: they give every row a first threshold.
+    for a in starts:
+        s = product(a, a)
+        t = thr[a : a + len(s)]
+        if s.shape[1] >= fetch:
+            t = torch.maximum(t, torch.topk(s, fetch, dim=1, sorted=False).values.amin(1))
+        m = mask1[: s.numel()].view(s.shape)
+        torch.ge(s, t[:, None], out=m)
+        r, c = m.nonzero(as_tuple=True)
+        merge(r + a, c + a, s[r, c])
+    for ia, a in enumerate(starts):
+        for b in starts[ia + 1 :]:
+            s = product(a, b)
+            ta, tb = thr[a : a + s.shape[0]], thr[b : b + s.shape[1]]
+            m1 = mask1[: s.numel()].view(s.shape)
+            m2 = mask2[: s.numel()].view(s.shape)
+            torch.ge(s, ta[:, None], out=m1)
+            torch.ge(s, tb[None, :], out=m2)
+            m1 |= m2
+            r, c = m1.nonzero(as_tuple=True)
+            v = s[r, c]
+            side_a = v >= ta[r]  # candidate for row a + r (gallery index b + c)
+            side_b = v >= tb[c]  # candidate for row b + c (gallery index a + r)
+            merge(
+                torch.cat([r[side_a] + a, c[side_b] + b]),
+                torch.cat([c[side_a] + b, r[side_b] + a]),
+                torch.cat([v[side_a], v[side_b]]),
+            )
+    return _key_values(keys).numpy().copy(), _key_indices(keys).numpy().copy()
+
+
 def knn(
     query: np.ndarray,
     search: ExactCosineSearch,
@@ -124,6 +233,23 @@ def knn(
         rows = rows[unsure]
         fetch = min(search.n, max(2 * fetch, fetch + 16))
     return out_d, out_i
+
+
+def _one_set_neighbours(q, rows, sym_d, sym_i, k, search) -> np.ndarray:
+    """``knn``'s self removal and tie check applied to ``symmetric_topk`` candidates."""
+    n, fetched = len(q), sym_d.shape[1]
+    d, i = sym_d[rows], sym_i[rows]
+    is_self = i == rows[:, None]
+    is_self[~is_self.any(1), -1] = True  # as in knn: drop the last hit instead
+    keep = ~is_self
+    d = d[keep].reshape(len(rows), fetched - 1)
+    i = i[keep].reshape(len(rows), fetched - 1)
+    nn = i[:, :k].copy()
+    unsure = (d[:, k - 1] == d[:, -1]) & (fetched < n)
+    if unsure.any():
+        redo = rows[unsure]
+        nn[unsure] = knn(q[redo], search(), k, self_index=redo, margin=2 * fetched)[1]
+    return nn
 
 
 def _accumulate(hits: np.ndarray, r: np.ndarray, ks: Sequence[int]):
@@ -189,14 +315,27 @@ def retrieval_metrics(
         return result
 
     k = max(ks[-1], int(r.max()))
-    search = ExactCosineSearch(g, use_gpu=use_gpu)
+    gpu = gpu_available() if use_gpu is None else use_gpu
+    symmetric = one_set and not gpu and len(q) >= _SYMMETRIC_MIN_N
+    if symmetric:
+        # One-set mode on CPU: one symmetric blocked pass gives every item its
+        # candidates (self + k + margin, ordered by (-similarity, index)); faiss only
+        # re-searches the rare rows whose tie crosses the last candidate.
+        k = min(k, len(q) - 1)
+        sym_d, sym_i = symmetric_topk(q, k + 1 + 4)
+        search = functools.lru_cache(maxsize=1)(lambda: ExactCosineSearch(g, use_gpu=False))
+    else:
+        search = ExactCosineSearch(g, use_gpu=use_gpu)
     hit_sums = {kk: 0 for kk in ks}
     rp_sum = ap_sum = 0.0
     valid_idx = np.flatnonzero(valid)
     # Only queries with positives are searched; chunks bound the result memory.
     for start in range(0, len(valid_idx), chunk_size):
         rows = valid_idx[start : start + chunk_size]
-        _, nn = knn(q[rows], search, k, self_index=rows if one_set else None)
+        if symmetric:
+            nn = _one_set_neighbours(q, rows, sym_d, sym_i, k, search)
+        else:
+            _, nn = knn(q[rows], search, k, self_index=rows if one_set else None)
         hits = g_labels[nn] == q_labels[rows][:, None]
         recalls, rp, ap = _accumulate(hits, r[rows], ks)
         for kk in ks:
