@@ -19,6 +19,8 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from fixtures.processes import session_pids
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]
@@ -61,17 +63,11 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
     proc.wait(timeout=30)
     # Ray's workers start process groups of their own inside our session: end them too.
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == proc.pid:
-                try:
-                    os.kill(int(entry.name), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    for pid in session_pids(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 TINY = """\

@@ -8,29 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from fixtures.harness_cli import run_cli
 from fixtures.report_tables import write_experiment
-from harness.cli import main
 from harness.errors import ResultsError
 from reports import render_report
 from reports import plots, stats
 from reports.load import load_experiment
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["harness", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def table_row(md: str, label: str) -> list[str]:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]

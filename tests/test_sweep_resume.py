@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from fixtures.processes import session_pids
 
 pytestmark = [pytest.mark.slow]
 
@@ -37,20 +38,6 @@ search:
   reproduction_seeds: [1]
   resources: {cpus: 1}
 """
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes of the session we created (the driver, its Ray node, Ray's workers)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(entry.name))
-    return pids
 
 
 def kill_session(sid: int) -> None:

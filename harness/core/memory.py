@@ -21,7 +21,6 @@ whose distance is not cosine / normalised L2 take the plain path (R materialised
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
+
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
@@ -44,7 +46,8 @@ from harness.sweep.results import (
     is_uri,
     join,
 )
-from harness.sweep.space import OBJECTIVE, create_sampler, define_by_run, space_description
+from harness.sweep.space import create_sampler, define_by_run, space_description
+from trainables.retrieval import OBJECTIVE
 
 SEARCH = "search"
 REPRODUCTION = "reproduction"
@@ -551,10 +554,12 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None):
     _reconcile(plan, results, git)
 
 
-def best_search_trials(plan: SweepPlan) -> dict[str | None, dict[str, Any]]:
-    """The best finished search trial of every compared value (by the experiment's metric)."""
+def best_search_trials(plan: SweepPlan, df: pd.DataFrame | None = None
+                       ) -> dict[str | None, dict[str, Any]]:
+    """The best finished search trial of every compared value (by the experiment's
+    metric); ``df``: the trials table when the caller has read it already."""
     exp = plan.experiment
-    df = plan.store.trials()
+    df = plan.store.trials() if df is None else df
     if df.empty:
         return {}
     df = df[(df["phase"] == SEARCH) & (df["status"] == "completed")]
@@ -580,11 +585,11 @@ def _search_trials_to_reproduce(plan: SweepPlan) -> list[tuple[str | None, dict[
     """(compared value, search row, is the value's best) for every configuration to
     reproduce: the best of each value, or with ``search.reproduce: all`` every completed
     search configuration (each distinct parameter set once)."""
-    best = best_search_trials(plan)
+    trials = plan.store.trials()
+    best = best_search_trials(plan, trials)
     if plan.experiment.search.reproduce == "best":
         return [(label, row, True) for label, row in best.items()]
-    df = plan.store.trials()
-    df = df[(df["phase"] == SEARCH) & (df["status"] == "completed")]
+    df = trials[(trials["phase"] == SEARCH) & (trials["status"] == "completed")]
     out = []
     for label, best_row in best.items():
         rows = df[df["compare_value"] == label] if label is not None else df

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from harness.sweep.experiment import Experiment, ParamSpec
-from trainables.retrieval import OBJECTIVE  # noqa: F401  (re-exported for the runner)
 
 
 def fixed_values(exp: Experiment, label: str | None) -> dict[str, Any]:
