@@ -34,6 +34,13 @@ def sweep(
     reproduce_only: bool = typer.Option(
         False, "--reproduce-only", help="Rerun the reproductions of a finished search."
     ),
+    tracking: Optional[List[str]] = typer.Option(
+        None, "--tracking", help="Also track every trial in mlflow, wandb or tensorboard (repeatable)."
+    ),
+    optuna_storage: Optional[str] = typer.Option(
+        None, "--optuna-storage",
+        help="SQLAlchemy URL of the Optuna studies (default: sqlite:///<storage>/<experiment>/optuna.db).",
+    ),
 ) -> None:
     """Tune an experiment with Optuna on Ray Tune, then reproduce the best settings."""
     if resume and reproduce_only:
@@ -45,6 +52,11 @@ def sweep(
     from harness.sweep.runner import prepare_sweep, run_sweep, summary_table
 
     plan = prepare_sweep(name, set_, trials, storage, resume, reproduce_only, max_concurrent, address)
+    from harness.sweep.optuna_storage import resolve_storage_url
+    from harness.tracking.config import apply_tracking
+
+    plan.experiment = apply_tracking(plan.experiment, tracking, resuming=bool(plan.state))
+    plan.optuna_storage = resolve_storage_url(plan, optuna_storage)  # checked before Ray starts
     outcome = run_sweep(plan)
     console = Console()
     table = Table(title=f"{outcome.experiment}: reproductions (test split)", title_justify="left")

@@ -90,18 +90,43 @@ def train(
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.pt when present."
     ),
+    tracking: Optional[list[str]] = typer.Option(
+        None, "--tracking",
+        help="Also track the run in mlflow, wandb or tensorboard (repeatable); stores go beside OUT.",
+    ),
 ) -> None:
     """Train one run: per-epoch metrics, checkpoints, best-on-validation, test of the best."""
     cfg = load_config(config, set_)  # a bad config fails here, before torch is imported
+    from harness.tracking.config import TrackingSpec, require_installed
+
+    spec = TrackingSpec().with_trackers(tracking)
+    require_installed(spec.trackers)
     from harness.core.train import run_training
 
     out_dir = out if out is not None else default_out_dir(config)
     console = Console(stderr=True)
+    tracker = None
+    if spec.trackers:
+        from harness.tracking import create_run_tracker
+
+        tracker = create_run_tracker(spec, cfg, out_dir, experiment=config.stem)
     with TrainProgress(cfg.train.epochs, console) as progress:
-        result = run_training(
-            cfg, out_dir, on_epoch=progress.on_epoch, resume=resume, on_step=progress.on_step
-        )
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            progress.on_epoch(epoch, metrics)
+            if tracker is not None:
+                tracker.log_epoch(epoch, metrics)
+
+        try:
+            result = run_training(
+                cfg, out_dir, on_epoch=on_epoch, resume=resume, on_step=progress.on_step
+            )
+        except BaseException:
+            if tracker is not None:
+                tracker.finish({}, "failed")
+            raise
     summary = result.summary()
+    if tracker is not None:
+        tracker.finish(summary, result.status)
     console.print(f"run directory: {out_dir}", highlight=False)
     print(json.dumps(summary, default=str), flush=True)
     if result.status != "completed":

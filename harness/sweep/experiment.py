@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from harness.config import RunConfig, build_config, load_yaml, parse_overrides
 from harness.errors import ConfigError
+from harness.tracking.config import TrackingSpec
 
 METHOD_KEY = "method"
 XML_SUFFIX = "+xml"
@@ -164,6 +165,8 @@ class Experiment(_Spec):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     search: SearchSpec = SearchSpec()
+    # Optional trackers (MLflow, W&B, TensorBoard) fed by the sweep: harness/tracking/.
+    tracking: TrackingSpec = TrackingSpec()
 
     # ---- derived views -------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class SweepPlan:
     max_concurrent: int | None = None
     address: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    # SQLAlchemy URL of the Optuna studies (harness/sweep/optuna_storage.py); None: in memory
+    optuna_storage: str | None = None
 
     def tune_dir(self, phase: str) -> str:
         return join(self.store.root, "tune", phase)
@@ -205,6 +207,9 @@ class CompareSearcher(Searcher):
 
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        for searcher in self.searchers.values():  # studies in a database: agree with it
+            if hasattr(searcher, "reconcile"):
+                searcher.reconcile()
 
 
 def _label(v: str | None) -> str:
@@ -478,6 +483,7 @@ REUSE_ACTORS = True
 
 def _run_config(plan: SweepPlan, phase: str, planned: int, slots: int, git: str | None):
     from harness.sweep.progress import SweepProgress
+    from harness.tracking import create_tracking_callbacks
 
     exp = plan.experiment
     return tune.RunConfig(
@@ -487,6 +493,7 @@ def _run_config(plan: SweepPlan, phase: str, planned: int, slots: int, git: str 
             ResultsRecorder(exp, plan.storage, git),
             SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode,
                           planned, slots),
+            *create_tracking_callbacks(exp, plan.store.root),
         ],
         failure_config=tune.FailureConfig(max_failures=exp.search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -521,14 +528,15 @@ def _reconcile(plan: SweepPlan, results, git: str | None) -> None:
 
 def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None):
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from harness.sweep.optuna_storage import create_searcher
 
     exp = plan.experiment
     budget = {_label(k): v for k, v in exp.trial_budget().items()}
     labels = list(budget)
     searchers = {
-        lb: OptunaSearch(space=define_by_run(exp, _unlabel(lb)), metric=OBJECTIVE,
-                         mode=exp.search.mode, sampler=create_sampler(exp, _unlabel(lb), i))
+        lb: create_searcher(exp, _unlabel(lb), plan.optuna_storage, space=define_by_run(exp, _unlabel(lb)),
+                            sampler=create_sampler(exp, _unlabel(lb), i), metric=OBJECTIVE)
         for i, lb in enumerate(labels)
     }
     overrides = {lb: exp.compare_overrides(_unlabel(lb)) for lb in labels}
@@ -661,11 +669,15 @@ def run_sweep(plan: SweepPlan, train_fn: Callable | None = None,
               render: bool = True) -> SweepOutcome:
     """Run (or resume) the sweep of a prepared plan. ``train_fn`` replaces
     ``run_training`` (tests only)."""
+    from harness.sweep.optuna_storage import resolve_storage_url
+
     exp = plan.experiment
     git = _git_commit()
+    plan.optuna_storage = resolve_storage_url(plan, plan.optuna_storage)
     if not plan.state:
         _save_state(plan, experiment=exp.model_dump(mode="json"), created_at=_utc_now(),
-                    host=socket.gethostname(), search_done=False, reproduction_done=False)
+                    host=socket.gethostname(), search_done=False, reproduction_done=False,
+                    optuna_storage=plan.optuna_storage)
         plan.store.write_json(SPACE, space_description(exp))
     started_ray = start_ray(plan.address)
     try:

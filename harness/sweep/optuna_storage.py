@@ -1,0 +1,178 @@
+"""The sweep's Optuna studies in Optuna's RDB storage (SQLite by default, any SQLAlchemy URL).
+
+Each compared value's study is ``<experiment>:<value>`` (``<experiment>`` without a
+compare axis) in ``sqlite:///<storage>/<experiment>/optuna.db`` unless
+``--optuna-storage URL`` names another database (e.g. PostgreSQL on the cluster head), so
+``optuna-dashboard <URL>`` and ``optuna.load_study`` see the live search. Ray Tune's own
+``OptunaSearch(study_name=..., storage=...)`` keeps the study there; every Optuna trial
+carries the ``trial_id`` of its ``trials.parquet`` row as a user attribute.
+
+Two records of the search exist after an interruption: the database, and the searcher
+state in Tune's last experiment snapshot. On ``--resume`` **the database wins** for the
+history (what the sampler learns from, and every value once told): a trial it already
+completed is never told again, even if the snapshot still had it running. Tune's
+snapshot decides which Tune trials exist and are restarted; a trial the database shows
+as running that no restored Tune trial owns (started after the snapshot) is marked FAIL.
+If the database lost the study (a deleted SQLite file), it is rebuilt from the copy of
+the finished trials and running parameters kept in Tune's snapshot, so a resume works
+from either record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from harness.errors import ConfigError
+from harness.sweep.results import is_uri, join
+
+DB_FILE = "optuna.db"
+STATE_KEY = "optuna_storage"  # sweep.json: the URL the sweep's studies live in
+
+
+def default_storage_url(root: str) -> str | None:
+    """``sqlite:///<root>/optuna.db`` for a local results folder; None for s3:// & co."""
+    if is_uri(root):
+        return None
+    return f"sqlite:///{join(root, DB_FILE)}"
+
+
+def open_storage(url: str):
+    """An RDBStorage for ``url``; a bad URL or an unreachable database is one ConfigError line."""
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Readers (optuna-dashboard) may hold the file briefly: wait instead of failing.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 30}}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as e:  # SQLAlchemy raises many types: bad URL, missing driver, refused
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"--optuna-storage {url}: cannot open this Optuna storage ({reason}); give a SQLAlchemy "
+            "URL such as sqlite:///path/optuna.db or postgresql://user@host/db"
+        ) from None
+
+
+def resolve_storage_url(plan, requested: str | None) -> str | None:
+    """The URL of ``plan``'s studies: the one a resumed sweep started with, else
+    ``requested`` (``--optuna-storage``), else the SQLite file beside the tables."""
+    recorded = (plan.state or {}).get(STATE_KEY) if plan.state else None
+    if plan.state and STATE_KEY in plan.state:
+        if requested and requested != recorded:
+            raise ConfigError(
+                f"--optuna-storage {requested}: this sweep keeps its studies in {recorded}; "
+                "resume without --optuna-storage (or with that URL)"
+            )
+        return recorded
+    url = requested or default_storage_url(plan.store.root)
+    if url is not None:
+        open_storage(url)  # fail before Ray starts
+    return url
+
+
+def study_name(experiment: str, label: str | None) -> str:
+    return experiment if label is None else f"{experiment}:{label}"
+
+
+class StoredOptunaSearch(OptunaSearch):
+    """Ray Tune's OptunaSearch with its study in an RDB storage (see the module docstring)."""
+
+    def __init__(self, *, url: str, name: str, user_attrs: dict[str, Any], **kwargs: Any):
+        self._url = url
+        self._user_attrs = dict(user_attrs)
+        super().__init__(study_name=name, storage=open_storage(url), **kwargs)
+        for k, v in self._user_attrs.items():  # shown by optuna-dashboard
+            self._ot_study.set_user_attr(k, v)
+        self._history: list[Any] = []  # finished FrozenTrials, as of the last snapshot
+        self._running: dict[str, Any] = {}  # Tune trial id -> FrozenTrial still running
+
+    # ---- the live search ----------------------------------------------------------
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if params is not None and ot_trial is not None:
+            ot_trial.set_user_attr("trial_id", trial_id)  # = trials.parquet's trial_id
+        return params
+
+    def _finished_in_storage(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if trial_id in self._completed_trials or ot_trial is None:
+            return False
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._finished_in_storage(trial_id):  # the database wins
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if self._finished_in_storage(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    # ---- snapshots and --resume ---------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._ot_study is not None:
+            try:
+                trials = {t._trial_id: t for t in self._ot_study.get_trials(deepcopy=False)}
+                state["_history"] = [t for t in trials.values() if t.state.is_finished()]
+                state["_running"] = {
+                    tid: trials[ot._trial_id] for tid, ot in self._ot_trials.items()
+                    if ot._trial_id in trials and not trials[ot._trial_id].state.is_finished()}
+            except Exception:  # database unreachable right now: keep the last copy
+                pass
+        return state
+
+    def reconcile(self) -> None:
+        """After Tune restored this searcher from its snapshot: make the database and
+        the snapshot agree (the module docstring says who wins what)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        old = self._ot_study
+        study = optuna.create_study(storage=self._storage, sampler=old.sampler,
+                                    pruner=optuna.pruners.NopPruner(), study_name=self._study_name,
+                                    directions=old.directions, load_if_exists=True)
+        for k, v in self._user_attrs.items():
+            study.set_user_attr(k, v)
+        in_db = {t.user_attrs.get("trial_id"): t for t in study.get_trials(deepcopy=False)}
+        for frozen in self._history:  # lost from the database: copy back from the snapshot
+            if frozen.user_attrs.get("trial_id") not in in_db:
+                study.add_trial(frozen)
+        live = {}
+        for tid in self._ot_trials:
+            if tid in self._completed_trials:
+                continue
+            found = in_db.get(tid)
+            if found is None:  # running in the snapshot, lost from the database
+                frozen = self._running.get(tid)
+                if frozen is None:
+                    continue
+                study.add_trial(optuna.trial.create_trial(
+                    state=TrialState.RUNNING, params=frozen.params,
+                    distributions=frozen.distributions, user_attrs=frozen.user_attrs))
+                found = study.get_trials(deepcopy=False)[-1]
+            live[tid] = optuna.trial.Trial(study, found._trial_id)
+        owned = {t._trial_id for t in live.values()}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id not in owned:  # asked after the snapshot; nobody will tell it
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        self._ot_study = study
+        self._ot_trials = {tid: t for tid, t in self._ot_trials.items() if tid in self._completed_trials}
+        self._ot_trials.update(live)
+
+
+def create_searcher(exp, label: str | None, url: str | None, *, space, sampler, metric: str):
+    """The OptunaSearch of one compared value: in the RDB storage at ``url`` when given."""
+    if url is None:
+        return OptunaSearch(space=space, metric=metric, mode=exp.search.mode, sampler=sampler)
+    attrs = {"experiment": exp.name, "compare_key": exp.compare_key, "compare_value": label,
+             "metric": exp.search.metric, "mode": exp.search.mode}
+    return StoredOptunaSearch(url=url, name=study_name(exp.name, label), user_attrs=attrs,
+                              space=space, metric=metric, mode=exp.search.mode, sampler=sampler)
