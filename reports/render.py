@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import jinja2
 
 from harness.errors import ConfigError, ResultsError
-from reports import plots, stats
+from reports import plots, search_plots, stats
 from reports.load import ExperimentResults, load_experiments
 
 FORMATS = ("md", "html")
@@ -105,6 +105,7 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
             "importance_omitted": _group_reasons(importances),
         })
     figures = plots.make_figures(experiments, repro, scale)
+    figures += search_plots.make_search_figures(experiments)  # Optuna's own plots, per method
     names = [e.name for e in experiments]
     return {
         "title": "Comparison report: " + ", ".join(names),

@@ -64,9 +64,16 @@ def test_report_html_renders_in_chromium(tmp_path, browser):
     images = browser.evaluate(
         "Array.prototype.map.call(document.images, function (i) { return [i.complete, i.naturalWidth]; })")
     # 3 optimisation histories, val Recall@1 and drift per epoch, Recall@1 against batch
-    # size and against memory size.
-    assert len(images) == 7
+    # size and against memory size; then Optuna's search plots: parallel coordinates,
+    # slice, contour and importances for each of the 9 compared values.
+    assert len(images) == 7 + 9 * 4
     assert all(done and width > 100 for done, width in images), images
+    search = browser.evaluate("Array.prototype.map.call(document.querySelectorAll('figure[id^=\"fig-search-\"]'),"
+                              " function (f) { return f.id; })")
+    for kind in ("parallel", "slice", "contour", "importance"):
+        for method in ("xbm", "axbn", "32", "64", "128", "0-25", "0-5", "1-0"):  # slugged
+            assert any(f.startswith(f"fig-search-{kind}-") and f.endswith("-" + method) for f in search), (kind, method)
+    assert len(search) == 9 * 4
 
     # The sorter: Recall@1 (column 1) ascending, then descending; rows start in paper order.
     first = browser.evaluate("Array.prototype.map.call(document.querySelector('table.summary-table')"

@@ -54,6 +54,12 @@ class WandbTrialCallback(WandbLoggerCallback):
         self.folder = folder
         self.trials_table = trials_table
 
+    def setup(self, *args, **kwargs):
+        # Ray asks for an API key unless $WANDB_MODE says offline; the mode here may come
+        # from the experiment instead, and offline/disabled runs need no account.
+        if wandb_mode(self.spec) == "online":
+            super().setup(*args, **kwargs)
+
     def log_trial_start(self, trial):
         run = sweep_trial_run(self.exp, trial, self.trials_table)
         kwargs = _init_kwargs(self.spec, run, self.folder)
