@@ -32,6 +32,8 @@ def main() -> None:
         app(standalone_mode=True)
     except HarnessError as e:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        # escape: a message may hold brackets ("pip install 'metric-harness[mlflow]'")
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
