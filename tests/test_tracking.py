@@ -164,3 +164,42 @@ def test_missing_tracker_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_p
     code, _, err = run_cli(["sweep", "demo", "--tracking", "comet", "--storage", str(tmp_path)],
                            monkeypatch, capsys)
     assert code == 2 and "unknown tracker; choose from mlflow, wandb, tensorboard" in err
+
+
+def test_harness_train_tracks_one_run_in_all_three(tmp_path, monkeypatch, capsys):
+    """`harness train --tracking ...` (real training on tiny digits): one run per tracker,
+    beside the run folder, with the epochs of epochs.jsonl and the final test metrics."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    digits = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+    out_dir = tmp_path / "runs" / "tiny"
+    args = ["train", str(digits), "--out", str(out_dir), "--set", "train.epochs=2",
+            "--set", "train.iters_per_epoch=2", "--set", "train.probe_size=8",
+            "--tracking", "mlflow", "--tracking", "wandb,tensorboard"]  # fmt: skip
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    epochs = {json.loads(line)["epoch"]: json.loads(line) for line in (out_dir / "epochs.jsonl").read_text().splitlines()}
+    val = {e: r["val.recall@1"] for e, r in epochs.items()}
+    assert sorted(val) == [1, 2]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    assert run.data.tags["phase"] == "train" and run.data.tags["results"] == str(out_dir)
+    assert run.data.params["train.epochs"] == "2"
+    history = client.get_metric_history(run.info.run_id, "val.recall_at_1")
+    assert {m.step: m.value for m in history} == pytest.approx(val)
+    assert run.data.metrics["test.recall_at_1"] == pytest.approx(summary["test.recall@1"])
+
+    (wandb_run,) = [read_wandb_offline(d) for d in (tmp_path / "runs" / "wandb").glob("offline-run-*")]
+    assert wandb_run["name"] == "tiny" and wandb_run["project"] == "digits" and wandb_run["job_type"] == "train"
+    logged = {int(h["_step"]): h["val.recall_at_1"] for h in wandb_run["history"] if "val.recall_at_1" in h}
+    assert logged == pytest.approx(val)
+
+    method = run.data.tags["method"]
+    scalars = read_tensorboard(tmp_path / "runs" / "tensorboard" / "train" / method / "tiny")
+    assert scalars["val.recall_at_1"] == pytest.approx(val)
+    assert scalars["test.recall_at_1"] == pytest.approx({2: summary["test.recall@1"]})
