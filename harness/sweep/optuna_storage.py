@@ -2,7 +2,8 @@
 
 Each compared value's study is ``<experiment>:<value>`` (``<experiment>`` without a
 compare axis) in ``sqlite:///<storage>/<experiment>/optuna.db`` unless
-``--optuna-storage URL`` names another database (e.g. PostgreSQL on the cluster head), so
+``--optuna-storage URL`` names another database (results on s3://: the SQLite file is
+kept on the driver's machine, ``~/metric-harness-tracking/<experiment>/optuna.db``) (e.g. PostgreSQL on the cluster head), so
 ``optuna-dashboard <URL>`` and ``optuna.load_study`` see the live search. Ray Tune's own
 ``OptunaSearch(study_name=..., storage=...)`` keeps the study there; every Optuna trial
 carries the ``trial_id`` of its ``trials.parquet`` row as a user attribute.
@@ -26,17 +27,17 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.errors import ConfigError
-from harness.sweep.results import is_uri, join
 
 DB_FILE = "optuna.db"
 STATE_KEY = "optuna_storage"  # sweep.json: the URL the sweep's studies live in
 
 
-def default_storage_url(root: str) -> str | None:
-    """``sqlite:///<root>/optuna.db`` for a local results folder; None for s3:// & co."""
-    if is_uri(root):
-        return None
-    return f"sqlite:///{join(root, DB_FILE)}"
+def default_storage_url(root: str) -> str:
+    """``sqlite:///<root>/optuna.db`` beside the tables; for results on s3:// & co. in
+    ``~/metric-harness-tracking/<experiment>/`` on the driver's machine."""
+    from harness.tracking.config import local_folder
+
+    return f"sqlite:///{local_folder(root) / DB_FILE}"
 
 
 def open_storage(url: str):

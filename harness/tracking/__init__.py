@@ -13,7 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.tracking.config import TRACKERS, TrackingSpec, parse_trackers, require_installed
+from harness.tracking.config import (
+    TRACKERS,
+    TrackingSpec,
+    local_folder,
+    parse_trackers,
+    require_installed,
+)
 
 __all__ = ["TRACKERS", "TrackingSpec", "parse_trackers", "require_installed",
            "create_tracking_callbacks", "create_run_tracker", "RunTracker"]
@@ -21,24 +27,25 @@ __all__ = ["TRACKERS", "TrackingSpec", "parse_trackers", "require_installed",
 
 def create_tracking_callbacks(exp, root: str, spec: TrackingSpec | None = None) -> list[Any]:
     """One Tune callback per tracker in ``spec`` (default: the experiment's ``tracking``),
-    writing local stores into the experiment folder ``root``."""
+    writing local stores into the experiment folder ``root`` (see :func:`local_folder`)."""
     spec = spec if spec is not None else exp.tracking
     require_installed(spec.trackers)
     trials_table = f"{root}/trials.parquet"
+    folder = local_folder(root)
     callbacks: list[Any] = []
     for name in spec.trackers:
         if name == "mlflow":
             from harness.tracking.mlflow_tracker import MLflowTrialCallback, tracking_uri
 
-            callbacks.append(MLflowTrialCallback(exp, tracking_uri(spec.mlflow, root), trials_table))
+            callbacks.append(MLflowTrialCallback(exp, tracking_uri(spec.mlflow, folder), trials_table))
         elif name == "wandb":
             from harness.tracking.wandb_tracker import WandbTrialCallback, wandb_dir
 
-            callbacks.append(WandbTrialCallback(exp, spec.wandb, wandb_dir(root), trials_table))
+            callbacks.append(WandbTrialCallback(exp, spec.wandb, wandb_dir(folder), trials_table))
         elif name == "tensorboard":
             from harness.tracking.tensorboard_tracker import TensorBoardTrialCallback
 
-            callbacks.append(TensorBoardTrialCallback(exp, root, trials_table))
+            callbacks.append(TensorBoardTrialCallback(exp, str(folder), trials_table))
     return callbacks
 
 

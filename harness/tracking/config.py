@@ -8,6 +8,7 @@ install does not pull one in, and asking for a tracker that is not installed is 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -50,6 +51,15 @@ class TrackingSpec(_Spec):
             if name not in merged:
                 merged.append(name)
         return self.model_copy(update={"trackers": merged})
+
+
+def local_folder(root: str) -> Path:
+    """Where local stores (MLflow's SQLite file, W&B offline runs, TensorBoard events, the
+    Optuna database) go: the experiment folder itself, or for results on s3:// & co.
+    ``~/metric-harness-tracking/<experiment>`` on the driver's machine (the cluster head)."""
+    if "://" in root and not root.startswith("file://"):
+        return Path.home() / "metric-harness-tracking" / root.rstrip("/").rsplit("/", 1)[-1]
+    return Path(root.removeprefix("file://")).expanduser().absolute()
 
 
 def parse_trackers(names: list[str] | None) -> list[str]:

@@ -15,7 +15,6 @@ from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from harness.errors import ConfigError
 from harness.tracking.config import MlflowSpec
 from harness.tracking.runs import TrackedRun, clean_metrics, result_metrics, sweep_trial_run
 
@@ -27,12 +26,6 @@ def tracking_uri(spec: MlflowSpec, folder: str | Path) -> str:
     uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    folder = str(folder)
-    if "://" in folder:
-        raise ConfigError(
-            f"mlflow tracking: results at {folder} are not a local folder; give a tracking server "
-            "with tracking.mlflow.tracking_uri or $MLFLOW_TRACKING_URI"
-        )
     path = Path(folder).expanduser().absolute()
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path / STORE_FILE}"

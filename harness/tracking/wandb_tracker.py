@@ -15,7 +15,6 @@ from typing import Any
 from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.wandb import WandbLoggerCallback
 
-from harness.errors import ConfigError
 from harness.tracking.config import WandbSpec
 from harness.tracking.runs import TrackedRun, clean_metrics, result_metrics, sweep_trial_run
 
@@ -25,10 +24,6 @@ def wandb_mode(spec: WandbSpec) -> str:
 
 
 def wandb_dir(folder: str | Path) -> str:
-    folder = str(folder)
-    if "://" in folder:
-        raise ConfigError(f"wandb tracking: results at {folder} are not a local folder; "
-                          "run W&B online (tracking.wandb.mode: online) or use a local --storage")
     path = Path(folder).expanduser().absolute()
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
