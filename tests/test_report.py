@@ -153,7 +153,8 @@ def test_html_is_self_contained(full_report):
     _, written = full_report
     html = written["html"].read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no network URL
-    assert html.count('src="data:image/svg+xml;base64,') == 3  # history, val curves, drift
+    # history, val curves, drift, and Optuna's 4 search plots for each of the 3 methods
+    assert html.count('src="data:image/svg+xml;base64,') == 3 + 3 * 4
     assert html.count('class="sortable') >= 4
 
 

@@ -85,3 +85,16 @@ def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert (epochs.groupby("trial_id").size() == 3).all() and epochs.trial_id.nunique() == 6
     assert "4 search trials, 2 reproductions" in done.stdout
+    # The Optuna studies in the default SQLite file survived the kill and the resume: every
+    # completed search trial once, with the value Tune's objective reported (its best val).
+    import optuna
+
+    url = f"sqlite:///{storage / 'tiny' / 'optuna.db'}"
+    search = after[after.phase == "search"]
+    for value in ("none", "xbm"):
+        study = optuna.load_study(study_name=f"tiny:{value}", storage=url)
+        done_trials = {t.user_attrs["trial_id"]: t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+        rows = search[search.compare_value == value]
+        assert set(done_trials) == set(rows.index) and len(done_trials) == 2
+        assert [done_trials[t] for t in rows.index] == pytest.approx(list(rows["val.recall@1"]))
+        assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
