@@ -99,3 +99,25 @@ def test_resume_rebuilds_a_lost_database_from_the_snapshot(interrupted):
 def test_unusable_storage_url_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError, match="--optuna-storage nosuchdb://x: cannot open"):
         open_storage("nosuchdb://x")
+
+
+def test_new_sweep_refuses_a_database_holding_its_study_and_resume_keeps_its_url(tmp_path):
+    import yaml
+
+    from harness.sweep.optuna_storage import resolve_storage_url
+    from harness.sweep.runner import prepare_sweep
+
+    path = tmp_path / "stored.yaml"
+    path.write_text(yaml.safe_dump(EXP.model_dump(mode="json")))
+    plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
+    url = resolve_storage_url(plan, None)
+    assert url == f"sqlite:///{tmp_path / 'results' / 'stored' / 'optuna.db'}"
+    optuna.create_study(study_name="stored:none", storage=url)
+    with pytest.raises(ConfigError, match="Optuna study 'stored:none' already exists in sqlite:///"):
+        resolve_storage_url(plan, None)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert resolve_storage_url(plan, other) == other  # another database is fine
+    plan.state = {"optuna_storage": other}  # a resumed sweep: the URL it started with
+    assert resolve_storage_url(plan, None) == other
+    with pytest.raises(ConfigError, match="this sweep keeps its studies in"):
+        resolve_storage_url(plan, url)

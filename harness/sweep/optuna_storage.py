@@ -59,9 +59,10 @@ def open_storage(url: str):
         ) from None
 
 
-def resolve_storage_url(plan, requested: str | None) -> str | None:
+def resolve_storage_url(plan, requested: str | None) -> str:
     """The URL of ``plan``'s studies: the one a resumed sweep started with, else
-    ``requested`` (``--optuna-storage``), else the SQLite file beside the tables."""
+    ``requested`` (``--optuna-storage``), else the SQLite file beside the tables. A new
+    sweep whose study names are taken in that database is a ConfigError."""
     recorded = (plan.state or {}).get(STATE_KEY) if plan.state else None
     if plan.state and STATE_KEY in plan.state:
         if requested and requested != recorded:
@@ -71,8 +72,18 @@ def resolve_storage_url(plan, requested: str | None) -> str | None:
             )
         return recorded
     url = requested or default_storage_url(plan.store.root)
-    if url is not None:
-        open_storage(url)  # fail before Ray starts
+    import optuna
+
+    existing = set(optuna.get_all_study_names(open_storage(url)))  # fails before Ray starts
+    names = [study_name(plan.experiment.name, label) for label in plan.experiment.compare_labels]
+    taken = [n for n in names if n in existing]
+    if taken:
+        # A new sweep must not learn from (or add to) another sweep's history.
+        raise ConfigError(
+            f"Optuna study '{taken[0]}' already exists in {url}; delete it "
+            f"(optuna delete-study --study-name '{taken[0]}' --storage {url}) or give another "
+            "--optuna-storage"
+        )
     return url
 
 
