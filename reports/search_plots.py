@@ -70,17 +70,25 @@ def _varying(study: optuna.Study) -> list[str]:
     return sorted(k for k, vs in values.items() if len(vs) > 1)
 
 
-def _most_important(study: optuna.Study, params: list[str], k: int) -> list[str]:
-    """The ``k`` parameters with the highest fANOVA importance (all pairs of many
-    parameters would be a large grid of contours; the top pair is the one to read)."""
+class _KnownImportances(optuna.importance.BaseImportanceEvaluator):
+    """Hands plot_param_importances the importances computed once (fANOVA is the slow part)."""
+
+    def __init__(self, values: dict[str, float]):
+        self.values = values
+
+    def evaluate(self, study, params=None, *, target=None) -> dict[str, float]:
+        return dict(self.values)
+
+
+def _importances(study: optuna.Study, params: list[str]) -> dict[str, float] | None:
+    """fANOVA importances (seed 0, as the importance table), highest first; None if it fails."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            imp = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params)
+            return dict(optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params))
         except (ValueError, RuntimeError):
-            return params[:k]
-    return sorted(list(imp)[:k])
+            return None
 
 
 def _render(draw: Callable[[], Any]) -> bytes | None:
@@ -134,17 +142,19 @@ def search_figures(exp: ExperimentResults) -> list[Figure]:
             ("slice", "Slice plot", lambda s=study: ovm.plot_slice(s, params=params, target_name=metric),
              f"{metric} against each parameter, one dot per completed search trial (colour: trial number)."),
         ]
+        importances = _importances(study, params)
         if len(params) >= 2:
-            pair = _most_important(study, params, 2)
+            # all pairs of many parameters would be a large grid of contours: the top pair
+            pair = sorted(list(importances or {p: 0 for p in params})[:2])
             kinds.append(("contour", "Contour plot", lambda s=study: ovm.plot_contour(s, params=pair, target_name=metric),
                           f"{metric} interpolated over the two most important parameters ({pair[0]}, "
                           f"{pair[1]}; fANOVA); dots are the completed search trials."))
-        kinds.append(("importance", "Parameter importances",
-                      lambda s=study: ovm.plot_param_importances(
-                          s, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params,
-                          target_name=metric),
-                      f"fANOVA importance of each parameter for {metric} ({mode}imised), over the {n} "
-                      "completed search trials; the same evaluator as the importance table."))
+        if importances:
+            kinds.append(("importance", "Parameter importances",
+                          lambda s=study: ovm.plot_param_importances(
+                              s, evaluator=_KnownImportances(importances), params=params, target_name=metric),
+                          f"fANOVA importance of each parameter for {metric} ({mode}imised), over the {n} "
+                          "completed search trials; the same evaluator as the importance table."))
         for kind, title, draw, caption in kinds:
             svg = _render(draw)
             if svg is not None:
