@@ -66,7 +66,8 @@ class SweepPlan:
     max_concurrent: int | None = None
     address: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
-    # SQLAlchemy URL of the Optuna studies (harness/sweep/optuna_storage.py); None: in memory
+    # SQLAlchemy URL of the Optuna studies (harness/sweep/optuna_storage.py); None: run_sweep
+    # puts them in the SQLite file beside the tables
     optuna_storage: str | None = None
 
     def tune_dir(self, phase: str) -> str:
