@@ -203,3 +203,20 @@ def test_harness_train_tracks_one_run_in_all_three(tmp_path, monkeypatch, capsys
     scalars = read_tensorboard(tmp_path / "runs" / "tensorboard" / "train" / method / "tiny")
     assert scalars["val.recall_at_1"] == pytest.approx(val)
     assert scalars["test.recall_at_1"] == pytest.approx({2: summary["test.recall@1"]})
+
+
+def test_resumed_sweep_keeps_its_trackers(tmp_path, monkeypatch, capsys):
+    """Tune restores a sweep's callbacks from its snapshot: --resume refuses another set."""
+    from harness.sweep.experiment import load_experiment
+
+    path = tmp_path / "tracked.yaml"
+    path.write_text(yaml.safe_dump({**TRACKED, "tracking": {"trackers": ["mlflow"]}}))
+    exp = load_experiment(str(path))
+    root = tmp_path / "results" / "tracked"
+    root.mkdir(parents=True)
+    (root / "sweep.json").write_text(json.dumps({"experiment": exp.model_dump(mode="json")}))
+    code, _, err = run_cli(["sweep", "tracked", "--resume", "--storage", str(tmp_path / "results"),
+                            "--tracking", "mlflow", "--tracking", "tensorboard"], monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "this sweep started with trackers: mlflow, and a resumed sweep keeps them" in err
+    assert not (root / "optuna.db").exists()  # refused before anything was opened
