@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
 import socket
 import tempfile
@@ -49,28 +48,9 @@ def better(a: float, b: float | None, mode: str) -> bool:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a result depends on (the ``versions`` column)."""
-    from importlib import metadata
+    from harness.core.install import library_versions as versions
 
-    out = {"python": platform.python_version()}
-    for name, dist in [
-        ("torch", "torch"),
-        ("timm", "timm"),
-        ("pytorch-metric-learning", "pytorch-metric-learning"),
-        ("ray", "ray"),
-        ("optuna", "optuna"),
-        ("faiss", "faiss-cpu"),
-    ]:
-        try:
-            out[name] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            if name == "faiss":
-                try:
-                    out[name] = metadata.version("faiss-gpu-cu12")
-                except metadata.PackageNotFoundError:
-                    out[name] = "missing"
-            else:
-                out[name] = "missing"
-    return out
+    return versions()
 
 
 def read_epochs(out_dir: Path) -> list[dict[str, Any]]:
@@ -104,6 +84,14 @@ def train_retrieval(
     run_config = build_config(base or {}, overrides, source=f"trial {spec.get('phase')}")
     if train_fn is None:
         from harness.core.train import run_training as train_fn
+
+    # Exactly the GPUs Ray assigned (none for `gpus: 0`: Ray >= 2.50 no longer blanks
+    # CUDA_VISIBLE_DEVICES then), before anything touches CUDA in this process.
+    import ray
+
+    from harness.core.device import isolate_gpus
+
+    isolate_gpus(ray.get_gpu_ids())
 
     # Intra-op threads: exactly the CPUs this trial was given, so parallel trials do
     # not oversubscribe the node.

@@ -386,11 +386,17 @@ def retrieval_metrics(
 
 
 def _gpu_device(device, use_gpu: bool | None):
+    """The device of the torch search, or None for the CPU (faiss / symmetric) path.
+
+    ``use_gpu=True`` with a CPU ``device`` runs the torch search on the CPU: the GPU
+    code path, checked against faiss by the tests and ``harness doctor``."""
     import torch
 
     if device is not None:
         device = torch.device(device)
-        return device if device.type == "cuda" and use_gpu is not False else None
+        if device.type == "cpu":
+            return device if use_gpu is True else None
+        return device if use_gpu is not False else None
     if use_gpu is None:
         use_gpu = gpu_available()
     return torch.device("cuda") if use_gpu else None
