@@ -7,7 +7,8 @@ distribution) and that the exact retrieval search on the training device agrees 
 the CPU one, bf16/fp16 autocast support, then a tiny run of two epochs on the training
 device for every memory kind with XML, one of them killed (SIGKILL) after its first
 epoch and resumed, with every state tensor checked on the training device, and an
-evaluation of its best checkpoint. On a CPU-only machine it says so and checks the CPU
+evaluation of its best checkpoint; last, the loader's images/s per CPU and the GPU's
+training images/s, i.e. the vCPUs a GPU trial needs. On a CPU-only machine it says so and checks the CPU
 path. Each check gives one row of a verdict table: PASS, FAIL, SKIP or INFO.
 """
 
@@ -373,6 +374,25 @@ def check_evaluate(device: torch.device, run_dir: Path | None) -> Check:
                  f"on {device.type}: recall@1 {m['recall@1']:.4f}, map@r {m['map@r']:.4f} ({m['n_queries']} queries)")
 
 
+def check_throughput(device: torch.device) -> Check:
+    """Loader images/s per CPU (224 px, RandAugment) and, on a GPU, the shipped ResNet-50's
+    training images/s: how many vCPUs a GPU trial needs to keep its GPU busy."""
+    from harness.throughput import gpu_step_images_per_s, per_cpu_loader_rate, vcpus_needed
+
+    per_cpu = per_cpu_loader_rate()
+    loader = f"loader {per_cpu:.0f} images/s per CPU (224 px, RandAugment)"
+    if device.type != "cuda":
+        return Check("throughput", INFO, f"{loader}; no GPU to size for")
+    gpu = gpu_step_images_per_s(device)
+    need = vcpus_needed(gpu, per_cpu)
+    have = (os.cpu_count() or 1) / max(torch.cuda.device_count(), 1)
+    short = have < need
+    return Check("throughput", INFO,
+                 f"resnet50 224 px batch 64: {gpu:.0f} images/s; {loader} -> a GPU trial needs {need} vCPUs "
+                 f"(cpus: {need}, data.workers: {need - 1}); this node has {have:.0f} per GPU"
+                 + ("; SHORT: the GPU will wait for data" if short else ""))
+
+
 # ------------------------------------------------------------------ driver
 
 
@@ -414,6 +434,7 @@ def run_doctor(require_gpu: bool = False, with_ray: bool = True,
         add(check_memory_kinds, device, root)
         run_dir = add(check_kill_resume, device, root)
         add(check_evaluate, device, run_dir)
+    add(check_throughput, device)
     return checks
 
 
