@@ -388,3 +388,45 @@ def test_persistent_training_loader_is_deterministic_per_batch(tmp_path):
     assert len(second) == 3 and all(torch.equal(a, b) for a, b in zip(second, resumed))
     assert not torch.equal(first[0], second[0])  # epochs differ
     assert persistent._iterator is not None and persistent._iterator._workers  # workers kept
+
+
+# ---------------------------------------------------------------- harness doctor
+
+
+@pytest.mark.slow
+def test_doctor_passes_on_this_cpu_machine_and_says_so(monkeypatch, capsys):
+    """The whole self-check on the CPU path (Ray isolation: test_zero_gpu_trials_...)."""
+    from tests.fixtures.harness_cli import run_cli
+
+    code, out, err = run_cli(["doctor", "--no-ray"], monkeypatch, capsys)
+    assert code == 0, out + err
+    for row in ("NVIDIA driver", "torch CUDA", "faiss / retrieval search", "mixed precision",
+                "train: every memory kind + XML", "kill + resume", "evaluate best.pt", "throughput"):
+        assert row in out, row
+    if not torch.cuda.is_available():
+        assert "CPU-only" in out and "FAIL" not in out
+    assert "all checks passed" in out
+
+
+def test_doctor_exits_non_zero_on_any_failure(monkeypatch, capsys):
+    import harness.doctor as doctor
+    from tests.fixtures.harness_cli import run_cli
+
+    def fake(require_gpu=False, with_ray=True, on_check=None):
+        assert require_gpu and not with_ray
+        return [doctor.Check("NVIDIA driver", doctor.INFO, "none"),
+                doctor.Check("torch CUDA", doctor.FAIL, "no GPU visible but --require-gpu was given")]
+
+    monkeypatch.setattr(doctor, "run_doctor", fake)
+    code, out, _ = run_cli(["doctor", "--require-gpu", "--no-ray"], monkeypatch, capsys)
+    assert code == 1 and "FAILED" in out and "--require-gpu" in out
+
+
+def test_doctor_require_gpu_fails_without_a_usable_gpu():
+    from harness.doctor import FAIL, PASS, check_torch
+
+    check, device = check_torch(torch.cuda.device_count(), require_gpu=True)
+    if torch.cuda.is_available():
+        assert check.verdict == PASS and device.type == "cuda"
+    else:
+        assert check.verdict == FAIL and device is None and "--require-gpu" in check.detail
