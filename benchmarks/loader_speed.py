@@ -5,8 +5,9 @@ Generates a folder of JPEGs in the Stanford Online Products layout (``Ebay_train
 ``create_datasets`` (the real SOP reader and timm transforms) and times the exact
 loader the training loop uses (``ClassBalancedBatchSampler`` + ``collate_skip_corrupt``)
 for each worker count. ``--dataset digits`` times the in-memory digits instead.
-The 1-worker rate is the images/s one CPU sustains: ``--gpu-rate R`` turns it into the
-vCPUs a GPU training at R images/s needs (``harness doctor`` measures R on a node).
+"images/CPU-s" counts the CPU time the loading processes really spent (from /proc), so
+it is what one dedicated CPU sustains even on a busy machine; ``--gpu-rate R`` turns it
+into the vCPUs a GPU training at R images/s needs (``harness doctor`` measures R).
 
     .venv/bin/python benchmarks/loader_speed.py --workers 0 1 2 [--gpu-rate 400 800]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 
 from harness.config import DataConfig
 from harness.data import create_datasets
-from harness.throughput import MEAN, STD, loader_images_per_s, make_sop_folder, vcpus_needed
+from harness.throughput import MEAN, STD, loader_images_per_s, loader_rates, make_sop_folder, vcpus_needed
 
 
 def time_loader(dataset, workers: int, batch_size: int, m: int, batches: int) -> float:
@@ -55,18 +57,17 @@ def main(argv=None) -> int:
         train = create_datasets(cfg, seed=0, mean=MEAN, std=STD).train
         print(f"{args.dataset}: {len(train)} training images, {args.image_size}px, augment={args.augment}, "
               f"batch {args.batch_size}, pin_memory={torch.cuda.is_available()}, cores {os.cpu_count()}")
-        print(f"{'workers':>8}{'images/s':>12}{'vs 0 workers':>14}{'per worker CPU':>16}")
+        print(f"{'workers':>8}{'images/s':>12}{'vs 0 workers':>14}{'images/CPU-s':>14}")
         base = None
-        per_cpu = None
+        per_cpu = []
         for w in args.workers:
-            rate = time_loader(train, w, args.batch_size, 4, args.batches)
+            rate, cpu_rate = loader_rates(train, w, args.batch_size, 4, args.batches)
             base = base or rate
-            per = f"{rate / w:>16.1f}" if w else f"{'(main proc.)':>16}"
-            if w == 1:
-                per_cpu = rate
-            print(f"{w:>8}{rate:>12.1f}{rate / base:>14.2f}{per}")
-        if per_cpu is not None:
-            print(f"images/s per CPU (1 worker): {per_cpu:.1f}")
+            per_cpu.append(cpu_rate)
+            print(f"{w:>8}{rate:>12.1f}{rate / base:>14.2f}{cpu_rate:>14.1f}")
+        if per_cpu:
+            per_cpu = statistics.median(per_cpu)
+            print(f"images/s per CPU (median images per CPU-second of the loading processes): {per_cpu:.1f}")
             for g in args.gpu_rate:
                 print(f"a GPU training {g:.0f} images/s needs {vcpus_needed(g, per_cpu)} vCPUs "
                       f"({vcpus_needed(g, per_cpu) - 1} loader workers + the training process)")

@@ -12,8 +12,9 @@ solve is ``solve_ex``.
 Both variants run in the same process on the same Trainer and batches, interleaved
 (one step of each per round, after a warm-up); "before" re-enables the old sync points
 (the old ``train_step`` and ``fit_prototypes`` verbatim, the range check every step,
-the flag read per forward). The table gives the median ms per step, the ratio, and the
-explicit host reads per step (tensor -> python conversions in harness code, counted).
+the flag read per forward). The table gives the median wall and CPU (process time) ms
+per step, their ratios, and the explicit host reads per step (tensor -> python
+conversions in harness code, counted).
 On a CPU a "sync" costs almost nothing (there is no queue to drain), so the CPU ratio
 shows the bookkeeping is not slower; the gain is on a GPU, where each read stalls the
 host until the device has caught up.
@@ -147,6 +148,7 @@ def main(argv=None) -> int:
                             tuple(h.to(dev) for h in halves)))
         new_step = lambda images, labels, opt, halves: trainer.train_step(images, labels, opt, halves)  # noqa: E731
         times = {"before": [], "now": []}
+        cpu_times = {"before": [], "now": []}
         reads = {"before": [], "now": []}
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
 
@@ -156,12 +158,13 @@ def main(argv=None) -> int:
                 step = step or new_step
                 with counting_host_reads(counted) as calls:
                     sync()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     step(images, labels, trainer.optimizer, halves)
                     sync()
-                    dt = time.perf_counter() - t0
+                    dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if record:
                 times[variant].append(dt)
+                cpu_times[variant].append(dc)
                 reads[variant].append(calls[0])
 
         for r in range(args.warmup + args.rounds):
@@ -172,11 +175,14 @@ def main(argv=None) -> int:
     print(f"train step: {args.memory} + XML, tiny_cnn_small at {args.image_size}px, batch {args.batch}, "
           f"memory 1024, device {trainer.device}, threads {torch.get_num_threads()}; "
           f"{args.rounds} interleaved rounds after {args.warmup} warm-up")
-    print(f"{'variant':<34}{'ms/step (median)':>18}{'host reads/step':>17}{'time / before':>15}")
+    print(f"{'variant':<34}{'wall ms/step':>13}{'CPU ms/step':>13}{'host reads/step':>17}"
+          f"{'wall / before':>15}{'CPU / before':>14}")
     base = statistics.median(times["before"])
+    cbase = statistics.median(cpu_times["before"])
     for variant, label in (("before", "before: syncs mid-step (baseline)"), ("now", "now: one read after the step")):
-        med = statistics.median(times[variant])
-        print(f"{label:<34}{med * 1e3:>18.2f}{statistics.mean(reads[variant]):>17.2f}{med / base:>15.3f}")
+        med, cmed = statistics.median(times[variant]), statistics.median(cpu_times[variant])
+        print(f"{label:<34}{med * 1e3:>13.2f}{cmed * 1e3:>13.2f}{statistics.mean(reads[variant]):>17.2f}"
+              f"{med / base:>15.3f}{cmed / cbase:>14.3f}")
     return 0
 
 
