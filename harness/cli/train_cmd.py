@@ -106,7 +106,7 @@ def train(
     print(json.dumps(summary, default=str), flush=True)
     if result.status != "completed":
         console.print(
-            f"[red]run {result.status}[/red] at epoch {result.epochs_run + 1} (non-finite loss); "
+            f"[red]run {result.status}[/red] at epoch {result.epochs_run + 1} (non-finite loss, weights or embeddings); "
             "lower optim.lr or check the loss parameters",
             highlight=False,
         )

@@ -19,8 +19,9 @@ Conventions chosen here:
 * Drift (METHODS.md section 1, "Drift diagnostic"): the probe set is embedded once
   before training (epoch 0), so the drift of epoch 1 is its distance to the untrained
   network's embeddings and every epoch has a finite value.
-* A non-finite loss ends the run with status "diverged": the diverged epoch is not
-  checkpointed and not reported to ``on_epoch``; the test split is not evaluated.
+* A non-finite loss, weight, buffer or embedding ends the run with status "diverged":
+  the diverged epoch is not checkpointed and not reported to ``on_epoch``; the test
+  split is not evaluated.
 * Without validation classes (``data.val_fraction: 0``) the last epoch is "best".
 """
 
@@ -50,6 +51,7 @@ from harness.core.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from harness.core.finite import NonFiniteError, nonfinite_tensors
 from harness.core.device import amp_dtype, describe_device, needs_grad_scaler, pick_device
 from harness.errors import ConfigError
 
@@ -516,16 +518,21 @@ def run_training(
         t_epoch = time.perf_counter()
         lr = trainer.current_lr(epoch)
         parts = trainer.train_epoch(epoch)
-        if parts is None:
+        # NaN/inf weights or BN statistics diverged too, even under a finite loss
+        if parts is None or nonfinite_tensors(trainer.model):
             status = "diverged"
             break
         metrics: dict[str, float] = dict(parts)
         trainer.model.eval()
-        if epoch % t.val_every == 0 or epoch == t.epochs:
-            val = _prefixed("val", trainer.evaluate(trainer.data.val)) if trainer.has_validation() else {}
-            metrics.update(val)
-            trainer.update_best(epoch, val)
-        metrics.update(trainer.drift())
+        try:  # embed() refuses NaN/inf embeddings: best.pt never holds such a model
+            if epoch % t.val_every == 0 or epoch == t.epochs:
+                val = _prefixed("val", trainer.evaluate(trainer.data.val)) if trainer.has_validation() else {}
+                metrics.update(val)
+                trainer.update_best(epoch, val)
+            metrics.update(trainer.drift())
+        except NonFiniteError:
+            status = "diverged"
+            break
         metrics["lr"] = lr
         metrics["memory_fill"] = float(trainer.memory.fill)
         metrics["epoch_seconds"] = time.perf_counter() - t_epoch

@@ -74,7 +74,8 @@ class SweepProgress(Callback):
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial, failed=False)
+        # a trial that could not run ends normally with a final "failed" report
+        self._finish(trial, failed=(trial.last_result or {}).get("status") == "failed")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, failed=True)
