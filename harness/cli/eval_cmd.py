@@ -11,6 +11,7 @@ from rich.table import Table
 
 from harness.cli import app
 from harness.errors import ConfigError
+from harness.paths import readable_file, readable_folder, writable_file
 
 
 @app.command("eval")
@@ -37,6 +38,11 @@ def eval_command(
         raise ConfigError(f"--split '{split}': use test or val")
     if save_embeddings is not None and save_embeddings.suffix.lower() not in (".parquet", ".npz", ".npy"):
         raise ConfigError(f"--save-embeddings {save_embeddings}: use a .parquet, .npz or .npy file name")
+    readable_file(checkpoint, "checkpoint")
+    if save_embeddings is not None:
+        writable_file(save_embeddings, "--save-embeddings")
+    if root is not None:
+        readable_folder(root, "--root")
     model, config = load_model(checkpoint)
     bad = nonfinite_tensors(model)
     if bad:

@@ -110,7 +110,11 @@ def build_losses(config: RunConfig, n_train: int, num_classes: int):
     """-> (CrossBatchMemory wrapping the plain loss, XMLLoss or None). METHODS.md §1, §2, §4."""
     from harness.core.losses import create_loss, is_proxy_loss
     from harness.core.memory import CrossBatchMemory, KalmanMoments
+    from harness.core.pairs import positive_pair_problem
 
+    problem = positive_pair_problem(config)
+    if problem:
+        raise ConfigError(problem)
     if is_proxy_loss(config.loss.name) and config.memory.kind != "none":
         raise ConfigError(
             f"memory.kind: proxy loss {config.loss.name} has no reference set; "

@@ -141,8 +141,7 @@ def prepare_sweep(
                 "--set/--trials cannot change a sweep that already ran; "
                 "start a new one with another --storage"
             )
-        state = store.read_json(STATE)
-        exp = Experiment.model_validate(state["experiment"])
+        state, exp = read_state(store)
         if reproduce_only and not state.get("search_done"):
             raise ResultsError(
                 f"--reproduce-only: the search of '{stem}' has not finished; "
@@ -174,6 +173,19 @@ def budget_warnings(exp: Experiment) -> list[str]:
         return []
     return [f"search.trials {exp.search.trials} is not a multiple of the {len(labels)} compared "
             f"values: {share} trials each, {share * len(labels)} in all"]
+
+
+def read_state(store: ResultsStore) -> tuple[dict[str, Any], Experiment]:
+    """``sweep.json`` and the experiment it records; a damaged one is one line."""
+    lost = (f"the sweep's state is lost; its tables still render with `harness report "
+            f"{store.root}`, or start the sweep again with another --storage")
+    try:
+        state = store.read_json(STATE)
+        return state, Experiment.model_validate(state["experiment"])
+    except ResultsError as e:
+        raise ResultsError(f"{e}; {lost}") from None
+    except (KeyError, TypeError, ValueError):
+        raise ResultsError(f"{store.path(STATE)} is not a sweep state file; {lost}") from None
 
 
 # ---- Ray Tune pieces ------------------------------------------------------------------
@@ -246,12 +258,49 @@ def _unlabel(v: str) -> str | None:
     return None if v == "__none__" else v
 
 
-class PerValueScheduler(FIFOScheduler):
+class SweepScheduler(FIFOScheduler):
+    """FIFO, and every trial's files go under ``tune_path``, the phase's Tune folder
+    in the storage of *this* driver's command line.
+
+    ``Tuner.restore`` re-points the trials it restores, but trials the restored search
+    algorithm creates afterwards inherit the storage of the first start (Ray pickles it
+    with the generator): a resumed copy of a storage wrote checkpoints into the
+    original. ``on_trial_add`` runs before a trial's first write and moves it over.
+    """
+
+    def __init__(self, tune_path: str | None = None):
+        super().__init__()
+        self.tune_path = tune_path
+
+    def on_trial_add(self, tune_controller, trial):
+        if self.tune_path:
+            _follow_storage(trial, self.tune_path)
+        super().on_trial_add(tune_controller, trial)
+
+
+def _follow_storage(trial, tune_path: str) -> None:
+    import copy
+
+    from ray.train._internal.storage import get_fs_and_path
+
+    parent, name = tune_path.rstrip("/").rsplit("/", 1)
+    fs, fs_path = get_fs_and_path(parent)
+    old = trial.storage
+    if old is None or (old.storage_fs_path == fs_path and old.experiment_dir_name == name):
+        return
+    new = copy.copy(old)
+    new.storage_filesystem = fs
+    new.storage_fs_path = fs_path
+    new.experiment_dir_name = name
+    trial.set_storage(new)
+
+
+class PerValueScheduler(SweepScheduler):
     """ASHA per compared value: a method's trials are only stopped in favour of
     better trials of the same method, never of another one."""
 
-    def __init__(self, make: Callable[[], Any]):
-        super().__init__()
+    def __init__(self, make: Callable[[], Any], tune_path: str | None = None):
+        super().__init__(tune_path)
         self._make = make
         self._by_value: dict[str, Any] = {}
 
@@ -265,6 +314,8 @@ class PerValueScheduler(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller, trial):
+        if self.tune_path:
+            _follow_storage(trial, self.tune_path)
         self._of(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
@@ -511,6 +562,8 @@ def start_ray(address: str | None) -> bool:
     # 2.5x): a notice, not a problem of the sweep.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR)
+    # Tune's own notes on Ctrl-C name its Python API; the driver prints the command.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -593,6 +646,9 @@ def _fit(plan: SweepPlan, phase: str, trainable, make_tuner: Callable[[], Any],
     if plan.resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
         _use_callbacks(tuner, callbacks)
+        scheduler = tuner._local_tuner._tune_config.scheduler
+        if isinstance(scheduler, SweepScheduler):  # restored with the first start's path
+            scheduler.tune_path = path
     else:
         tuner = make_tuner()
     return tuner.fit()
@@ -648,7 +704,9 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None,
                                seed=exp.run_config().seed, phase_overrides=overrides)
     if plan.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
-    scheduler = PerValueScheduler(_AshaFactory(exp)) if exp.search.scheduler else None
+    tune_path = plan.tune_dir(SEARCH)
+    scheduler = (PerValueScheduler(_AshaFactory(exp), tune_path) if exp.search.scheduler
+                 else SweepScheduler(tune_path))
     planned = sum(budget.values())
     trainable = _trainable(exp, train_fn)
     callbacks = _callbacks(plan, SEARCH, planned, _slots(exp, plan.max_concurrent), git, watch)
@@ -745,6 +803,7 @@ def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | Non
             trainable,
             param_space={"spec": tune.grid_search(specs)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent,
+                                        scheduler=SweepScheduler(path),
                                         trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name,
                                         reuse_actors=REUSE_ACTORS),
@@ -799,7 +858,7 @@ def _run_locked(plan: SweepPlan, train_fn: Callable | None, render: bool,
     for line in plan.warnings:
         warn(line)
     if plan.state:  # another driver may have moved the sweep on since prepare_sweep
-        plan.state = plan.store.read_json(STATE)
+        plan.state = read_state(plan.store)[0]
         _repair_tables(plan, git, warn)
     elif plan.store.exists(STATE):
         raise ResultsError(f"results of '{exp.name}' appeared at {plan.store.root} meanwhile; "
@@ -863,6 +922,12 @@ def _repair_tables(plan: SweepPlan, git: str | None, warn: Callable[[str], None]
     """Set aside unreadable tables and rebuild them from Tune's state (recover.py)."""
     from harness.sweep.recover import damaged_tables, rebuild_tables, set_aside
 
+    try:
+        plan.store.read_json(SPACE)
+    except ResultsError as e:  # missing or not JSON: it is derived from the experiment
+        if plan.store.exists(SPACE):
+            warn(f"{str(e).split(' (')[0]}: kept as {set_aside(plan.store, SPACE)}; rewritten")
+        plan.store.write_json(SPACE, space_description(plan.experiment))
     damaged = damaged_tables(plan.store)
     if not damaged:
         return
