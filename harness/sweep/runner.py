@@ -126,6 +126,8 @@ def prepare_sweep(
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError("--max-concurrent must be at least 1")
     check_storage_writable(storage)
+    if address:
+        check_address(address)  # an unreachable cluster: one line, nothing written
     continuing = resume or reproduce_only
     if continuing:
         stem = Path(name).stem if name.endswith((".yaml", ".yml")) else name
