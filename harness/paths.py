@@ -32,9 +32,11 @@ def existing_ancestor(path: Path) -> Path:
     return probe
 
 
-def writable_folder(path: str | Path, option: str) -> Path:
-    """A folder that exists and is writable, or can be created in a writable place."""
+def writable_folder(path: str | Path, option: str, shown: str | Path | None = None) -> Path:
+    """A folder that exists and is writable, or can be created in a writable place;
+    ``shown``: the path the user gave, when it is a file inside ``path``."""
     p = Path(path).expanduser().absolute()
+    path = path if shown is None else shown
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{option} {path}: is a file, not a folder; give a folder path")
     probe = existing_ancestor(p)
@@ -51,7 +53,7 @@ def writable_file(path: str | Path, option: str) -> Path:
     p = Path(path).expanduser().absolute()
     if p.is_dir():
         raise ConfigError(f"{option} {path}: is a folder; give a file name inside it")
-    writable_folder(p.parent, option)
+    writable_folder(p.parent, option, shown=path)
     if p.exists() and not os.access(p, os.W_OK):
         raise ConfigError(f"{option} {path}: the file is read-only; give another file name")
     return p

@@ -170,6 +170,10 @@ def test_ctrl_c_exits_130_with_one_line_that_says_how_to_continue(interrupted):
     assert "Token authentication" not in err  # Ray's notice does not reach the user
     before = interrupted["before"]
     assert 1 <= len(before) < PLANNED["search"] and set(before.phase) == {"search"}
+    # the trial running at Ctrl-C got the signal too (as in a terminal): if it was
+    # recorded, it is as failed with its reason, and the resume runs it again
+    stopped = before[before.status != "completed"]
+    assert set(stopped.status) <= {"failed"} and stopped.error.notna().all()
 
 
 @pytest.fixture(scope="module")
@@ -193,9 +197,12 @@ def test_resumed_copy_finishes_every_trial_and_writes_only_there(interrupted, re
     trials = pd.read_parquet(resumed_copy["copy"] / "tiny" / "trials.parquet")
     assert trials.trial_id.is_unique and set(trials.status) == {"completed"}
     assert trials.phase.value_counts().to_dict() == PLANNED
-    before = interrupted["before"].set_index("trial_id")
+    before = interrupted["before"]
+    before = before[before.status == "completed"].set_index("trial_id")
     after = trials.set_index("trial_id")
+    assert len(before) >= 1
     for tid in before.index:  # finished before Ctrl-C: kept, not rerun
+        assert after.loc[tid, "started_at"] == before.loc[tid, "started_at"]
         assert after.loc[tid, "finished_at"] == before.loc[tid, "finished_at"]
     assert "4 search trials, 2 reproductions" in done.stdout
     assert "Traceback" not in done.stderr and "Token authentication" not in done.stderr

@@ -84,6 +84,8 @@ class SweepProgress(Callback):
         if self._live is not None:
             self._live.update(self.render())
             self._live.stop()
+            if not self._live.console.is_terminal:  # rich ends the final render mid-line there
+                self._live.console.line()
             self._live = None
 
     # ---- rendering -----------------------------------------------------------------
