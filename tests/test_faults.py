@@ -170,10 +170,8 @@ def test_ctrl_c_exits_130_with_one_line_that_says_how_to_continue(interrupted):
     assert "Token authentication" not in err  # Ray's notice does not reach the user
     before = interrupted["before"]
     assert 1 <= len(before) < PLANNED["search"] and set(before.phase) == {"search"}
-    # the trial running at Ctrl-C got the signal too (as in a terminal): if it was
-    # recorded, it is as failed with its reason, and the resume runs it again
-    stopped = before[before.status != "completed"]
-    assert set(stopped.status) <= {"failed"} and stopped.error.notna().all()
+    # a trial cut short by Ctrl-C is not recorded (as stopped or failed): the resume runs it
+    assert set(before.status) == {"completed"}
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +195,8 @@ def test_resumed_copy_finishes_every_trial_and_writes_only_there(interrupted, re
     trials = pd.read_parquet(resumed_copy["copy"] / "tiny" / "trials.parquet")
     assert trials.trial_id.is_unique and set(trials.status) == {"completed"}
     assert trials.phase.value_counts().to_dict() == PLANNED
-    before = interrupted["before"]
-    before = before[before.status == "completed"].set_index("trial_id")
+    before = interrupted["before"].set_index("trial_id")
     after = trials.set_index("trial_id")
-    assert len(before) >= 1
     for tid in before.index:  # finished before Ctrl-C: kept, not rerun
         assert after.loc[tid, "started_at"] == before.loc[tid, "started_at"]
         assert after.loc[tid, "finished_at"] == before.loc[tid, "finished_at"]
@@ -359,7 +355,8 @@ def test_diverging_run_keeps_no_model_and_eval_refuses_a_nan_checkpoint(tmp_path
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(TRAIN_CFG))
-    diverged = harness("train", cfg, "--set", "optim.lr=1e6", "--out", tmp_path / "div")
+    diverged = harness("train", cfg, "--set", "optim.lr=1e6", "--set", "train.epochs=2",
+                       "--set", "train.iters_per_epoch=4", "--out", tmp_path / "div")
     assert diverged.returncode == 1, diverged.stderr[-2000:]
     assert json.loads(lines(diverged.stdout)[-1])["status"] == "diverged"
     assert not (tmp_path / "div" / "checkpoints" / "best.pt").exists()

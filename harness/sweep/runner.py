@@ -460,10 +460,12 @@ class ResultsRecorder(tune.Callback):
     Picklable (Tune stores callbacks with the experiment); the store is reopened lazily.
     """
 
-    def __init__(self, exp: Experiment, storage: str, git_commit: str | None):
+    def __init__(self, exp: Experiment, storage: str, git_commit: str | None,
+                 watch: tune.Callback | None = None):
         self.exp = exp
         self.storage = storage
         self.git_commit = git_commit
+        self.watch = watch  # InterruptWatch: trials cut short by Ctrl-C are not recorded
         self._store: ResultsStore | None = None
         self._epochs: dict[str, dict[int, dict[str, Any]]] = {}
 
@@ -484,6 +486,8 @@ class ResultsRecorder(tune.Callback):
 
     def record(self, spec: dict[str, Any], tune_trial_id: str, last_result: dict | None,
                error: bool, reason: str | None = None) -> None:
+        if getattr(self.watch, "interrupted", None) and not (last_result or {}).get("final"):
+            return  # cut short by Ctrl-C, not finished: the resume runs it again
         buffered = [self._epochs.get(tune_trial_id, {})[k]
                     for k in sorted(self._epochs.get(tune_trial_id, {}))]
         trial_id = spec.get("trial_id") or tune_trial_id
@@ -623,7 +627,7 @@ def _callbacks(plan: SweepPlan, phase: str, planned: int, slots: int, git: str |
 
     exp = plan.experiment
     return [
-        ResultsRecorder(exp, plan.storage, git),
+        ResultsRecorder(exp, plan.storage, git, watch),
         SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode, planned, slots),
         *([watch] if watch is not None else []),
     ]
@@ -673,11 +677,11 @@ def _use_callbacks(tuner, callbacks: list[tune.Callback]) -> None:
     run_config.callbacks = list(callbacks)
 
 
-def _reconcile(plan: SweepPlan, results, git: str | None) -> None:
+def _reconcile(plan: SweepPlan, results, git: str | None, watch=None) -> None:
     """Add any finished trial the callbacks missed (driver killed between a trial's end
     and its row being written) from Tune's own record of it."""
     have = set(plan.store.trials().get("trial_id", []))
-    recorder = ResultsRecorder(plan.experiment, plan.storage, git)
+    recorder = ResultsRecorder(plan.experiment, plan.storage, git, watch)
     for result in results:
         spec = result.config.get("spec") if result.config else None
         if not spec:
@@ -724,7 +728,7 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None,
         )
 
     results = _fit(plan, SEARCH, trainable, make, callbacks)
-    _reconcile(plan, results, git)
+    _reconcile(plan, results, git, watch)
 
 
 def best_search_trials(plan: SweepPlan, df: pd.DataFrame | None = None
@@ -813,7 +817,7 @@ def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | Non
         )
 
     results = _fit(plan, REPRODUCTION, trainable, make, callbacks)
-    _reconcile(plan, results, git)
+    _reconcile(plan, results, git, watch)
     return len(specs)
 
 
