@@ -488,6 +488,8 @@ def test_bad_paths_files_and_tables_are_one_line(tmp_path, monkeypatch, capsys):
         (["train", latin1], r"latin1\.yaml:2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"),
         (["sweep", exp_latin1, "--storage", tmp_path / "r"], r"exp_latin1\.yaml:\d+: not UTF-8 text"),
         (["train", tmp_path], r"is a folder; give a YAML file"),
+        (["sweep", tmp_path, "--storage", tmp_path / "r"], r"is a folder; give an experiment YAML file"),
+        (["sweep", experiment_file(tmp_path), "--storage", a_file], r"--storage .*a_file: .* is a file, not a folder"),
         (["train", cfg, "--out", a_file], r"--out .*a_file: is a file, not a folder"),
         (["train", cfg, "--out", "/proc/harness-run"], r"--out /proc/harness-run: /proc is not writable"),
         (["train", cfg, "--set", "train.epochs=abc"], r"^error: --set: train\.epochs: "),

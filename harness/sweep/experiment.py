@@ -240,6 +240,8 @@ def find_experiment(name_or_path: str) -> Path:
     """An experiment YAML by name (``search_spaces/NAME.yaml``) or by path."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if p.is_dir():
+            raise ConfigError(f"{p} is a folder; give an experiment YAML file or a name from `harness list`")
         if not p.is_file():
             raise ConfigError(f"experiment file not found: {p}")
         return p

@@ -119,7 +119,11 @@ class ResultsStore:
         try:
             df = pd.read_parquet(io.BytesIO(self._read_bytes(name)))
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise ResultsError(f"{self.path(name)} is not a readable Parquet file ({e})") from None
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ResultsError(
+                f"{self.path(name)} is not a readable Parquet file ({reason}); "
+                f"`harness sweep {self.experiment} --resume --storage {self.storage}` rebuilds it"
+            ) from None
         return df
 
     def trials(self) -> pd.DataFrame:

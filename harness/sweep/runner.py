@@ -275,7 +275,7 @@ class SweepScheduler(FIFOScheduler):
         self.tune_path = tune_path
 
     def on_trial_add(self, tune_controller, trial):
-        if self.tune_path:
+        if getattr(self, "tune_path", None):  # absent in sweeps pickled by older versions
             _follow_storage(trial, self.tune_path)
         super().on_trial_add(tune_controller, trial)
 
@@ -316,7 +316,7 @@ class PerValueScheduler(SweepScheduler):
         return True
 
     def on_trial_add(self, tune_controller, trial):
-        if self.tune_path:
+        if getattr(self, "tune_path", None):  # absent in sweeps pickled by older versions
             _follow_storage(trial, self.tune_path)
         self._of(trial).on_trial_add(tune_controller, trial)
 
