@@ -689,7 +689,8 @@ def _reconcile(plan: SweepPlan, results, git: str | None, watch=None) -> None:
         tune_id = (result.metrics or {}).get("trial_id", "")
         trial_id = spec.get("trial_id") or tune_id
         if trial_id and trial_id not in have:
-            recorder.record(spec, tune_id, result.metrics, error=result.error is not None)
+            recorder.record(spec, tune_id, result.metrics, error=result.error is not None,
+                            reason=reason_from_traceback(str(result.error)) if result.error else None)
 
 
 def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None,
