@@ -24,6 +24,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported for their side effect of adding commands to ``app``.
     from harness.cli import train_cmd, data_cmd, sweep_cmd, report_cmd, eval_cmd  # noqa: F401
+    from harness.cli import doctor_cmd  # noqa: F401
 
 
 def main() -> None:
@@ -35,5 +36,10 @@ def main() -> None:
         from rich.markup import escape
 
         # escape: a message may hold brackets ("pip install 'metric-harness[mlflow]'")
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"{e.prefix} {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside a sweep's own handling: no traceback
+        from rich.console import Console
+
+        Console(stderr=True).print("[yellow]interrupted[/yellow]", highlight=False)
+        sys.exit(130)

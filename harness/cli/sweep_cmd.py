@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.cli import app
@@ -41,6 +42,10 @@ def sweep(
         None, "--optuna-storage",
         help="SQLAlchemy URL of the Optuna studies (default: sqlite:///<storage>/<experiment>/optuna.db).",
     ),
+    take_over: bool = typer.Option(
+        False, "--take-over",
+        help="Take the sweep over from a driver on another host that is no longer running.",
+    ),
 ) -> None:
     """Tune an experiment with Optuna on Ray Tune, then reproduce the best settings."""
     if resume and reproduce_only:
@@ -51,13 +56,16 @@ def sweep(
         find_experiment(name)  # unknown names fail before the heavier imports
     from harness.sweep.runner import prepare_sweep, run_sweep, summary_table
 
-    plan = prepare_sweep(name, set_, trials, storage, resume, reproduce_only, max_concurrent, address)
+    plan = prepare_sweep(name, set_, trials, storage, resume, reproduce_only, max_concurrent, address,
+                         take_over)
     from harness.sweep.optuna_storage import resolve_storage_url
     from harness.tracking.config import apply_tracking
 
     plan.experiment = apply_tracking(plan.experiment, tracking, resuming=bool(plan.state))
     plan.optuna_storage = resolve_storage_url(plan, optuna_storage)  # checked before Ray starts
-    outcome = run_sweep(plan)
+    warnings = Console(stderr=True)
+    outcome = run_sweep(plan, warn=lambda msg: warnings.print(
+        f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True))
     console = Console()
     table = Table(title=f"{outcome.experiment}: reproductions (test split)", title_justify="left")
     metric = plan.experiment.search.metric

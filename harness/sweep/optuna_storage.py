@@ -29,7 +29,13 @@ from ray.tune.search.optuna import OptunaSearch
 from harness.errors import ConfigError
 
 DB_FILE = "optuna.db"
-STATE_KEY = "optuna_storage"  # sweep.json: the URL the sweep's studies live in
+STATE_KEY = "optuna_storage"  # sweep.json: the --optuna-storage URL (null: optuna.db beside the tables)
+
+
+def recorded_url(url: str, root: str) -> str | None:
+    """What sweep.json records: null for the default file, so a moved or copied sweep
+    folder resumes with its own optuna.db."""
+    return None if url == default_storage_url(root) else url
 
 
 def default_storage_url(root: str) -> str:
@@ -63,8 +69,9 @@ def resolve_storage_url(plan, requested: str | None) -> str:
     """The URL of ``plan``'s studies: the one a resumed sweep started with, else
     ``requested`` (``--optuna-storage``), else the SQLite file beside the tables. A new
     sweep whose study names are taken in that database is a ConfigError."""
-    recorded = (plan.state or {}).get(STATE_KEY) if plan.state else None
     if plan.state and STATE_KEY in plan.state:
+        # null: the default file beside the tables, wherever the folder is now
+        recorded = plan.state[STATE_KEY] or default_storage_url(plan.store.root)
         if requested and requested != recorded:
             raise ConfigError(
                 f"--optuna-storage {requested}: this sweep keeps its studies in {recorded}; "
@@ -72,6 +79,8 @@ def resolve_storage_url(plan, requested: str | None) -> str:
             )
         return recorded
     url = requested or default_storage_url(plan.store.root)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return url  # nothing to check, and no file written before the sweep starts
     import optuna
 
     existing = set(optuna.get_all_study_names(open_storage(url)))  # fails before Ray starts
@@ -141,12 +150,15 @@ class StoredOptunaSearch(OptunaSearch):
                 pass
         return state
 
-    def reconcile(self) -> None:
+    def reconcile(self, url: str | None = None) -> None:
         """After Tune restored this searcher from its snapshot: make the database and
-        the snapshot agree (the module docstring says who wins what)."""
+        the snapshot agree (the module docstring says who wins what). ``url``: the
+        database of this driver (a copied sweep folder has its own optuna.db)."""
         import optuna
         from optuna.trial import TrialState
 
+        if url and url != self._url:
+            self._url, self._storage = url, open_storage(url)
         old = self._ot_study
         study = optuna.create_study(storage=self._storage, sampler=old.sampler,
                                     pruner=optuna.pruners.NopPruner(), study_name=self._study_name,
