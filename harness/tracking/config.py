@@ -91,8 +91,8 @@ def require_installed(names: list[str]) -> None:
 def apply_tracking(exp, names: list[str] | None, resuming: bool = False):
     """``exp`` with the ``--tracking`` trackers added; checks they are installed.
 
-    A sweep keeps the trackers it started with (Tune restores its callbacks from the
-    experiment snapshot), so a resumed sweep refuses a different set."""
+    A sweep keeps the trackers it started with (recorded in sweep.json with the
+    experiment), so a resumed sweep refuses a different set."""
     merged = exp.tracking.with_trackers(names)
     if resuming and merged.trackers != exp.tracking.trackers:
         was = ", ".join(exp.tracking.trackers) or "none"
