@@ -112,7 +112,8 @@ def test_new_sweep_refuses_a_database_holding_its_study_and_resume_keeps_its_url
     plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
     url = resolve_storage_url(plan, None)
     assert url == f"sqlite:///{tmp_path / 'results' / 'stored' / 'optuna.db'}"
-    optuna.create_study(study_name="stored:none", storage=url)
+    assert not (tmp_path / "results").exists()  # nothing written before the sweep starts
+    optuna.create_study(study_name="stored:none", storage=open_storage(url))
     with pytest.raises(ConfigError, match="Optuna study 'stored:none' already exists in sqlite:///"):
         resolve_storage_url(plan, None)
     other = f"sqlite:///{tmp_path / 'other.db'}"
