@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.core.evaluate import embed_positions as embed_items
 from harness.errors import ConfigError, DataError, HarnessError
 
 KINDS = ("exact", "ivf", "hnsw")
@@ -128,30 +129,7 @@ def recall_against_exact(index: faiss.Index, vectors: np.ndarray, labels: np.nda
     }
 
 
-# ------------------------------------------------------------------ embedding items
-
-
-class _WithIndex(torch.utils.data.Dataset):
-    """Yields (image, position) so embedding keeps track of which items were readable."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        item = self.dataset[i]
-        return None if item is None else (item[0], i)
-
-
-def embed_items(model, dataset, batch_size: int = 256, device=None, workers: int = 0, amp_dtype=None):
-    """-> (embeddings float32 [M, d], positions int64 [M]) of the readable items of ``dataset``."""
-    from harness.core.evaluate import embed
-
-    emb, positions = embed(model, _WithIndex(dataset), batch_size=batch_size, device=device,
-                           workers=workers, amp_dtype=amp_dtype)
-    return emb.numpy(), positions
+# ------------------------------------------------------------------ gallery items
 
 
 def item_table(dataset, positions: np.ndarray, name: str) -> pd.DataFrame:
