@@ -63,8 +63,19 @@ def _example(image_size: int, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, image_size, image_size, generator=g)
 
 
+def _require(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"--onnx needs {', '.join(missing)}: pip install 'metric-harness[export]' (onnx, onnxruntime, onnxscript)"
+        )
+
+
 def export_onnx(model: torch.nn.Module, path: Path, image_size: int) -> Path:
     """Write ``model`` (eval mode, CPU) as ONNX with a dynamic batch dimension."""
+    _require("onnx", "onnxscript", "onnxruntime")
     wrapped = EmbeddingsOnly(model).eval().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(image_size, 2)
