@@ -10,7 +10,6 @@ those files (a sweep of an older harness, a moved dataset) gets a note instead.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ class MethodRetrievals:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "all"
+    # no "_": the Markdown finalize hook would escape it inside the link
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "all"
 
 
 def find_run_files(exp_path: Path, trial_id: str) -> Path | None:
@@ -95,6 +95,3 @@ def method_retrievals(experiments: list[ExperimentResults], n_worst: int = N_WOR
             out.append(item)
     return out
 
-
-def percent(value: float) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value * 100:.2f}" if value <= 1 else f"{value:.2f}"
