@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -57,12 +58,18 @@ def query(
     images: List[Path] = typer.Argument(..., help="Query image file(s)."),
     k: int = typer.Option(5, "--k", "-k", help="Neighbours per query."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line (query, rank, score, label, path)."),
 ) -> None:
     """Print the top-k gallery images (rank, cosine score, label, path) of each query image."""
     from harness.index import query_index
 
     console = Console()
     for image, rows in zip(images, query_index(index_dir, images, k=k, device=device)):
+        if as_json:
+            for r in rows.itertuples():
+                print(json.dumps({"query": str(image), "rank": int(r.rank), "score": float(r.score),
+                                  "label": str(r.label_name), "path": str(r.path)}))
+            continue
         table = Table(title=str(image), title_justify="left")
         for col in ("rank", "score", "label", "path"):
             table.add_column(col, justify="right" if col in ("rank", "score") else "left", overflow="fold")
