@@ -58,7 +58,7 @@ def nearest_neighbours(query: np.ndarray, query_labels, gallery: np.ndarray | No
                        gallery_labels=None, k: int = SAVED_K, query_positions=None,
                        gallery_positions=None) -> Neighbours:
     """Exact cosine top-``k`` (``gallery=None``: one-set, each query's own row excluded)."""
-    from harness.core.metrics import ExactCosineSearch, _normalised
+    from harness.core.metrics import ExactCosineSearch, TorchExactSearch, _normalised, gpu_available
 
     one_set = gallery is None
     q = _normalised(query)
@@ -70,7 +70,7 @@ def nearest_neighbours(query: np.ndarray, query_labels, gallery: np.ndarray | No
     ids = np.full((n_q, k), -1, np.int64)
     sims = np.full((n_q, k), -np.inf, np.float32)
     if k and n_q:
-        search = ExactCosineSearch(g)
+        search = TorchExactSearch(g, "cuda") if gpu_available() else ExactCosineSearch(g)
         s, i = search.search(q, k + (1 if one_set else 0))
         for r in range(n_q):
             keep = (i[r] != r) if one_set else np.ones(len(i[r]), bool)
