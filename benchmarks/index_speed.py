@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000, help="sampled queries (0: every image)")
     ap.add_argument("--repeat", type=int, default=2, help="search runs per index; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss default)")
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--ef-search", type=int, nargs="*", default=[],
                     help="also HNSW (M=32) at these efSearch values (its build is slow on few cores)")
     args = ap.parse_args()
