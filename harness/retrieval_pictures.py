@@ -235,7 +235,7 @@ class Picture:
         f = self.facts
         right = [n for n in f["neighbours"] if n["right"]]
         first = f"first right answer at rank {right[0]['rank']}" if right else "no right answer in the top-k"
-        return (f"{'worst' if f['kind'] == 'worst' else 'typical success'}: query {f['query_label']} "
+        return (f"{'hardest' if f['kind'] == 'worst' else 'typical success'}: query {f['query_label']} "
                 f"(item {f['query_position']}); {first}; best positive similarity "
                 f"{f['best_positive_similarity']:.3f}")
 
