@@ -69,7 +69,7 @@ def test_table_predefined_splits_and_roles(tmp_path, fmt):
     parts = read_dataset("table", path)
     assert _names(parts.train) == {f"item-{c}" for c in range(4)}
     assert _names(parts.val.query) == {"item-4", "item-5"} and parts.val.gallery is None
-    assert len(parts.test.query) == 2 and len(parts.test.gallery) == 6
+    assert len(parts.test.query) == 4 and len(parts.test.gallery) == 4
     assert all(str(tmp_path / "images") in p for p in parts.train.paths)
     # the predefined validation classes are used as they are (no carving)
     bundle = create_datasets(DataConfig(name="table", root=str(path), image_size=16), 3, MEAN, STD)
