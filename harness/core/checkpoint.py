@@ -63,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({first}); delete it or point to another run"
+            f"checkpoint {path} is unreadable ({first}); point to another checkpoint or run folder"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a harness checkpoint (no model/config entries)")

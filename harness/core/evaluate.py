@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from harness.core.finite import check_embeddings
 from harness.core.metrics import retrieval_metrics
 from harness.data.registry import collate_skip_corrupt
 from harness.errors import DataError
@@ -69,7 +70,9 @@ def embed(
     if not chunks:
         d = getattr(getattr(model, "head", None), "out_features", 0)
         return torch.zeros((0, d)), np.zeros(0, np.int64)
-    return torch.cat(chunks).cpu(), torch.cat(labels).numpy().astype(np.int64)
+    embeddings = torch.cat(chunks)
+    check_embeddings(embeddings)  # NaN/inf: a diverged model, not a result
+    return embeddings.cpu(), torch.cat(labels).numpy().astype(np.int64)
 
 
 def embed_split(model, split, batch_size=256, device=None, workers=0, amp_dtype=None, loader_for=None) -> dict:

@@ -19,8 +19,9 @@ Conventions chosen here:
 * Drift (METHODS.md section 1, "Drift diagnostic"): the probe set is embedded once
   before training (epoch 0), so the drift of epoch 1 is its distance to the untrained
   network's embeddings and every epoch has a finite value.
-* A non-finite loss ends the run with status "diverged": the diverged epoch is not
-  checkpointed and not reported to ``on_epoch``; the test split is not evaluated.
+* A non-finite loss, weight, buffer or embedding ends the run with status "diverged":
+  the diverged epoch is not checkpointed and not reported to ``on_epoch``; the test
+  split is not evaluated.
 * One host read per step: the loss parts stay on the device and are copied to the
   host together once the step is queued (that read is also the divergence check);
   nothing in the memory / XML forward waits for the GPU.
@@ -56,6 +57,7 @@ from harness.core.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from harness.core.finite import NonFiniteError, nonfinite_tensors
 from harness.core.device import amp_dtype, describe_device, needs_grad_scaler, pick_device
 from harness.core.loaders import EvalLoaders, training_loader
 from harness.errors import ConfigError
@@ -117,7 +119,11 @@ def build_losses(config: RunConfig, n_train: int, num_classes: int):
     """-> (CrossBatchMemory wrapping the plain loss, XMLLoss or None). METHODS.md §1, §2, §4."""
     from harness.core.losses import create_loss, is_proxy_loss
     from harness.core.memory import CrossBatchMemory, KalmanMoments
+    from harness.core.pairs import positive_pair_problem
 
+    problem = positive_pair_problem(config)
+    if problem:
+        raise ConfigError(problem)
     if is_proxy_loss(config.loss.name) and config.memory.kind != "none":
         raise ConfigError(
             f"memory.kind: proxy loss {config.loss.name} has no reference set; "
@@ -547,16 +553,21 @@ def run_training(
         t_epoch = time.perf_counter()
         lr = trainer.current_lr(epoch)
         parts = trainer.train_epoch(epoch)
-        if parts is None:
+        # NaN/inf weights or BN statistics diverged too, even under a finite loss
+        if parts is None or nonfinite_tensors(trainer.model):
             status = "diverged"
             break
         metrics: dict[str, float] = dict(parts)
         trainer.model.eval()
-        if epoch % t.val_every == 0 or epoch == t.epochs:
-            val = _prefixed("val", trainer.evaluate(trainer.data.val, persistent=True)) if trainer.has_validation() else {}
-            metrics.update(val)
-            trainer.update_best(epoch, val)
-        metrics.update(trainer.drift())
+        try:  # embed() refuses NaN/inf embeddings: best.pt never holds such a model
+            if epoch % t.val_every == 0 or epoch == t.epochs:
+                val = _prefixed("val", trainer.evaluate(trainer.data.val, persistent=True)) if trainer.has_validation() else {}
+                metrics.update(val)
+                trainer.update_best(epoch, val)
+            metrics.update(trainer.drift())
+        except NonFiniteError:
+            status = "diverged"
+            break
         metrics["lr"] = lr
         metrics["memory_fill"] = float(trainer.memory.fill)
         metrics["epoch_seconds"] = time.perf_counter() - t_epoch
