@@ -18,12 +18,14 @@ class NonFiniteError(HarnessError):
 
 def nonfinite_tensors(*modules: torch.nn.Module) -> list[str]:
     """Names of the floating-point parameters and buffers holding NaN or inf."""
-    bad = []
-    for module in modules:
-        for name, t in [*module.named_parameters(), *module.named_buffers()]:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad.append(name)
-    return bad
+    named = [(name, t) for module in modules
+             for name, t in [*module.named_parameters(), *module.named_buffers()]
+             if t.is_floating_point() and t.numel()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t.detach()).all().to(named[0][1].device) for _, t in named])
+    flags = finite.tolist()  # one device-to-host read per check (once an epoch)
+    return [name for (name, _), ok in zip(named, flags) if not ok]
 
 
 def check_embeddings(embeddings: torch.Tensor) -> None:
