@@ -93,7 +93,10 @@ def train(
 ) -> None:
     """Train one run: per-epoch metrics, checkpoints, best-on-validation, test of the best."""
     cfg = load_config(config, set_)  # a bad config fails here, before torch is imported
-    from harness.core.train import run_training
+    if cfg.train.workers > 1:  # data-parallel ranks on this machine
+        from harness.core.launch import run_data_parallel as run_training
+    else:
+        from harness.core.train import run_training
 
     out_dir = out if out is not None else default_out_dir(config)
     console = Console(stderr=True)

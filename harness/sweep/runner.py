@@ -341,7 +341,8 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
     row.update({k if k.startswith("test") else f"test.{k}": v for k, v in test.items()})
     row.update(
         best_epoch=best_epoch, epochs_run=epochs_run, wall_seconds=wall, device=device,
-        gpus=float(exp.search.resources.gpus), started_at=started, finished_at=finished,
+        gpus=float(exp.search.resources.trial_gpus), workers=int(exp.search.resources.workers),
+        started_at=started, finished_at=finished,
         versions=json.dumps(versions) if versions is not None else None,
         git_commit=git_commit, host=host,
     )
@@ -450,8 +451,8 @@ def _slots(exp: Experiment, max_concurrent: int | None) -> int:
 
     res = ray.cluster_resources()
     need = exp.search.resources
-    by_cpu = int(res.get("CPU", 1) // need.cpus)
-    by_gpu = int(res.get("GPU", 0) // need.gpus) if need.gpus else by_cpu
+    by_cpu = int(res.get("CPU", 1) // need.trial_cpus)
+    by_gpu = int(res.get("GPU", 0) // need.trial_gpus) if need.trial_gpus else by_cpu
     slots = max(1, min(by_cpu, by_gpu))
     return min(slots, max_concurrent) if max_concurrent else slots
 
@@ -462,10 +463,23 @@ def _trial_name(trial) -> str:
     return spec.get("trial_id") or f"{spec.get('phase', 'trial')}-{trial.trial_id}"
 
 
-def _trainable(exp: Experiment, train_fn: Callable | None):
+def _absolute(path: str) -> str:
+    return path if is_uri(path) else str(Path(path.removeprefix("file://")).expanduser().absolute())
+
+
+def _trainable(exp: Experiment, train_fn: Callable | None, storage_root: str | None = None):
     from trainables.retrieval import train_retrieval
 
     res = exp.search.resources
+    if res.workers > 1:  # a light Tune driver around a Ray Train TorchTrainer
+        from trainables.distributed import DRIVER_CPUS, train_retrieval_distributed
+
+        fn = tune.with_parameters(
+            train_retrieval_distributed, base=exp.base, metric=exp.search.metric,
+            mode=exp.search.mode, workers=res.workers, cpus_per_worker=res.worker_cpus,
+            gpus_per_worker=res.worker_gpus, train_fn=train_fn,
+            train_storage=None if storage_root is None else _absolute(join(storage_root, "tune", "train-runs")))
+        return tune.with_resources(fn, {"cpu": DRIVER_CPUS})
     fn = tune.with_parameters(train_retrieval, base=exp.base, metric=exp.search.metric,
                               mode=exp.search.mode, cpus=res.cpus, train_fn=train_fn)
     return tune.with_resources(fn, {"cpu": res.cpus, "gpu": res.gpus})
@@ -538,7 +552,7 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None):
         searcher = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
     scheduler = PerValueScheduler(_AshaFactory(exp)) if exp.search.scheduler else None
     planned = sum(budget.values())
-    trainable = _trainable(exp, train_fn)
+    trainable = _trainable(exp, train_fn, plan.store.root)
 
     def make():
         return tune.Tuner(
@@ -622,7 +636,7 @@ def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | Non
     path = plan.tune_dir(REPRODUCTION)
     if plan.reproduce_only:
         _remove_tree(path)  # a fresh set of reproductions; rows are replaced by trial_id
-    trainable = _trainable(exp, train_fn)
+    trainable = _trainable(exp, train_fn, plan.store.root)
 
     def make():
         return tune.Tuner(
@@ -668,6 +682,9 @@ def run_sweep(plan: SweepPlan, train_fn: Callable | None = None,
                     host=socket.gethostname(), search_done=False, reproduction_done=False)
         plan.store.write_json(SPACE, space_description(exp))
     started_ray = start_ray(plan.address)
+    if exp.search.resources.workers > 1 and plan.max_concurrent is None:
+        # Tune would start a (light) driver per trial and queue their worker groups
+        plan.max_concurrent = _slots(exp, None)
     try:
         if not plan.reproduce_only and not plan.state.get("search_done"):
             run_search(plan, train_fn, git)
