@@ -29,9 +29,11 @@ from typing import Any, Callable
 
 from harness.config import build_config
 
-# CPUs of the Tune trial itself (a driver that waits on the TorchTrainer): the workers
-# hold the real resources, so N-worker trials pack as N workers.
-DRIVER_CPUS = 0.01
+# Resources of the Tune trial itself, a driver that only waits on its TorchTrainer: no
+# CPU (the workers hold the real resources, so a 4-GPU node fits 4 workers with all its
+# CPUs, and a head node with CPU: 0 can host drivers); Ray needs a non-empty request,
+# hence a token of memory.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
 
 
 def ray_train_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:

@@ -472,14 +472,14 @@ def _trainable(exp: Experiment, train_fn: Callable | None, storage_root: str | N
 
     res = exp.search.resources
     if res.workers > 1:  # a light Tune driver around a Ray Train TorchTrainer
-        from trainables.distributed import DRIVER_CPUS, train_retrieval_distributed
+        from trainables.distributed import DRIVER_RESOURCES, train_retrieval_distributed
 
         fn = tune.with_parameters(
             train_retrieval_distributed, base=exp.base, metric=exp.search.metric,
             mode=exp.search.mode, workers=res.workers, cpus_per_worker=res.worker_cpus,
             gpus_per_worker=res.worker_gpus, train_fn=train_fn,
             train_storage=None if storage_root is None else _absolute(join(storage_root, "tune", "train-runs")))
-        return tune.with_resources(fn, {"cpu": DRIVER_CPUS})
+        return tune.with_resources(fn, DRIVER_RESOURCES)
     fn = tune.with_parameters(train_retrieval, base=exp.base, metric=exp.search.metric,
                               mode=exp.search.mode, cpus=res.cpus, train_fn=train_fn)
     return tune.with_resources(fn, {"cpu": res.cpus, "gpu": res.gpus})
