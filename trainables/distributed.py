@@ -118,7 +118,8 @@ def train_retrieval_distributed(
     run_config = build_config(base or {}, overrides, source=f"trial {spec.get('phase')}")
     ctx = tune.get_context()
     # Stable across restarts of this trial (Tune keeps its id), new for a new Tuner.
-    name = f"{ctx.get_trial_name()}-{ctx.get_trial_id()}"
+    trial_name, trial_id = ctx.get_trial_name(), ctx.get_trial_id()
+    name = trial_name if trial_id in trial_name else f"{trial_name}-{trial_id}"
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={
