@@ -48,14 +48,21 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from trainables.retrieval import FINAL_REPORT, _run_trial
+    from trainables.retrieval import FINAL_REPORT, TRIAL_META, _run_trial
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(loop_config["cpus"])))
-    if torch.cuda.is_available():
+    if not loop_config["gpus"]:
+        # CPU workers on a GPU node: no GPU (Ray >= 2.50 leaves CUDA_VISIBLE_DEVICES set)
+        from harness.core.device import isolate_gpus
+
+        isolate_gpus([])
+    elif torch.cuda.is_available():
         import ray.train.torch
 
+        # Ray Train shows a node's workers all their GPUs (NCCL peer access); this
+        # rank's is the current device, which train.device "auto" ("cuda") then uses.
         torch.cuda.set_device(ray.train.torch.get_device())
     run_config = build_config(loop_config["run_config"], source="data-parallel trial")
     train_fn = loop_config.get("train_fn")
@@ -77,8 +84,22 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         if (out_dir / FINAL_REPORT).is_file():
             ray_train_report({"rank": rank})
             return
-        train_fn(run_config, out_dir, on_epoch=lambda epoch, metrics: ray_train_report({"epoch": epoch}),
-                 resume=True)
+        from harness.sweep.failures import is_deterministic
+
+        epochs_seen = 0
+
+        def follow(epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal epochs_seen
+            epochs_seen = epoch
+            ray_train_report({"epoch": epoch})
+
+        try:
+            train_fn(run_config, out_dir, on_epoch=follow, resume=True)
+        except Exception as e:
+            # rank 0 meets the same error and reports the trial failed: match its final report
+            restarted = (out_dir / TRIAL_META).is_file()
+            if not is_deterministic(e, started_training=epochs_seen > 0 or restarted):
+                raise
         ray_train_report({"rank": rank, "final": True})
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -124,7 +145,7 @@ def train_retrieval_distributed(
         _worker_loop,
         train_loop_config={
             "run_config": run_config.model_dump(mode="json"), "metric": metric, "mode": mode,
-            "cpus": cpus_per_worker, "name": name, "train_fn": train_fn,
+            "cpus": cpus_per_worker, "gpus": gpus_per_worker, "name": name, "train_fn": train_fn,
         },
         scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
         run_config=ray.train.RunConfig(

@@ -358,6 +358,12 @@ class DistributedTrainer(Trainer):
     def reduce_gradients(self) -> None:
         average_gradients(self._grad_params)
 
+    def train_step(self, images, labels, optimizer, halves=None):
+        # XML's class-disjoint halves are those of the gathered global batch: the loss
+        # splits the global labels itself (the halves of this rank's slice would index
+        # the wrong rows).
+        return super().train_step(images, labels, optimizer, halves=None)
+
     def _init_prototypes(self, module, args):
         """First batch: initialise the prototypes from the gathered features (as one
         process does from the whole batch), then broadcast rank 0's."""
@@ -395,8 +401,8 @@ class DistributedTrainer(Trainer):
                 "resume from the same checkpoints/last.pt: restart the run"
             )
 
-    def evaluate(self, split) -> dict[str, float]:
-        return super().evaluate(split) if self.is_main else {}
+    def evaluate(self, split, persistent: bool = False) -> dict[str, float]:
+        return super().evaluate(split, persistent) if self.is_main else {}
 
     def embed_probe(self) -> Tensor:
         return super().embed_probe() if self.is_main else torch.empty(0)
