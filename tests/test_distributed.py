@@ -27,11 +27,17 @@ STEPS = 3
 CASES = [("none", False), ("xbm", False), ("xbm+batch", False), ("xbn", False), ("axbn", False),
          ("none", True), ("axbn", True)]
 # Float tolerances: the two runs sum the same numbers in another order (BN statistics,
-# gradients summed over ranks). Measured maxima are about 10x below these.
+# gradients summed over ranks). Gradients are compared relative to the largest entry of
+# their tensor. Step 1 starts from the same weights: the gradients agree to ~1e-5 (measured
+# max 6e-6). From step 2 on the weights differ by rounding that Adam scales up (a
+# near-zero gradient's noise becomes a step of up to lr), and the miner's margins and
+# XML's closed-form fit turn that into gradient differences of up to ~2e-3 (measured,
+# axbn+xml); those steps get a looser bound. A rank-count bug (a gradient W times too
+# large, unsynchronised BatchNorm, a rank's own half in the memory) is off by 10-100%.
 LOSS_TOL = dict(rtol=1e-5, atol=1e-5)
-GRAD_TOL = dict(rtol=1e-4, atol=5e-5)
+GRAD_REL_TOL = (1e-4, 1e-2)  # step 1, later steps
 MEMORY_TOL = dict(rtol=1e-5, atol=1e-5)
-WEIGHT_TOL = dict(rtol=1e-4, atol=5e-4)  # after 3 Adam steps (lr 1e-2), which scale tiny gradients up
+WEIGHT_TOL = dict(rtol=1e-4, atol=5e-4)  # after 3 AdamW steps at lr 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,10 @@ def test_two_ranks_equal_one_process(runs, case):
         for step, (mine, ref) in enumerate(zip(rank["grads"], single["grads"])):
             assert mine.keys() == ref.keys()
             for name in ref:
-                torch.testing.assert_close(mine[name], ref[name], **GRAD_TOL,
-                                           msg=lambda m: f"step {step} grad {name}: {m}")
+                scale = float(ref[name].abs().max().clamp_min(1e-12))
+                err = float((mine[name] - ref[name]).abs().max()) / scale
+                tol = GRAD_REL_TOL[0] if step == 0 else GRAD_REL_TOL[1]
+                assert err < tol, f"step {step} grad {name}: relative error {err:.2e}"
         for key, ref in single["memory"].items():
             if ref.dtype.is_floating_point:
                 torch.testing.assert_close(rank["memory"][key], ref, **MEMORY_TOL)
@@ -126,3 +134,40 @@ def test_workers_without_a_process_group_is_a_clear_error(tmp_path):
 def test_resuming_on_another_worker_count_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="train.workers"):
         _check_resumable(equivalence_config(workers=2), equivalence_config(workers=1), tmp_path / "last.pt")
+
+
+@pytest.mark.slow
+def test_harness_train_on_two_ranks_writes_once_and_resumes_only_on_two(tmp_path, monkeypatch, capsys):
+    """`harness train` with train.workers=2: rank 0's files, the worker count in last.pt,
+    a resumption with 2 workers continues, one with 1 worker is refused."""
+    import json
+
+    import yaml
+
+    from fixtures.harness_cli import run_cli
+    from harness.core.checkpoint import load_checkpoint
+
+    cfg = tmp_path / "dp.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"name": "digits", "image_size": 16, "val_fraction": 0.4},
+        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
+        "memory": {"kind": "axbn", "size": 64},
+        "train": {"epochs": 1, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 2,
+                  "probe_size": 8, "eval_untrained": False, "workers": 2, "device": "cpu"},
+    }))
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(["train", str(cfg), "--out", str(out)], monkeypatch, capsys)
+    assert code == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["status"] == "completed" and summary["epochs_run"] == 1
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["workers"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+    code, stdout, _ = run_cli(["train", str(cfg), "--out", str(out), "--set", "train.epochs=2"],
+                              monkeypatch, capsys)
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["epochs_run"] == 2
+    assert [json.loads(ln)["epoch"] for ln in (out / "epochs.jsonl").read_text().splitlines()] == [1, 2]
+
+    code, _, err = run_cli(["train", str(cfg), "--out", str(out), "--set", "train.epochs=3",
+                            "--set", "train.workers=1"], monkeypatch, capsys)
+    assert code == 2 and "train.workers" in err
