@@ -126,6 +126,9 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(256, ge=1)
     # Evaluate the untrained network on the test split too ("test_untrained.*").
     eval_untrained: bool = True
+    # Data-parallel ranks of this run (harness/core/distributed.py): batch_size is the
+    # global batch, split into equal shares of whole class blocks.
+    workers: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _divisible(self) -> "TrainConfig":
@@ -165,6 +168,14 @@ class RunConfig(_Section):
             raise ValueError(
                 f"train.select_metric '{self.train.select_metric}' is not computed; "
                 f"choose one of {', '.join(sorted(metrics))} (recall@k needs k in eval.ks)"
+            )
+        if self.train.workers > 1 and (
+            self.train.batch_size % (self.train.workers * self.train.samples_per_class)
+        ):
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) must split into "
+                f"train.workers={self.train.workers} shares of whole class blocks: make it "
+                f"a multiple of {self.train.workers * self.train.samples_per_class}"
             )
         return self
 

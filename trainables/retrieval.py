@@ -128,24 +128,33 @@ def train_retrieval(
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _report_failure(error: BaseException, mode: str, epochs_run: int) -> None:
-    """End the trial as ``failed`` with its reason (a final report, no retry)."""
+def tune_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+    """Report to the Tune trial, with ``checkpoint_dir`` as its checkpoint."""
     from ray import tune
 
+    checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(str(checkpoint_dir))
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def _report_failure(error: BaseException, mode: str, epochs_run: int,
+                    report: Callable[[dict[str, Any], Path | None], None] = tune_report) -> None:
+    """End the trial as ``failed`` with its reason (a final report, no retry)."""
     from harness.sweep.failures import one_line
 
-    tune.report({OBJECTIVE: worst(mode), "epoch": int(epochs_run), "final": True,
-                 "status": "failed", "error": one_line(error), "started_at": utc_now()})
+    report({OBJECTIVE: worst(mode), "epoch": int(epochs_run), "final": True,
+            "status": "failed", "error": one_line(error), "started_at": utc_now()}, None)
 
 
 def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
-               save_retrievals: bool = False) -> None:
-    """One run_training call reporting every epoch (with its checkpoint) and the end."""
-    from ray import tune
+               save_retrievals: bool = False,
+               report: Callable[[dict[str, Any], Path | None], None] = tune_report) -> None:
+    """One run_training call reporting every epoch (with its checkpoint) and the end.
 
+    ``report(metrics, checkpoint_dir)``: Tune's by default; rank 0 of a data-parallel
+    trial reports through Ray Train instead (trainables/distributed.py)."""
     final_path = out_dir / FINAL_REPORT
     if final_path.is_file():
-        tune.report(json.loads(final_path.read_text()))
+        report(json.loads(final_path.read_text()), None)
         return
     meta_path = out_dir / TRIAL_META
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -165,14 +174,14 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
         v = metrics.get(metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and better(v, best, mode):
             best = float(v)
-        report = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float))}
-        report.update(
+        record = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float))}
+        record.update(
             epoch=int(epoch),
             final=False,
             started_at=meta["started_at"],
             **{OBJECTIVE: worst(mode) if best is None else best},
         )
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+        report(record, out_dir)
 
     from harness.sweep.failures import is_deterministic
 
@@ -188,7 +197,7 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
     except Exception as e:
         if not is_deterministic(e, started_training=epochs_seen > 0 or meta["restarts"] > 0):
             raise  # Tune retries it from the last checkpoint
-        _report_failure(e, mode, epochs_seen)
+        _report_failure(e, mode, epochs_seen, report)
         return
     if save_retrievals and result.status == "completed":
         _save_retrievals(run_config, out_dir)
@@ -224,7 +233,7 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
         "summary_json": json.dumps(summary, default=_json_default),
     }
     final_path.write_text(json.dumps(final))
-    tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+    report(final, out_dir)
 
 
 def _save_retrievals(run_config, out_dir: Path) -> None:

@@ -104,7 +104,10 @@ def train(
 
     spec = TrackingSpec().with_trackers(tracking)
     require_installed(spec.trackers)
-    from harness.core.train import run_training
+    if cfg.train.workers > 1:  # data-parallel ranks on this machine
+        from harness.core.launch import run_data_parallel as run_training
+    else:
+        from harness.core.train import run_training
 
     console = Console(stderr=True)
     tracker = None

@@ -351,6 +351,7 @@ class Trainer:
         # The losses run in fp32: similarities and the closed-form XML fit are
         # sensitive to half precision.
         out = type(out)(*(None if t is None else t.float() for t in out))
+        out, labels = self.gather_batch(out, labels)
         plain = self.memory(out.embeddings, labels)
         parts = {f"loss.{k}" if not k.startswith("loss") else k: v
                  for k, v in getattr(self.memory, "last_parts", {}).items()}
@@ -364,6 +365,7 @@ class Trainer:
         parts["loss"] = total.detach()
         if total.requires_grad:
             self.scaler.scale(total).backward()
+            self.reduce_gradients()
             self.scaler.step(optimizer)
             self.scaler.update()
         # The step's one host read: all parts in one copy.
@@ -372,6 +374,14 @@ class Trainer:
         if not math.isfinite(host["loss"]):
             return None
         return host
+
+    # Data-parallel hooks (harness/core/distributed.py): one process is the whole batch.
+    def gather_batch(self, out, labels):
+        """The model outputs and labels of the global batch (here: this batch)."""
+        return out, labels
+
+    def reduce_gradients(self) -> None:
+        """Combine the gradients of all ranks (here: nothing to combine)."""
 
     # -- evaluation
 
@@ -490,6 +500,15 @@ def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> No
 # ---------------------------------------------------------------------------- run
 
 
+def create_trainer(config: RunConfig, out_dir: Path, on_step: StepCallback | None = None) -> Trainer:
+    """One process, or one rank of ``train.workers`` data-parallel ones."""
+    if config.train.workers > 1:
+        from harness.core.distributed import DistributedTrainer
+
+        return DistributedTrainer(config, out_dir, on_step=on_step)
+    return Trainer(config, out_dir, on_step=on_step)
+
+
 def _check_resumable(stored: RunConfig, config: RunConfig, path: Path) -> None:
     a, b = stored.flat(), config.flat()
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
@@ -522,7 +541,7 @@ def run_training(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    trainer = Trainer(config, out_dir, on_step=on_step)  # data problems surface here
+    trainer = create_trainer(config, out_dir, on_step=on_step)  # data problems surface here
     out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / "checkpoints" / "last.pt"
     epochs_log = out_dir / "epochs.jsonl"

@@ -135,10 +135,45 @@ class CompareSpec(_Spec):
 
 
 class ResourceSpec(_Spec):
-    """Resources of one trial; gpus may be a fraction to pack trials on one GPU."""
+    """Resources of one trial; gpus may be a fraction to pack trials on one GPU.
+
+    ``workers > 1``: the trial trains data-parallel on that many Ray Train workers
+    (trainables/distributed.py), each with ``cpus_per_worker`` / ``gpus_per_worker``
+    (default: ``cpus`` / ``gpus``); ``train.workers`` of the trials follows it.
+    """
 
     cpus: float = Field(1.0, gt=0.0)
     gpus: float = Field(0.0, ge=0.0)
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float | None = Field(None, gt=0.0)
+    gpus_per_worker: float | None = Field(None, ge=0.0)
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> "ResourceSpec":
+        g = self.worker_gpus
+        if self.workers > 1 and g and g != int(g):
+            raise ValueError(
+                f"gpus_per_worker must be a whole number of GPUs with workers > 1 (NCCL "
+                f"gives each rank its own GPU), got {g}"
+            )
+        return self
+
+    @property
+    def worker_cpus(self) -> float:
+        return self.cpus if self.cpus_per_worker is None else self.cpus_per_worker
+
+    @property
+    def worker_gpus(self) -> float:
+        return self.gpus if self.gpus_per_worker is None else self.gpus_per_worker
+
+    @property
+    def trial_cpus(self) -> float:
+        """CPUs one trial holds (all its workers)."""
+        return self.cpus if self.workers == 1 else self.workers * self.worker_cpus
+
+    @property
+    def trial_gpus(self) -> float:
+        return self.gpus if self.workers == 1 else self.workers * self.worker_gpus
 
 
 class SearchSpec(_Spec):
@@ -205,7 +240,9 @@ class Experiment(_Spec):
         return {label: share for label in labels}
 
     def run_config(self, overrides: dict[str, Any] | None = None) -> RunConfig:
-        return build_config(self.base, overrides, source=f"experiment {self.name}: base")
+        workers = {"train.workers": self.search.resources.workers}
+        return build_config(self.base, {**workers, **(overrides or {})},
+                            source=f"experiment {self.name}: base")
 
     def dataset(self) -> str:
         return str(self.base.get("data", {}).get("name", "digits"))
@@ -344,6 +381,12 @@ def check_experiment(exp: Experiment) -> None:
                 raise ConfigError(f"{src}: search.space.{key}: {e}") from None
     if not search.reproduction_seeds:
         raise ConfigError(f"{src}: search.reproduction_seeds: give at least one seed")
+    base_workers = exp.base.get("train", {}).get("workers")
+    if base_workers is not None and base_workers != search.resources.workers:
+        raise ConfigError(
+            f"{src}: base train.workers is {base_workers} but search.resources.workers is "
+            f"{search.resources.workers}; set the worker count in search.resources only"
+        )
     n_values = len(exp.compare_labels)
     if search.algorithm != "grid" and search.trials < n_values:
         raise ConfigError(

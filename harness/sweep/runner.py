@@ -440,7 +440,8 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
     row.update({k if k.startswith("test") else f"test.{k}": v for k, v in test.items()})
     row.update(
         best_epoch=best_epoch, epochs_run=epochs_run, wall_seconds=wall, device=device,
-        gpus=float(exp.search.resources.gpus), started_at=started, finished_at=finished,
+        gpus=float(exp.search.resources.trial_gpus), workers=int(exp.search.resources.workers),
+        started_at=started, finished_at=finished,
         versions=json.dumps(versions) if versions is not None else None,
         git_commit=git_commit, host=host,
     )
@@ -603,8 +604,8 @@ def _slots(exp: Experiment, max_concurrent: int | None) -> int:
 
     res = ray.cluster_resources()
     need = exp.search.resources
-    by_cpu = int(res.get("CPU", 1) // need.cpus)
-    by_gpu = int(res.get("GPU", 0) // need.gpus) if need.gpus else by_cpu
+    by_cpu = int(res.get("CPU", 1) // need.trial_cpus)
+    by_gpu = int(res.get("GPU", 0) // need.trial_gpus) if need.trial_gpus else by_cpu
     slots = max(1, min(by_cpu, by_gpu))
     return min(slots, max_concurrent) if max_concurrent else slots
 
@@ -615,10 +616,23 @@ def _trial_name(trial) -> str:
     return spec.get("trial_id") or f"{spec.get('phase', 'trial')}-{trial.trial_id}"
 
 
-def _trainable(exp: Experiment, train_fn: Callable | None):
+def _absolute(path: str) -> str:
+    return path if is_uri(path) else str(Path(path.removeprefix("file://")).expanduser().absolute())
+
+
+def _trainable(exp: Experiment, train_fn: Callable | None, storage_root: str | None = None):
     from trainables.retrieval import train_retrieval
 
     res = exp.search.resources
+    if res.workers > 1:  # a light Tune driver around a Ray Train TorchTrainer
+        from trainables.distributed import DRIVER_RESOURCES, train_retrieval_distributed
+
+        fn = tune.with_parameters(
+            train_retrieval_distributed, base=exp.base, metric=exp.search.metric,
+            mode=exp.search.mode, workers=res.workers, cpus_per_worker=res.worker_cpus,
+            gpus_per_worker=res.worker_gpus, train_fn=train_fn,
+            train_storage=None if storage_root is None else _absolute(join(storage_root, "tune", "train-runs")))
+        return tune.with_resources(fn, DRIVER_RESOURCES)
     fn = tune.with_parameters(train_retrieval, base=exp.base, metric=exp.search.metric,
                               mode=exp.search.mode, cpus=res.cpus, train_fn=train_fn)
     return tune.with_resources(fn, {"cpu": res.cpus, "gpu": res.gpus})
@@ -730,7 +744,7 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None,
     scheduler = (PerValueScheduler(_AshaFactory(exp), tune_path) if exp.search.scheduler
                  else SweepScheduler(tune_path))
     planned = sum(budget.values())
-    trainable = _trainable(exp, train_fn)
+    trainable = _trainable(exp, train_fn, plan.store.root)
     callbacks = _callbacks(plan, SEARCH, planned, _slots(exp, plan.max_concurrent), git, watch)
 
     def make():
@@ -816,7 +830,7 @@ def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | Non
     path = plan.tune_dir(REPRODUCTION)
     if plan.reproduce_only:
         _remove_tree(path)  # a fresh set of reproductions; rows are replaced by trial_id
-    trainable = _trainable(exp, train_fn)
+    trainable = _trainable(exp, train_fn, plan.store.root)
     callbacks = _callbacks(plan, REPRODUCTION, len(specs), _slots(exp, plan.max_concurrent), git,
                            watch)
 
@@ -888,6 +902,9 @@ def _run_locked(plan: SweepPlan, train_fn: Callable | None, render: bool,
                            f"continue with `{plan.resume_command()}`")
     plan.optuna_storage = resolve_storage_url(plan, plan.optuna_storage)
     started_ray = start_ray(plan.address)  # before any file: a failed start leaves nothing
+    if exp.search.resources.workers > 1 and plan.max_concurrent is None:
+        # Tune would start a (light) driver per trial and queue their worker groups
+        plan.max_concurrent = _slots(exp, None)
     try:
         if not plan.state:
             _save_state(plan, experiment=exp.model_dump(mode="json"), created_at=_utc_now(),

@@ -1,0 +1,426 @@
+"""Data-parallel training inside one run: N ranks, one global batch, one shared memory.
+
+A run with ``train.workers: N > 1`` trains on N processes joined in a
+``torch.distributed`` process group (NCCL on GPUs, gloo on CPUs; Ray Train's
+``TorchTrainer`` starts them, see ``trainables/distributed.py``). The contract is
+that the run computes exactly what one process with the whole batch computes
+(METHODS.md §1-2), up to float rounding:
+
+* **Batches.** Every rank draws the same global batch of ``train.batch_size`` from the
+  class-balanced sampler (same seed) and loads its own contiguous slice of whole class
+  blocks (:class:`RankBatchSampler`). Gathered in rank order, the slices are the
+  single-process batch in the single-process order, so XML's class-disjoint halves,
+  the miners and the memory's enqueue order are unchanged.
+* **Loss.** Each rank gathers the embeddings (and, for XML, the GAP vectors and
+  histograms) of all ranks with :func:`gather_rows` and computes the loss of the
+  *global* batch against the memory, replicated on every rank. So the loss, its
+  normalisation (pytorch-metric-learning's means over pairs / anchors), the miner's
+  pairs, the enqueued memory, XBN's batch moments and AXBN's Kalman state (|B| is the
+  global batch) are identical on every rank and equal to the single-process ones.
+  Computing the loss of local queries against gathered references instead would change
+  those means (each rank would average over its own anchors), so it is not done.
+* **Gradients.** ``gather_rows`` is differentiable: its backward sums, over ranks, the
+  gradient every rank computed for a slice, so rank r receives ``W · ∂L/∂z_r`` for its
+  own embeddings. Parameters used after the gather (the head inside XML's ``e(·)``,
+  the prototypes of the closed-form fit, a loss's proxies) get the full ``∂L/∂θ`` on
+  every rank. :meth:`DistributedTrainer.reduce_gradients` averages all gradients over
+  ranks (one flat all-reduce), which gives exactly ``∂L/∂θ`` for both kinds.
+  (pytorch-metric-learning's ``DistributedLossWrapper`` multiplies the loss by W and
+  detaches the other ranks' embeddings, which over-counts parameters used after the
+  gather; hence our own gather.)
+* **BatchNorm.** Batch statistics are those of the global batch: torch's
+  ``SyncBatchNorm`` on GPUs (timm's converter, which keeps ``BatchNormAct2d``'s
+  activation), :class:`GlobalBatchNorm2d` on CPUs (torch's SyncBatchNorm is GPU-only).
+* **Prototypes.** XML's prototypes are initialised from the local features of the
+  gathered first batch and broadcast from rank 0.
+* **Files.** Rank 0 evaluates, writes checkpoints, logs and ``summary.json``; the
+  other ranks only train (they wait for rank 0 at the next step's gather).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.config import RunConfig
+from harness.core.train import StepCallback, Trainer
+from harness.errors import ConfigError, HarnessError
+
+__all__ = [
+    "WorkerStateError", "is_distributed", "rank", "world_size", "gather_rows", "gather_labels",
+    "broadcast_module", "average_gradients", "sync_batchnorm", "GlobalBatchNorm2d",
+    "RankBatchSampler", "DistributedTrainer", "check_workers",
+]  # fmt: skip
+
+
+class WorkerStateError(HarnessError):
+    """Ranks of one data-parallel run disagree (different epochs or configs)."""
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def check_workers(config: RunConfig, world: int) -> None:
+    """The global batch must split into whole class blocks, one share per rank."""
+    t = config.train
+    share = t.batch_size // world if world else 0
+    if world < 1 or t.batch_size % world or share % t.samples_per_class:
+        raise ConfigError(
+            f"train.batch_size {t.batch_size} must split into {world} equal shares of whole "
+            f"class blocks of train.samples_per_class={t.samples_per_class}; use a batch size "
+            f"divisible by {world * t.samples_per_class} or another worker count"
+        )
+
+
+# ---------------------------------------------------------------------------- collectives
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of ``[n_r, ...]`` rows (each rank's padded to ``capacity``); backward:
+    the gradient of each rank's rows summed over all ranks."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, capacity: int, sizes: tuple[int, ...]):
+        ctx.n, ctx.capacity, ctx.sizes = x.shape[0], capacity, sizes
+        padded = x.new_zeros((capacity, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cap = ctx.capacity
+        full = grad.new_zeros((len(ctx.sizes) * cap, *grad.shape[1:]))
+        offset = 0
+        for i, s in enumerate(ctx.sizes):
+            full[i * cap: i * cap + s] = grad[offset: offset + s]
+            offset += s
+        dist.all_reduce(full)  # a reduce-scatter would move W times less; these are tiny
+        start = rank() * cap
+        return full[start: start + ctx.n], None, None
+
+
+def gather_labels(labels: Tensor, capacity: int) -> tuple[Tensor, tuple[int, ...]]:
+    """All ranks' labels in rank order and the number of rows of every rank.
+
+    Every rank holds at most ``capacity`` rows (its share of the global batch; fewer
+    when images were skipped as corrupt). Labels are class indices >= 0, so -1 pads.
+    """
+    if not is_distributed():
+        return labels, (len(labels),)
+    padded = labels.new_full((capacity,), -1)
+    padded[: len(labels)] = labels
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    stacked = torch.stack(parts)
+    sizes = tuple(int(s) for s in (stacked >= 0).sum(1).tolist())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
+
+
+def gather_rows(x: Tensor, capacity: int, sizes: tuple[int, ...]) -> Tensor:
+    """Differentiable all-gather of every rank's ``[n_r, ...]`` rows, in rank order."""
+    if not is_distributed():
+        return x
+    return _GatherRows.apply(x, capacity, sizes)
+
+
+@torch.no_grad()
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Parameters and buffers of rank ``src`` on every rank (as DDP does at start)."""
+    if not is_distributed():
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src)
+
+
+@torch.no_grad()
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Mean of the gradients over ranks: one flat all-reduce of every present gradient.
+
+    Every rank runs the same graph, so the set of parameters with a gradient (and its
+    order) is the same everywhere.
+    """
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    w = world_size()
+    for group in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat)
+        flat.div_(w)
+        offset = 0
+        for g in group:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+# ---------------------------------------------------------------------------- batch norm
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks; backward: the gradients of all ranks summed."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Training-mode batch norm with the statistics of all ranks' rows (differentiable)."""
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    xf = x.float()
+    n_local = xf.new_tensor([x.numel() // x.shape[1]])
+    # one all-reduce for the sums and the count, a second for the centred squares
+    # (a one-pass E[x²] - E[x]² would lose digits where the mean is large)
+    summed = _AllReduceSum.apply(torch.cat([xf.sum(dims), n_local]))
+    count = summed[-1].detach()
+    mean = summed[:-1] / count
+    centred = xf - mean.view(shape)
+    var = _AllReduceSum.apply(centred.pow(2).sum(dims)) / count
+    y = centred * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = (1.0 / float(bn.num_batches_tracked)) if bn.momentum is None else bn.momentum
+            unbiased = var.detach() * count / (count - 1).clamp_min(1)
+            bn.running_mean.lerp_(mean.detach().to(bn.running_mean), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var), momentum)
+    return y.to(x.dtype)
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training statistics are those of the global batch (any
+    device; torch's SyncBatchNorm needs a GPU). Same parameters and buffers, so its
+    state dict loads into a plain ``BatchNorm2d``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        return _global_batch_norm(self, x)
+
+
+def _global_bn_act_class():
+    try:
+        from timm.layers import BatchNormAct2d
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return None, None
+
+    class GlobalBatchNormAct2d(BatchNormAct2d):
+        """timm's BatchNormAct2d with global batch statistics (see GlobalBatchNorm2d)."""
+
+        def forward(self, x: Tensor) -> Tensor:
+            if not (self.training and is_distributed()):
+                return super().forward(x)
+            return self.act(self.drop(_global_batch_norm(self, x)))
+
+    return BatchNormAct2d, GlobalBatchNormAct2d
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm of ``model`` use global batch statistics while training."""
+    if device.type == "cuda":
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
+    bn_act, global_bn_act = _global_bn_act_class()
+    for m in model.modules():
+        if bn_act is not None and type(m) is bn_act:
+            m.__class__ = global_bn_act
+        elif type(m) is nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm2d
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in (GlobalBatchNorm2d, global_bn_act):
+            raise ConfigError(
+                f"data-parallel training on CPU cannot synchronise {type(m).__name__}; "
+                "use a backbone with BatchNorm2d, set model.freeze_bn: true, or train.workers: 1"
+            )
+    return model
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+class RankBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Rank ``rank``'s contiguous slice of every global batch of ``sampler``.
+
+    The slices are whole class blocks (``check_workers``), so the gathered batch is the
+    global batch in its original order.
+    """
+
+    def __init__(self, sampler, rank: int, world: int):
+        self.sampler, self.rank, self.world = sampler, int(rank), int(world)
+        self.share = sampler.batch_size // world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        lo = self.rank * self.share
+        for batch in self.sampler:
+            yield batch[lo: lo + self.share]
+
+
+# ---------------------------------------------------------------------------- trainer
+
+
+class DistributedTrainer(Trainer):
+    """A :class:`~harness.core.train.Trainer` for one rank of a data-parallel run.
+
+    Built by ``run_training`` when ``train.workers > 1``; the process group must already
+    be initialised with that many ranks (Ray Train's TorchTrainer does it).
+    """
+
+    def __init__(self, config: RunConfig, out_dir: Path, on_step: StepCallback | None = None):
+        world = world_size()
+        if world != config.train.workers:
+            raise ConfigError(
+                f"train.workers is {config.train.workers} but this process group has {world} "
+                "rank(s); start data-parallel runs with `harness train` / `harness sweep`, "
+                "which launch the workers"
+            )
+        check_workers(config, world)
+        self.rank, self.world = rank(), world
+        super().__init__(config, out_dir, on_step=on_step)
+        sync_batchnorm(self.model, self.device)
+        broadcast_module(self.model)
+        broadcast_module(self.memory)
+        if self.xml_loss is not None:
+            broadcast_module(self.xml_loss)
+        loss_modules = [self.memory] + ([] if self.xml_loss is None else [self.xml_loss])
+        seen: set[int] = set()
+        self._grad_params = [
+            p for m in [self.model, *loss_modules] for p in m.parameters()
+            if not (id(p) in seen or seen.add(id(p)))
+        ]
+        pooling = getattr(self.model, "pooling", None)
+        self._proto_hook = None
+        if pooling is not None and hasattr(pooling, "initialized") and not bool(pooling.initialized):
+            self._proto_hook = pooling.register_forward_pre_hook(self._init_prototypes)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- hooks of Trainer.train_step
+
+    def _build_sampler(self):
+        return RankBatchSampler(super()._build_sampler(), rank(), world_size())
+
+    def gather_batch(self, out, labels):
+        capacity = self.config.train.batch_size // self.world
+        all_labels, sizes = gather_labels(labels, capacity)
+        # XML reads the GAP vectors and histograms too; the plain loss only the embeddings
+        xml = self.xml_loss is not None
+        parts = [out.embeddings] + ([out.gap, out.histogram] if xml else [])
+        parts = [t for t in parts if t is not None]
+        # one differentiable gather for every per-image tensor the losses read
+        joined = gather_rows(torch.cat(parts, dim=1), capacity, sizes)
+        split = list(joined.split([t.shape[1] for t in parts], dim=1))
+        emb = split.pop(0)
+        gap = split.pop(0) if xml else None
+        hist = split.pop(0) if xml and out.histogram is not None else None
+        # ``pooled`` is read by no loss: not gathered
+        return type(out)(emb, None, gap, hist), all_labels
+
+    def reduce_gradients(self) -> None:
+        average_gradients(self._grad_params)
+
+    def train_step(self, images, labels, optimizer, halves=None):
+        # XML's class-disjoint halves are those of the gathered global batch: the loss
+        # splits the global labels itself (the halves of this rank's slice would index
+        # the wrong rows).
+        return super().train_step(images, labels, optimizer, halves=None)
+
+    def _init_prototypes(self, module, args):
+        """First batch: initialise the prototypes from the gathered features (as one
+        process does from the whole batch), then broadcast rank 0's."""
+        (features,) = args
+        if not module.training or bool(module.initialized):
+            return None
+        local = features.detach()
+        capacity = self.config.train.batch_size // self.world
+        n = torch.tensor([len(local)], device=local.device)
+        counts = [torch.empty_like(n) for _ in range(self.world)]
+        dist.all_gather(counts, n)
+        sizes = tuple(int(c) for c in counts)
+        with torch.no_grad():
+            full = gather_rows(local.float(), capacity, sizes)
+            module._init_from(full.to(local.dtype))
+            dist.broadcast(module.prototypes.data, 0)
+        self._proto_hook.remove()
+        self._proto_hook = None
+        return None
+
+    # -- rank 0 evaluates and writes; the others only train
+
+    def train_epoch(self, epoch: int):
+        self._check_same("epoch", epoch)
+        return super().train_epoch(epoch)
+
+    def _check_same(self, what: str, value: int) -> None:
+        t = torch.tensor([value], device=self.device)
+        seen = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(seen, t)
+        values = [int(s) for s in seen]
+        if len(set(values)) > 1:
+            raise WorkerStateError(
+                f"data-parallel ranks disagree on the {what} ({values}); every rank must "
+                "resume from the same checkpoints/last.pt: restart the run"
+            )
+
+    def evaluate(self, split, persistent: bool = False) -> dict[str, float]:
+        return super().evaluate(split, persistent) if self.is_main else {}
+
+    def embed_probe(self) -> Tensor:
+        return super().embed_probe() if self.is_main else torch.empty(0)
+
+    def drift(self) -> dict[str, float]:
+        return super().drift() if self.is_main else {}
+
+    def update_best(self, epoch: int, val: dict[str, float]) -> bool:
+        return super().update_best(epoch, val) if self.is_main else False
+
+    def test_best(self) -> dict[str, float]:
+        return super().test_best() if self.is_main else {}
+
+    def save_last(self, wall_seconds: float) -> None:
+        if self.is_main:
+            super().save_last(wall_seconds)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["workers"] = self.world
+        return state

@@ -1,0 +1,160 @@
+"""A Tune trial that trains on N data-parallel workers (Ray Train inside Ray Tune).
+
+With ``search.resources.workers: N > 1`` a sweep's trainable is
+:func:`train_retrieval_distributed`: the Tune trial is a light driver that runs a Ray
+Train ``TorchTrainer`` of N workers (``cpus_per_worker`` / ``gpus_per_worker`` each;
+NCCL on GPUs, gloo on CPUs). Every worker runs ``run_training`` on its rank
+(``harness/core/distributed.py``: one global batch, one memory on every rank).
+
+Reporting: rank 0 reports every epoch and the final summary through
+``ray.train.report`` with its run folder as the checkpoint (written once, by rank 0);
+the other ranks report the same number of times without one (Ray Train's reports are
+a barrier). ``TuneReportCallback`` forwards rank 0's metrics to the Tune trial, so the
+results tables get exactly the rows of a single-worker trial.
+
+Restarts: the Ray Train run is named after the Tune trial and stored under the
+sweep's ``tune/train-runs/``, so a restarted trial (lost worker, ``--resume``) starts a
+TorchTrainer of the same name, which resumes from its latest checkpoint; every rank
+copies it and continues from the last epoch. A run resumes only on the worker count
+that wrote it (``train.workers`` is part of the stored config).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.config import build_config
+
+# Resources of the Tune trial itself, a driver that only waits on its TorchTrainer: no
+# CPU (the workers hold the real resources, so a 4-GPU node fits 4 workers with all its
+# CPUs, and a head node with CPU: 0 can host drivers); Ray needs a non-empty request,
+# hence a token of memory.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
+
+
+def ray_train_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+    import ray.train
+
+    checkpoint = None if checkpoint_dir is None else ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+    ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    """One rank: restore the run folder, train, report (rank 0) or follow (the rest)."""
+    import ray.train
+    import torch
+
+    from trainables.retrieval import FINAL_REPORT, TRIAL_META, _run_trial
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(max(1, int(loop_config["cpus"])))
+    if not loop_config["gpus"]:
+        # CPU workers on a GPU node: no GPU (Ray >= 2.50 leaves CUDA_VISIBLE_DEVICES set)
+        from harness.core.device import isolate_gpus
+
+        isolate_gpus([])
+    elif torch.cuda.is_available():
+        import ray.train.torch
+
+        # Ray Train shows a node's workers all their GPUs (NCCL peer access); this
+        # rank's is the current device, which train.device "auto" ("cuda") then uses.
+        torch.cuda.set_device(ray.train.torch.get_device())
+    run_config = build_config(loop_config["run_config"], source="data-parallel trial")
+    train_fn = loop_config.get("train_fn")
+    if train_fn is None:
+        from harness.core.train import run_training as train_fn
+
+    out_dir = Path(tempfile.gettempdir()) / "harness-trials" / f"{loop_config['name']}-rank{rank}-{os.getpid()}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        checkpoint.to_directory(str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if rank == 0:
+            _run_trial(run_config, out_dir, loop_config["metric"], loop_config["mode"], train_fn,
+                       report=ray_train_report)
+            return
+        # The other ranks train in lockstep and match rank 0's reports one for one.
+        if (out_dir / FINAL_REPORT).is_file():
+            ray_train_report({"rank": rank})
+            return
+        from harness.sweep.failures import is_deterministic
+
+        epochs_seen = 0
+
+        def follow(epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal epochs_seen
+            epochs_seen = epoch
+            ray_train_report({"epoch": epoch})
+
+        try:
+            train_fn(run_config, out_dir, on_epoch=follow, resume=True)
+        except Exception as e:
+            # rank 0 meets the same error and reports the trial failed: match its final report
+            restarted = (out_dir / TRIAL_META).is_file()
+            if not is_deterministic(e, started_training=epochs_seen > 0 or restarted):
+                raise
+        ray_train_report({"rank": rank, "final": True})
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float):
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": float(cpus_per_worker)}
+    if gpus_per_worker:
+        resources["GPU"] = float(gpus_per_worker)
+    return ScalingConfig(num_workers=int(workers), use_gpu=bool(gpus_per_worker),
+                         resources_per_worker=resources)
+
+
+def train_retrieval_distributed(
+    config: dict[str, Any],
+    base: dict[str, Any] | None = None,
+    metric: str = "val.recall@1",
+    mode: str = "max",
+    workers: int = 2,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    train_storage: str | None = None,
+    train_fn: Callable[..., Any] | None = None,
+) -> None:
+    """The Tune function trainable of an N-worker trial (see the module docstring)."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    spec = config["spec"]
+    overrides = dict(spec.get("overrides") or {})
+    overrides["seed"] = int(spec["seed"])
+    overrides["train.workers"] = int(workers)
+    run_config = build_config(base or {}, overrides, source=f"trial {spec.get('phase')}")
+    ctx = tune.get_context()
+    # Stable across restarts of this trial (Tune keeps its id), new for a new Tuner.
+    trial_name, trial_id = ctx.get_trial_name(), ctx.get_trial_id()
+    name = trial_name if trial_id in trial_name else f"{trial_name}-{trial_id}"
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "run_config": run_config.model_dump(mode="json"), "metric": metric, "mode": mode,
+            "cpus": cpus_per_worker, "gpus": gpus_per_worker, "name": name, "train_fn": train_fn,
+        },
+        scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=train_storage,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # Tune restarts the trial (search.max_failures); the run resumes from its checkpoint
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()
