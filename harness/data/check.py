@@ -22,6 +22,7 @@ class SplitCount:
     role: str  # "all" (one-set) | "query" | "gallery"
     n_classes: int
     n_images: int
+    per_class: tuple[int, float, int] = (0, 0.0, 0)  # images per class: min, median, max
 
 
 @dataclass
@@ -66,6 +67,8 @@ def check_dataset(name: str, root: str | Path | None, verify: bool = True) -> Ch
     else:
         sets += [("test", "query", test.query), ("test", "gallery", test.gallery)]
     for split, role, ds in sets:
-        report.splits.append(SplitCount(split, role, int(len(np.unique(ds.labels))), len(ds)))
+        _, counts = np.unique(ds.labels, return_counts=True)
+        per_class = (int(counts.min()), float(np.median(counts)), int(counts.max())) if len(counts) else (0, 0.0, 0)
+        report.splits.append(SplitCount(split, role, len(counts), len(ds), per_class))
         _file_problems(ds, verify, report.missing, report.unreadable)
     return report
