@@ -27,12 +27,14 @@ install: venv
 	@$(PY) -m pip install -q --no-deps -e . >/dev/null
 
 # CJK fonts for the glyphs dataset (the demo's data): installed with apt when missing
-# and possible (root), else a one-line hint; `harness data build glyphs --fonts DIR`
-# takes other font folders.
+# and possible (root), else a one-line hint. Without dpkg (macOS, ...) nothing happens here:
+# the glyphs build then names `--fonts DIR` for the system's own CJK fonts.
 GLYPH_FONTS := fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming fonts-wqy-zenhei fonts-wqy-microhei \
 	fonts-ipafont-gothic fonts-ipafont-mincho fonts-unfonts-core fonts-hanazono fonts-lxgw-wenkai
 fonts:
-	@missing=$$(for p in $(GLYPH_FONTS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@command -v dpkg-query >/dev/null 2>&1 || exit 0; \
+	missing=$$(for p in $(GLYPH_FONTS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	missing=$$(echo $$missing); \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing CJK fonts for the glyphs dataset: $$missing"; \

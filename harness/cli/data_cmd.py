@@ -97,4 +97,5 @@ def build(
     n_train = sum(c["split"] == "train" for c in manifest["classes"])
     console.print(f"glyphs: {len(manifest['classes'])} characters ({n_train} train, "
                   f"{len(manifest['classes']) - n_train} test), {manifest['images']} images of "
-                  f"{size}x{size} px from {len(manifest['faces'])} distinct faces -> {out}", highlight=False)
+                  f"{size}x{size} px from {len(manifest['faces'])} distinct faces -> {out}", highlight=False,
+                  soft_wrap=True)
