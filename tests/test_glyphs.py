@@ -125,6 +125,22 @@ def test_reader_gives_class_disjoint_splits_of_the_build(built):
     assert image.size == (24, 24) and label in train
 
 
+def test_registered_without_root_and_without_centre_crop():
+    from harness.data.registry import get_dataset_info, list_datasets
+    from harness.data.transforms import eval_transform
+
+    info = get_dataset_info("glyphs")
+    assert "glyphs" in list_datasets() and not info.needs_root
+    # The photo datasets' 0.875 centre crop would cut ~2 px of strokes off each side.
+    assert info.crop_pct == 1.0
+    from PIL import Image
+
+    edge = Image.new("L", (32, 32), 255)
+    edge.putpixel((0, 16), 0)
+    x = eval_transform(32, (0.5,) * 3, (0.5,) * 3, info.crop_pct)(edge.convert("RGB"))
+    assert x.shape == (3, 32, 32) and x[0, 16, 0] < 0  # the edge pixel survives (dark)
+
+
 def test_too_few_faces_names_packages_and_fonts_option(tmp_path):
     with pytest.raises(DataError, match=r"4 distinct CJK font face.*need at least 12.*fonts-noto-cjk.*--fonts DIR"):
         build_glyphs(tmp_path / "x", GlyphSettings(min_faces=12, **SMALL), font_dirs=[FONTS])
