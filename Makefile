@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   creates the venv, installs, runs the demo sweep, writes its report
-#   make test   creates the venv if needed, runs the whole test suite
+#   make test   installs the Debian packages the tests need (as root; else says which),
+#               creates the venv if needed, runs the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.deps-$(DEPS_HASH)
 STORAGE ?= results
 PYTEST_ARGS ?=
 
-.PHONY: venv install fonts demo test test-fast bench clean
+.PHONY: venv install system-deps fonts demo test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -45,10 +46,15 @@ fonts:
 demo: install fonts
 	$(VENV)/bin/harness sweep demo --storage $(STORAGE) $(if $(wildcard $(STORAGE)/demo/sweep.json),--resume,)
 
-test: install
+# Debian packages the tests read or drive (Fashion-MNIST files, headless chromium):
+# installed when make runs as root with apt-get, else one line says what to install.
+system-deps:
+	@bash tools/system-deps.sh
+
+test: system-deps install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: system-deps install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install

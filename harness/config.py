@@ -215,16 +215,27 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a syntax error is a one-line ConfigError."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a folder; give a YAML file")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                          "save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
         raise ConfigError(f"malformed YAML at {where}: {getattr(e, 'problem', e)}") from None
     if data is None:
-        return {}
+        # an empty file would silently mean "all defaults"
+        raise ConfigError(f"{p} is empty (it would silently mean all defaults); write the sections to set")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
     return data
@@ -239,7 +250,10 @@ def build_config(
     """
     data = copy.deepcopy(raw)
     for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
+        try:
+            set_dotted(data, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
@@ -253,4 +267,8 @@ def build_config(
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    return build_config(load_yaml(path), parse_overrides(overrides), source=str(path))
+    raw = load_yaml(path)
+    config = build_config(raw, source=str(path))  # the file's own problems name the file
+    if not overrides:
+        return config
+    return build_config(raw, parse_overrides(overrides), source="--set")

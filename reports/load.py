@@ -40,6 +40,15 @@ class ExperimentResults:
         return str(keys[0]) if len(keys) else None
 
 
+def rebuild_advice(path: Path) -> str:
+    """How to get a damaged table (or space.json) back: advice that works for this folder."""
+    root = path.parent
+    if (root / "sweep.json").is_file() and (root / "tune").is_dir():
+        return (f"`harness sweep {root.name} --resume --storage {root.parent}` rebuilds it "
+                "from the sweep's own state")
+    return "this folder holds no sweep state to rebuild it from; copy it again from where the sweep ran"
+
+
 def _read_parquet(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
     try:
         # Open once, then read from the handle: the sweep replaces the file atomically,
@@ -48,9 +57,7 @@ def _read_parquet(path: Path, required: tuple[str, ...], what: str) -> pd.DataFr
             df = pd.read_parquet(f)
     except Exception as e:  # pyarrow raises several types for a corrupt or truncated file
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ResultsError(
-            f"{path}: not a readable Parquet file ({reason}); re-run the sweep to rewrite it"
-        ) from None
+        raise ResultsError(f"{path}: not a readable Parquet file ({reason}); {rebuild_advice(path)}") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ResultsError(
@@ -74,7 +81,7 @@ def _read_space(path: Path) -> dict[str, Any] | None:
     try:
         space = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ResultsError(f"{path}: not valid JSON ({e}); re-run the sweep to rewrite it") from None
+        raise ResultsError(f"{path}: not valid JSON ({e}); {rebuild_advice(path)}") from None
     if not isinstance(space, dict):
         raise ResultsError(f"{path}: expected a JSON object describing the search space")
     return space

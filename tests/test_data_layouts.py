@@ -211,9 +211,9 @@ REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_fashion_mnist_real_files():
-    # Not skipped when missing: .ci/run installs the package, and so can anyone.
+    # Not skipped when missing: `make test` installs the package (tools/system-deps.sh).
     assert REAL_FMNIST.is_dir(), (
-        f"{REAL_FMNIST} missing: apt-get install dataset-fashion-mnist (as .ci/run does)")
+        f"{REAL_FMNIST} missing: apt-get install dataset-fashion-mnist (make test installs it as root)")
     parts = read_dataset("fashion-mnist", None)  # found at the Debian default root
     assert len(parts.train) == 30000 and len(parts.test.query) == 5000
     assert _classes(parts.train) == {0, 1, 2, 3, 4}

@@ -157,7 +157,7 @@ def test_memory_matches_literal_reference(make, kind):
         got = mem(e, y)
         torch.testing.assert_close(got.detach(), exp_loss, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(_grad(got, e), exp_grad, rtol=1e-4, atol=1e-5)
-        assert mem.last_parts["loss.memory"] == pytest.approx(float(exp_loss), rel=1e-5, abs=1e-5)
+        assert float(mem.last_parts["loss.memory"]) == pytest.approx(float(exp_loss), rel=1e-5, abs=1e-5)
     torch.testing.assert_close(mem.embeddings, R, rtol=1e-5, atol=1e-5)
 
 
@@ -221,16 +221,16 @@ def test_kinds_parts_start_iteration_and_skipped_adaptation():
     for k, (z, y) in enumerate(batches):
         got = mem(z, y)
         if k < 2:
-            assert torch.allclose(got, plain(z, y)) and mem.last_parts["loss.memory"] == 0.0
+            assert torch.allclose(got, plain(z, y)) and float(mem.last_parts["loss.memory"]) == 0.0
         else:
-            assert mem.last_parts["loss.batch"] == 0.0 and mem.last_parts["loss.memory"] == float(got)
+            assert float(mem.last_parts["loss.batch"]) == 0.0 and float(mem.last_parts["loss.memory"]) == float(got)
     # xbm+batch = L(B,B) + w L(B, R∪B)
     both = CrossBatchMemory(losses.ContrastiveLoss(), 6, 30, kind="xbm+batch", batch_loss_weight=0.5)
     only = CrossBatchMemory(losses.ContrastiveLoss(), 6, 30, kind="xbm")
     for z, y in batches:
         total, mem_part = both(z, y), only(z, y)
         assert torch.allclose(total, plain(z, y) + 0.5 * mem_part)
-        assert both.last_parts["loss.memory"] == pytest.approx(float(mem_part))
+        assert float(both.last_parts["loss.memory"]) == pytest.approx(float(mem_part))
 
 
 def test_bad_inputs_raise_config_errors():

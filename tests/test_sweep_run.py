@@ -45,7 +45,9 @@ class FakeTraining:
         best, best_epoch = None, None
         for epoch in range(start + 1, config.train.epochs + 1):
             time.sleep(self.epoch_seconds)
-            if config.memory.kind == "xbn" and epoch == 2:
+            # xbn diverges in its first epoch, before any report: ASHA never sees it, so
+            # the trial ends "diverged" however fast the machine is (never "stopped").
+            if config.memory.kind == "xbn":
                 return RunResult("diverged", epoch - 1, None, {}, {}, 0.1, "cpu", out_dir)
             score = 0.5 + 0.1 * epoch - abs(math.log10(config.optim.lr) + 3) * 0.05 + 0.01 * config.seed
             metrics = {"loss": 1.0 / epoch, "val.recall@1": score, "val.map@r": score / 2,
@@ -205,3 +207,40 @@ def test_reproduce_all_reruns_every_grid_point_and_marks_the_best(ray_session, t
     space = json.loads((Path(plan.store.root) / "space.json").read_text())
     assert space["reproduce"] == "all" and space["reproductions_planned"] == 4
     assert space["base_values"] == {"optim.lr": 1e-4}
+
+
+class FailingTraining:
+    """Raises ``error`` at ``epoch`` (0: before the first epoch); counts its calls."""
+
+    def __init__(self, marks: Path, error: Exception, epoch: int):
+        self.marks, self.error, self.epoch = marks, error, epoch
+
+    def __call__(self, config, out_dir, on_epoch=None, resume=True):
+        n = len(list(self.marks.glob("call-*")))
+        (self.marks / f"call-{n}").write_text("")
+        if self.epoch and on_epoch:
+            on_epoch(1, {"loss": 1.0, "val.recall@1": 0.5, "epoch_seconds": 0.0})
+        raise self.error
+
+
+@pytest.mark.parametrize("error, epoch, calls", [
+    (ValueError("bad value for this config"), 0, 1),   # deterministic: not retried
+    (RuntimeError("disk on fire"), 1, 2),              # may pass on retry: max_failures=1
+])  # fmt: skip
+def test_failed_trials_say_why_and_fail_the_sweep(ray_session, tmp_path, error, epoch, calls):
+    from harness.errors import SweepFailedError
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    doc = {**EXPERIMENT, "search": {**EXPERIMENT["search"], "trials": 1, "scheduler": None,
+                                    "compare": None, "space": EXPERIMENT["search"]["space"]}}
+    doc["search"]["space"] = {"optim.lr": doc["search"]["space"]["optim.lr"]}
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
+    reason = f"{type(error).__name__}: {error}"
+    with pytest.raises(SweepFailedError, match=rf"all 1 search trials of 'failing' failed: {reason}"):
+        run_sweep(plan, train_fn=FailingTraining(marks, error, epoch), render=False)
+    trials = plan.store.trials()
+    assert trials.status.tolist() == ["failed"] and trials.error.tolist() == [reason]
+    assert len(list(marks.glob("call-*"))) == calls

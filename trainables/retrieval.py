@@ -3,7 +3,9 @@
 One trial = one ``run_training`` call. Every epoch is reported to Tune together with
 the run directory as a Tune checkpoint (``last.pt``, ``best.pt``, ``epochs.jsonl``), so
 a trial whose worker dies restarts from its last epoch on another worker. A diverged
-run is reported as such and ends normally: the sweep goes on.
+run is reported as such and ends normally: the sweep goes on. So does a trial whose
+configuration or data cannot work: it is reported as ``failed`` with its one-line
+reason and not retried (:mod:`harness.sweep.failures`).
 
 The trial config is ``{"spec": {...}}`` with the keys ``phase`` ("search" |
 "reproduction"), ``compare_value``, ``overrides`` (dotted config values) and ``seed``;
@@ -16,7 +18,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
 import socket
 import tempfile
@@ -49,28 +50,9 @@ def better(a: float, b: float | None, mode: str) -> bool:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a result depends on (the ``versions`` column)."""
-    from importlib import metadata
+    from harness.core.install import library_versions as versions
 
-    out = {"python": platform.python_version()}
-    for name, dist in [
-        ("torch", "torch"),
-        ("timm", "timm"),
-        ("pytorch-metric-learning", "pytorch-metric-learning"),
-        ("ray", "ray"),
-        ("optuna", "optuna"),
-        ("faiss", "faiss-cpu"),
-    ]:
-        try:
-            out[name] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            if name == "faiss":
-                try:
-                    out[name] = metadata.version("faiss-gpu-cu12")
-                except metadata.PackageNotFoundError:
-                    out[name] = "missing"
-            else:
-                out[name] = "missing"
-    return out
+    return versions()
 
 
 def read_epochs(out_dir: Path) -> list[dict[str, Any]]:
@@ -101,9 +83,21 @@ def train_retrieval(
     spec = config["spec"]
     overrides = dict(spec.get("overrides") or {})
     overrides["seed"] = int(spec["seed"])
-    run_config = build_config(base or {}, overrides, source=f"trial {spec.get('phase')}")
+    try:
+        run_config = build_config(base or {}, overrides, source=f"trial {spec.get('phase')}")
+    except Exception as e:  # noqa: BLE001 - a config error is reported, not retried
+        _report_failure(e, mode, epochs_run=0)
+        return
     if train_fn is None:
         from harness.core.train import run_training as train_fn
+
+    # Exactly the GPUs Ray assigned (none for `gpus: 0`: Ray >= 2.50 no longer blanks
+    # CUDA_VISIBLE_DEVICES then), before anything touches CUDA in this process.
+    import ray
+
+    from harness.core.device import isolate_gpus
+
+    isolate_gpus(ray.get_gpu_ids())
 
     # Intra-op threads: exactly the CPUs this trial was given, so parallel trials do
     # not oversubscribe the node.
@@ -129,6 +123,16 @@ def train_retrieval(
         _run_trial(run_config, out_dir, metric, mode, train_fn)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _report_failure(error: BaseException, mode: str, epochs_run: int) -> None:
+    """End the trial as ``failed`` with its reason (a final report, no retry)."""
+    from ray import tune
+
+    from harness.sweep.failures import one_line
+
+    tune.report({OBJECTIVE: worst(mode), "epoch": int(epochs_run), "final": True,
+                 "status": "failed", "error": one_line(error), "started_at": utc_now()})
 
 
 def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn) -> None:
@@ -166,7 +170,22 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn) -> N
         )
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
 
-    result = train_fn(run_config, out_dir, on_epoch=on_epoch, resume=True)
+    from harness.sweep.failures import is_deterministic
+
+    epochs_seen = 0
+
+    def counting_on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        nonlocal epochs_seen
+        epochs_seen = epoch
+        on_epoch(epoch, metrics)
+
+    try:
+        result = train_fn(run_config, out_dir, on_epoch=counting_on_epoch, resume=True)
+    except Exception as e:
+        if not is_deterministic(e, started_training=epochs_seen > 0 or meta["restarts"] > 0):
+            raise  # Tune retries it from the last checkpoint
+        _report_failure(e, mode, epochs_seen)
+        return
 
     best_val = {k: float(v) for k, v in (result.best_val or {}).items()}
     objective = best_val.get(metric, best_val.get(f"val.{metric_key}"))

@@ -24,6 +24,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported for their side effect of adding commands to ``app``.
     from harness.cli import train_cmd, data_cmd, sweep_cmd, report_cmd, eval_cmd  # noqa: F401
+    from harness.cli import doctor_cmd  # noqa: F401
 
 
 def main() -> None:
@@ -32,6 +33,12 @@ def main() -> None:
         app(standalone_mode=True)
     except HarnessError as e:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"{e.prefix} {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside a sweep's own handling: no traceback
+        from rich.console import Console
+
+        Console(stderr=True).print("[yellow]interrupted[/yellow]", highlight=False)
+        sys.exit(130)

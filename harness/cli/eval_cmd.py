@@ -11,6 +11,7 @@ from rich.table import Table
 
 from harness.cli import app
 from harness.errors import ConfigError
+from harness.paths import readable_file, readable_folder, writable_file
 
 
 @app.command("eval")
@@ -29,6 +30,7 @@ def eval_command(
     """Load CHECKPOINT, embed the split of --dataset and print Recall@k, MAP@R, R-precision."""
     from harness.core.checkpoint import load_model
     from harness.core.device import amp_dtype, pick_device
+    from harness.core.finite import NonFiniteError, nonfinite_tensors
     from harness.core.evaluate import embed_split, metrics_of, save_embeddings as save
     from harness.data.registry import create_datasets
 
@@ -36,7 +38,18 @@ def eval_command(
         raise ConfigError(f"--split '{split}': use test or val")
     if save_embeddings is not None and save_embeddings.suffix.lower() not in (".parquet", ".npz", ".npy"):
         raise ConfigError(f"--save-embeddings {save_embeddings}: use a .parquet, .npz or .npy file name")
+    readable_file(checkpoint, "checkpoint")
+    if save_embeddings is not None:
+        writable_file(save_embeddings, "--save-embeddings")
+    if root is not None:
+        readable_folder(root, "--root")
     model, config = load_model(checkpoint)
+    bad = nonfinite_tensors(model)
+    if bad:
+        raise NonFiniteError(
+            f"{checkpoint} holds NaN/inf values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
+            "its run diverged; evaluate a checkpoint of a run that completed"
+        )
     data_cfg = config.data.model_copy(update={
         "name": dataset or config.data.name,
         "root": str(root) if root is not None else (config.data.root if dataset in (None, config.data.name) else None),

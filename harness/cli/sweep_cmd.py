@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.cli import app
@@ -34,6 +35,10 @@ def sweep(
     reproduce_only: bool = typer.Option(
         False, "--reproduce-only", help="Rerun the reproductions of a finished search."
     ),
+    take_over: bool = typer.Option(
+        False, "--take-over",
+        help="Take the sweep over from a driver on another host that is no longer running.",
+    ),
 ) -> None:
     """Tune an experiment with Optuna on Ray Tune, then reproduce the best settings."""
     if resume and reproduce_only:
@@ -44,8 +49,11 @@ def sweep(
         find_experiment(name)  # unknown names fail before the heavier imports
     from harness.sweep.runner import prepare_sweep, run_sweep, summary_table
 
-    plan = prepare_sweep(name, set_, trials, storage, resume, reproduce_only, max_concurrent, address)
-    outcome = run_sweep(plan)
+    plan = prepare_sweep(name, set_, trials, storage, resume, reproduce_only, max_concurrent, address,
+                         take_over)
+    warnings = Console(stderr=True)
+    outcome = run_sweep(plan, warn=lambda msg: warnings.print(
+        f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True))
     console = Console()
     table = Table(title=f"{outcome.experiment}: reproductions (test split)", title_justify="left")
     metric = plan.experiment.search.metric

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.cli import app
 from harness.config import load_config
+from harness.paths import writable_folder
 
 # Metrics shown in the per-epoch line, in this order, when present.
 EPOCH_LINE_KEYS = (
@@ -93,9 +94,10 @@ def train(
 ) -> None:
     """Train one run: per-epoch metrics, checkpoints, best-on-validation, test of the best."""
     cfg = load_config(config, set_)  # a bad config fails here, before torch is imported
+    out_dir = out if out is not None else default_out_dir(config)
+    writable_folder(out_dir, "--out")
     from harness.core.train import run_training
 
-    out_dir = out if out is not None else default_out_dir(config)
     console = Console(stderr=True)
     with TrainProgress(cfg.train.epochs, console) as progress:
         result = run_training(
@@ -106,7 +108,7 @@ def train(
     print(json.dumps(summary, default=str), flush=True)
     if result.status != "completed":
         console.print(
-            f"[red]run {result.status}[/red] at epoch {result.epochs_run + 1} (non-finite loss); "
+            f"[red]run {result.status}[/red] at epoch {result.epochs_run + 1} (non-finite loss, weights or embeddings); "
             "lower optim.lr or check the loss parameters",
             highlight=False,
         )

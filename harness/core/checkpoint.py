@@ -47,7 +47,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; problems are one-line errors."""
+    """Read a checkpoint written by :func:`save_checkpoint`; problems are one-line errors.
+
+    The default loads every tensor to the CPU whatever device it was saved from (a
+    GPU node's checkpoint opens on a CPU-only machine); ``load_state_dict`` of the
+    model, optimizers and memory then copies each tensor to where its owner lives.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -58,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({first}); delete it or point to another run"
+            f"checkpoint {path} is unreadable ({first}); point to another checkpoint or run folder"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a harness checkpoint (no model/config entries)")
@@ -78,11 +83,20 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore :func:`rng_states`; CUDA states go to the GPUs this process has.
+
+    A checkpoint from a machine with more GPUs than this one (a multi-GPU node's run
+    resumed in a one-GPU trial, or on a CPU node) restores the states of the devices
+    present, by index; the others are dropped. Fewer saved than present: the rest keep
+    their current state.
+    """
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+    saved = states.get("cuda") or []
+    if saved and torch.cuda.is_available():
+        for index in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[index].cpu(), index)
 
 
 def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> RunConfig:

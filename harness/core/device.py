@@ -1,40 +1,124 @@
-"""Device and mixed-precision choice: CUDA when there is one, CPU otherwise.
+"""Device and mixed-precision choice: CUDA when torch can use a GPU, CPU otherwise.
 
 ``train.device`` and ``train.amp`` are ``"auto"`` by default, so the same config runs
-on a laptop (CPU, fp32) and on a GPU node (CUDA, bf16 autocast, faiss GPU search).
+on a laptop (CPU, fp32) and on a GPU node (CUDA, bf16 or fp16 autocast, exact search
+on the GPU). ``auto`` never falls back to the CPU silently: a machine with an NVIDIA
+GPU that torch cannot use (driver too old for torch's CUDA build, a CPU-only torch) is
+an error, unless the GPUs were hidden on purpose (``CUDA_VISIBLE_DEVICES=""``, as a
+``gpus: 0`` trial gets them, see :func:`isolate_gpus`).
 """
 
 from __future__ import annotations
+
+import glob
+import os
+import warnings
+from typing import Sequence
 
 import torch
 
 from harness.errors import ConfigError
 
+VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
+def nvidia_devices() -> list[str]:
+    """The NVIDIA GPU device files of this machine (``/dev/nvidia0``, ...), torch aside."""
+    return sorted(p for p in glob.glob("/dev/nvidia[0-9]*") if os.path.basename(p)[6:].isdigit())
+
+
+def gpus_hidden() -> bool:
+    """``CUDA_VISIBLE_DEVICES`` is set and selects no device ("" or "-1")."""
+    value = os.environ.get(VISIBLE)
+    return value is not None and value.strip() in ("", "-1")
+
+
+def cuda_unusable_reason() -> str | None:
+    """Why torch cannot use this machine's NVIDIA GPU, or None (usable, absent, or hidden).
+
+    torch reports the reason (e.g. "The NVIDIA driver on your system is too old") only
+    as a warning from ``is_available``; it is captured here.
+    """
+    if gpus_hidden() or not nvidia_devices():
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    if usable:
+        return None
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    why = next((str(w.message).splitlines()[0] for w in caught if "CUDA" in str(w.message)), "")
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot initialise CUDA" + (
+        f": {why}" if why else " (driver too old for this CUDA build, or no driver loaded)"
+    )
+
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` when available else ``cpu``; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but no CUDA GPU is visible; use 'auto' or 'cpu'")
-    if name not in ("cpu", "cuda"):
+    """``"auto"`` -> ``cuda`` when torch can use a GPU, ``cpu`` on a machine without one.
+
+    ``auto`` on a machine whose GPU torch cannot use is an error (never a silent CPU
+    run on a GPU node); ``"cuda"`` without a usable GPU is an error too.
+    """
+    if name not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device: unknown device '{name}'; use 'auto', 'cpu' or 'cuda'")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    reason = cuda_unusable_reason()
+    if reason is not None:
+        raise ConfigError(
+            f"train.device: this machine has an NVIDIA GPU but {reason}; install a torch build "
+            "matching the driver (see `harness doctor`), or set train.device=cpu to train on the CPU"
+        )
+    if name == "cuda":
+        raise ConfigError("train.device: 'cuda' requested but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    return torch.device("cpu")
+
+
+def isolate_gpus(gpu_ids: Sequence[int | str]) -> None:
+    """Show this process exactly the GPUs it was assigned (none: ``CUDA_VISIBLE_DEVICES=""``).
+
+    Ray >= 2.50 leaves ``CUDA_VISIBLE_DEVICES`` alone for tasks given zero GPUs, so a
+    ``gpus: 0`` trial on a GPU node would otherwise see (and use) every GPU outside
+    Ray's accounting. Must run before torch first touches CUDA in this process.
+    """
+    wanted = ",".join(str(i) for i in gpu_ids)
+    if os.environ.get(VISIBLE) == wanted:
+        return
+    if torch.cuda.is_initialized():
+        raise RuntimeError(
+            f"isolate_gpus: CUDA is already initialised in this process; "
+            f"cannot restrict it to GPUs [{wanted}] any more"
+        )
+    os.environ[VISIBLE] = wanted
+
+
+def gpu_capability(device: torch.device) -> tuple[int, int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 tensor-core math exists from compute capability 8.0 (A100, A10G, H100) on;
+    older GPUs (T4 7.5, V100 7.0) only emulate it, slower than fp16 + loss scaling."""
+    return device.type == "cuda" and gpu_capability(device) >= (8, 0)
 
 
 def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` (None: full fp32).
 
     ``auto`` turns AMP on for CUDA only (CPU autocast is rarely faster). On CUDA, bf16
-    where the GPU supports it (no loss scaling needed), fp16 otherwise; on CPU, ``on``
-    means bf16, the only CPU autocast dtype.
+    where the GPU computes it natively (no loss scaling needed), fp16 + GradScaler
+    otherwise; on CPU, ``on`` means bf16, the only CPU autocast dtype.
     """
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"train.amp: unknown mode '{mode}'; use 'auto', 'on' or 'off'")
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
-    if mode not in ("auto", "on"):
-        raise ConfigError(f"train.amp: unknown mode '{mode}'; use 'auto', 'on' or 'off'")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.bfloat16
 
 

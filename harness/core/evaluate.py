@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from harness.core.finite import check_embeddings
 from harness.core.metrics import retrieval_metrics
 from harness.data.registry import collate_skip_corrupt
 from harness.errors import DataError
@@ -32,14 +33,22 @@ def embed(
     device: str | torch.device | None = None,
     workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    loader_for=None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """-> (embeddings float32 [N, d] on CPU, labels int64 [N]) of the readable images."""
+    """-> (embeddings float32 [N, d] on CPU, labels int64 [N]) of the readable images.
+
+    ``loader_for(dataset)``: a DataLoader to use instead of a fresh one (the training
+    loop's persistent validation loaders, ``harness.core.loaders.EvalLoaders``).
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     cuda = device.type == "cuda"
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        pin_memory=cuda, collate_fn=collate_skip_corrupt,
-    )
+    if loader_for is not None:
+        loader = loader_for(dataset)
+    else:
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+            pin_memory=cuda, collate_fn=collate_skip_corrupt,
+        )
     was_training = model.training
     model.eval()
     chunks, labels, n_corrupt = [], [], 0
@@ -52,7 +61,7 @@ def embed(
             with autocast:
                 out = model(images.to(device, non_blocking=cuda))
             emb = out.embeddings if hasattr(out, "embeddings") else out
-            chunks.append(emb.float().cpu())
+            chunks.append(emb.float())  # stays on the device: one copy at the end
             labels.append(batch_labels)
     finally:
         model.train(was_training)
@@ -61,12 +70,14 @@ def embed(
     if not chunks:
         d = getattr(getattr(model, "head", None), "out_features", 0)
         return torch.zeros((0, d)), np.zeros(0, np.int64)
-    return torch.cat(chunks), torch.cat(labels).numpy().astype(np.int64)
+    embeddings = torch.cat(chunks)
+    check_embeddings(embeddings)  # NaN/inf: a diverged model, not a result
+    return embeddings.cpu(), torch.cat(labels).numpy().astype(np.int64)
 
 
-def embed_split(model, split, batch_size=256, device=None, workers=0, amp_dtype=None) -> dict:
+def embed_split(model, split, batch_size=256, device=None, workers=0, amp_dtype=None, loader_for=None) -> dict:
     """{"query": (emb ndarray, labels), "gallery": (emb, labels) | None}."""
-    kw = dict(batch_size=batch_size, device=device, workers=workers, amp_dtype=amp_dtype)
+    kw = dict(batch_size=batch_size, device=device, workers=workers, amp_dtype=amp_dtype, loader_for=loader_for)
     q, ql = embed(model, split.query, **kw)
     out = {"query": (q.numpy(), ql), "gallery": None}
     if split.gallery is not None:
@@ -75,13 +86,15 @@ def embed_split(model, split, batch_size=256, device=None, workers=0, amp_dtype=
     return out
 
 
-def metrics_of(embedded: dict, ks: Sequence[int] = (1,)) -> dict:
-    """``retrieval_metrics`` of the output of ``embed_split`` / ``load_embeddings``."""
+def metrics_of(embedded: dict, ks: Sequence[int] = (1,), device=None) -> dict:
+    """``retrieval_metrics`` of the output of ``embed_split`` / ``load_embeddings``.
+
+    ``device``: a CUDA device searches there (exact torch top-k, ``metrics.py``)."""
     q, ql = embedded["query"]
     if embedded.get("gallery") is None:
-        return retrieval_metrics(q, ql, ks=ks)
+        return retrieval_metrics(q, ql, ks=ks, device=device)
     g, gl = embedded["gallery"]
-    return retrieval_metrics(q, ql, g, gl, ks=ks)
+    return retrieval_metrics(q, ql, g, gl, ks=ks, device=device)
 
 
 def evaluate_split(
@@ -92,10 +105,11 @@ def evaluate_split(
     batch_size: int = 256,
     workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    loader_for=None,
 ) -> dict:
     """Embed a ``RetrievalSplit`` and return ``retrieval_metrics`` (one-set or query/gallery)."""
-    embedded = embed_split(model, split, batch_size, device, workers, amp_dtype)
-    return metrics_of(embedded, ks)
+    embedded = embed_split(model, split, batch_size, device, workers, amp_dtype, loader_for)
+    return metrics_of(embedded, ks, device=device)
 
 
 # ---------------------------------------------------------------- saved embeddings

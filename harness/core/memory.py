@@ -188,6 +188,7 @@ class CrossBatchMemory(nn.Module):
         batch_loss_weight: float = 1.0,
         kalman: KalmanMoments | None = None,
         fold_interval: int = 500,
+        range_check_interval: int = 16,
     ):
         super().__init__()
         if kind not in MEMORY_KINDS:
@@ -210,6 +211,10 @@ class CrossBatchMemory(nn.Module):
         self.start_iteration, self.batch_loss_weight = int(start_iteration), float(batch_loss_weight)
         self.kalman = (kalman or KalmanMoments()) if kind == "axbn" else kalman
         self.fold_interval = int(fold_interval)
+        # The pending affine's range is read on the host (a device sync) only every
+        # this many adaptations; between checks it can move by a^interval, far from
+        # float32's limits given the [1e-4, 1e4] window.
+        self.range_check_interval = max(1, int(range_check_interval))
         self.adaptive = kind in ("xbn", "axbn")
         # One shared similarity matmul for loss and miner when their distances allow it.
         self._shared: list[_SharedSimilarity] = []
@@ -243,7 +248,9 @@ class CrossBatchMemory(nn.Module):
         self._since_fold = 0
         # python mirrors of the counters (no device sync per step)
         self._fill = self._ptr = self._iter = 0
-        self.last_parts: dict[str, float] = {"loss.batch": 0.0, "loss.memory": 0.0}
+        # Detached 0-dim tensors on the loss's device: read them (float()) off the hot
+        # path, e.g. once per step for all parts together.
+        self.last_parts: dict[str, Tensor] = {"loss.batch": torch.zeros(()), "loss.memory": torch.zeros(())}
         self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.fold())
         self.register_load_state_dict_post_hook(lambda module, incompatible: module._rebuild())
 
@@ -266,6 +273,12 @@ class CrossBatchMemory(nn.Module):
             if self.kalman is None:
                 self.kalman = KalmanMoments()
             self.kalman.load_state_dict(state["kalman"])
+            # a checkpoint loaded to the CPU resumes on the memory's device
+            device = self._buffers["embeddings"].device
+            for key in ("mean", "std"):
+                value = getattr(self.kalman, key)
+                if value is not None:
+                    setattr(self.kalman, key, value.to(device))
 
     @torch.no_grad()
     def fold(self) -> None:
@@ -321,13 +334,17 @@ class CrossBatchMemory(nn.Module):
         self._shift.copy_(a * C + b)
         self._pending = True
         self._since_fold += 1
-        s = self._scale.abs()
         if (
             not self.fast  # the plain path reads R itself
             or self._since_fold >= self.fold_interval
-            or not bool(((s > 1e-4) & (s < 1e4)).all())
+            or (self._since_fold % self.range_check_interval == 0 and not self._scale_in_range())
         ):
             self.fold()
+
+    def _scale_in_range(self) -> bool:
+        """The pending scale is within [1e-4, 1e4] (a host read: a device sync)."""
+        s = self._scale.abs()
+        return bool(((s > 1e-4) & (s < 1e4)).all())
 
     @torch.no_grad()
     def _enqueue(self, z: Tensor, labels: Tensor) -> Tensor:
@@ -436,7 +453,7 @@ class CrossBatchMemory(nn.Module):
         labels = labels.to(embeddings.device)
         if self.kind == "none":
             loss = self._batch_loss(embeddings, labels)
-            self.last_parts = {"loss.batch": float(loss.detach()), "loss.memory": 0.0}
+            self.last_parts = {"loss.batch": loss.detach(), "loss.memory": loss.new_zeros(())}
             return loss
         k = self._step_count()
         z = embeddings.detach().float()
@@ -458,9 +475,10 @@ class CrossBatchMemory(nn.Module):
             loss = batch_part + self.batch_loss_weight * memory_part
         else:
             loss = batch_part if batch_part is not None else memory_part
+        zero = loss.new_zeros(())
         self.last_parts = {
-            "loss.batch": 0.0 if batch_part is None else float(batch_part.detach()),
-            "loss.memory": 0.0 if memory_part is None else float(memory_part.detach()),
+            "loss.batch": zero if batch_part is None else batch_part.detach(),
+            "loss.memory": zero if memory_part is None else memory_part.detach(),
         }
         return loss
 

@@ -1,8 +1,9 @@
 """Retrieval metrics by exact cosine search (METHODS.md section 3).
 
 Cosine similarity = inner product of L2-normalised float32 embeddings, searched exactly
-with faiss ``IndexFlatIP`` (on GPU when faiss has GPUs), in chunks of queries: only
-``chunk x k`` results exist at a time, never an N x N matrix. ``k`` is what the metrics
+with faiss ``IndexFlatIP`` on the CPU, or with :class:`TorchExactSearch` (fp32 matmul +
+``torch.topk`` in gallery-bounded query chunks) on a CUDA device, in chunks of queries:
+only ``chunk x k`` results exist at a time, never an N x N matrix. ``k`` is what the metrics
 need: max(ks) and the largest R (positives of a query), plus one for the self match in
 one-set mode. One-set mode on CPU (from ``_SYMMETRIC_MIN_N`` items) uses
 ``symmetric_topk`` instead: each block of the symmetric Gram matrix is multiplied once
@@ -18,15 +19,26 @@ default exact faiss k-NN, ``k="max_bin_count"``, ``avg_of_avgs=False``):
 * Queries with R = 0 (a class of one image in one-set mode, or a query label absent
   from the gallery) are excluded from every metric and counted in ``n_skipped``.
 * Metrics are micro-averages over the remaining ``n_queries`` queries; NaN if none.
+
+GPU search is torch's, not faiss's: the ``faiss-gpu-cu12`` wheels carry kernels for
+sm_70/sm_80 only (no PTX: "no kernel image" on H100/H200) and their own CUDA 12 runtime
+beside torch's, and they install into the same ``faiss`` package as ``faiss-cpu``.
+A torch matmul runs on every GPU torch itself runs on. Both paths order ties by
+ascending gallery index through :func:`knn`. Any failure of the GPU path (out of
+memory, a CUDA error) logs one warning and the metrics are computed on the CPU.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+from contextlib import contextmanager
 from typing import Sequence
 
 import faiss
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def _as_float32(x) -> np.ndarray:
@@ -49,35 +61,66 @@ def _labels(y) -> np.ndarray:
     return np.asarray(y).reshape(-1).astype(np.int64)
 
 
-@functools.lru_cache(maxsize=1)
-def _gpu_resources():
-    return faiss.StandardGpuResources()
-
-
-# faiss GPU k-selection handles k up to 2048.
-_GPU_MAX_K = 2048
-
-
 def gpu_available() -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    """torch can use a CUDA GPU here (the default search device then)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class ExactCosineSearch:
-    """Exact inner-product search over ``gallery`` (already L2-normalised, float32)."""
+    """Exact inner-product search over ``gallery`` (already L2-normalised, float32), faiss on the CPU."""
 
-    def __init__(self, gallery: np.ndarray, use_gpu: bool | None = None):
+    def __init__(self, gallery: np.ndarray):
         self.n = len(gallery)
         self.cpu_index = faiss.IndexFlatIP(gallery.shape[1])
         self.cpu_index.add(gallery)
-        self.use_gpu = gpu_available() if use_gpu is None else use_gpu
-        self.gpu_index = None
-        if self.use_gpu:
-            self.gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, self.cpu_index)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.cpu_index.search(queries, min(k, self.n))
+
+
+@contextmanager
+def _ieee_fp32_matmul():
+    """fp32 matmuls in full precision (no TF32) while searching: exact similarities."""
+    import torch
+
+    m = torch.backends.cuda.matmul
+    before = m.fp32_precision
+    m.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        m.fp32_precision = before
+
+
+class TorchExactSearch:
+    """Exact inner-product top-k on a torch device (the training GPU); the interface of
+    :class:`ExactCosineSearch`. Queries go in chunks whose similarity block stays within
+    ``block_bytes``; results come back as numpy arrays, sorted by similarity."""
+
+    def __init__(self, gallery: np.ndarray, device, block_bytes: int = 2**28):
+        import torch
+
+        self.n = len(gallery)
+        self.device = torch.device(device)
+        self.gallery = torch.from_numpy(np.ascontiguousarray(gallery, np.float32)).to(self.device)
+        self.rows = max(1, block_bytes // (4 * max(self.n, 1)))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         k = min(k, self.n)
-        index = self.gpu_index if self.gpu_index is not None and k <= _GPU_MAX_K else self.cpu_index
-        return index.search(queries, k)
+        q = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).to(self.device)
+        ds, idx = [], []
+        with torch.no_grad(), _ieee_fp32_matmul():
+            for chunk in q.split(self.rows):
+                d, i = torch.topk(chunk @ self.gallery.T, k, dim=1, sorted=True)
+                ds.append(d)
+                idx.append(i)
+        if not ds:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        return torch.cat(ds).cpu().numpy(), torch.cat(idx).cpu().numpy()
 
 
 # One-set mode on CPU, from this many items up: the symmetric blocked search below
@@ -274,11 +317,15 @@ def retrieval_metrics(
     ks: Sequence[int] = (1,),
     chunk_size: int = 8192,
     use_gpu: bool | None = None,
+    device=None,
 ) -> dict:
     """Recall@k, MAP@R and R-precision (METHODS.md section 3).
 
     One-set mode when ``gallery`` is None: each query against all other queries.
     Returns ``{"recall@k" for k in ks, "map@r", "r_precision", "n_queries", "n_skipped"}``.
+    The search runs on ``device`` when it is a CUDA device; without a device, on the
+    GPU when ``use_gpu`` (default: :func:`gpu_available`), else on the CPU. A GPU
+    failure falls back to the CPU with one warning.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -315,25 +362,68 @@ def retrieval_metrics(
         return result
 
     k = max(ks[-1], int(r.max()))
-    gpu = gpu_available() if use_gpu is None else use_gpu
-    symmetric = one_set and not gpu and len(q) >= _SYMMETRIC_MIN_N
-    if symmetric:
+    gpu_device = _gpu_device(device, use_gpu)
+    if gpu_device is not None:
+        try:
+            search = TorchExactSearch(g, gpu_device)
+            return _search_metrics(result, q, q_labels, g_labels, r, valid, ks, k, one_set, chunk_size, search)
+        except Exception as e:  # noqa: BLE001 - any GPU failure: the CPU path is exact too
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("GPU retrieval search on %s failed (%s: %s); evaluating on the CPU",
+                        gpu_device, type(e).__name__, first)
+            _release_gpu_memory()
+    if one_set and len(q) >= _SYMMETRIC_MIN_N:
         # One-set mode on CPU: one symmetric blocked pass gives every item its
         # candidates (self + k + margin, ordered by (-similarity, index)); faiss only
         # re-searches the rare rows whose tie crosses the last candidate.
         k = min(k, len(q) - 1)
         sym_d, sym_i = symmetric_topk(q, k + 1 + 4)
-        search = functools.lru_cache(maxsize=1)(lambda: ExactCosineSearch(g, use_gpu=False))
-    else:
-        search = ExactCosineSearch(g, use_gpu=use_gpu)
+        fallback = functools.lru_cache(maxsize=1)(lambda: ExactCosineSearch(g))
+        return _search_metrics(result, q, q_labels, g_labels, r, valid, ks, k, one_set, chunk_size,
+                               fallback, symmetric=(sym_d, sym_i))
+    return _search_metrics(result, q, q_labels, g_labels, r, valid, ks, k, one_set, chunk_size,
+                           ExactCosineSearch(g))
+
+
+def _gpu_device(device, use_gpu: bool | None):
+    """The device of the torch search, or None for the CPU (faiss / symmetric) path.
+
+    ``use_gpu=True`` with a CPU ``device`` runs the torch search on the CPU: the GPU
+    code path, checked against faiss by the tests and ``harness doctor``."""
+    import torch
+
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cpu":
+            return device if use_gpu is True else None
+        return device if use_gpu is not False else None
+    if use_gpu is None:
+        use_gpu = gpu_available()
+    return torch.device("cuda") if use_gpu else None
+
+
+def _release_gpu_memory() -> None:
+    import torch
+
+    try:
+        torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - a broken CUDA context: nothing to release
+        pass
+
+
+def _search_metrics(result, q, q_labels, g_labels, r, valid, ks, k, one_set, chunk_size, search,
+                    symmetric=None) -> dict:
+    """The metrics' sums over query chunks, with ``search`` (or symmetric candidates)."""
+    result = dict(result)
+    n_valid = int(valid.sum())
     hit_sums = {kk: 0 for kk in ks}
     rp_sum = ap_sum = 0.0
     valid_idx = np.flatnonzero(valid)
     # Only queries with positives are searched; chunks bound the result memory.
     for start in range(0, len(valid_idx), chunk_size):
         rows = valid_idx[start : start + chunk_size]
-        if symmetric:
-            nn = _one_set_neighbours(q, rows, sym_d, sym_i, k, search)
+        if symmetric is not None:
+            nn = _one_set_neighbours(q, rows, symmetric[0], symmetric[1], k, search)
         else:
             _, nn = knn(q[rows], search, k, self_index=rows if one_set else None)
         hits = g_labels[nn] == q_labels[rows][:, None]

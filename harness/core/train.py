@@ -19,14 +19,21 @@ Conventions chosen here:
 * Drift (METHODS.md section 1, "Drift diagnostic"): the probe set is embedded once
   before training (epoch 0), so the drift of epoch 1 is its distance to the untrained
   network's embeddings and every epoch has a finite value.
-* A non-finite loss ends the run with status "diverged": the diverged epoch is not
-  checkpointed and not reported to ``on_epoch``; the test split is not evaluated.
+* A non-finite loss, weight, buffer or embedding ends the run with status "diverged":
+  the diverged epoch is not checkpointed and not reported to ``on_epoch``; the test
+  split is not evaluated.
+* One host read per step: the loss parts stay on the device and are copied to the
+  host together once the step is queued (that read is also the divergence check);
+  nothing in the memory / XML forward waits for the GPU.
+* Resume loads ``last.pt`` to the CPU and each component copies its tensors to the
+  training device; the drift probe stays on the CPU, where ``embed`` returns it.
 * Without validation classes (``data.val_fraction: 0``) the last epoch is "best".
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -50,8 +57,12 @@ from harness.core.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from harness.core.finite import NonFiniteError, nonfinite_tensors
 from harness.core.device import amp_dtype, describe_device, needs_grad_scaler, pick_device
+from harness.core.loaders import EvalLoaders, training_loader
 from harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 StepCallback = Callable[[int, int], None]
@@ -108,7 +119,11 @@ def build_losses(config: RunConfig, n_train: int, num_classes: int):
     """-> (CrossBatchMemory wrapping the plain loss, XMLLoss or None). METHODS.md §1, §2, §4."""
     from harness.core.losses import create_loss, is_proxy_loss
     from harness.core.memory import CrossBatchMemory, KalmanMoments
+    from harness.core.pairs import positive_pair_problem
 
+    problem = positive_pair_problem(config)
+    if problem:
+        raise ConfigError(problem)
     if is_proxy_loss(config.loss.name) and config.memory.kind != "none":
         raise ConfigError(
             f"memory.kind: proxy loss {config.loss.name} has no reference set; "
@@ -224,6 +239,12 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.amp))
         self.sampler = self._build_sampler()
+        cuda = self.device.type == "cuda"
+        self.train_loader = training_loader(
+            self.data.train, self.sampler, config.seed, config.data.workers, pin_memory=cuda
+        )
+        # validation runs every epoch: its loader keeps its workers between epochs
+        self.eval_loaders = EvalLoaders(config.train.eval_batch_size, config.data.workers, cuda)
         eval_tf = self.data.test.query.transform
         self.probe = self.data.train.subset(
             probe_indices(len(train_labels), config.train.probe_size, config.seed)
@@ -249,21 +270,10 @@ class Trainer:
             seed=self.config.seed, iters_per_epoch=t.iters_per_epoch,
         )
 
-    def _loader(self, epoch: int):
-        from harness.data.registry import collate_skip_corrupt
-
-        # A per-epoch generator: worker seeds (augmentation in workers) depend on
-        # (seed, epoch) only, so a resumed run draws the same ones.
-        gen = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        workers = self.config.data.workers
-        return torch.utils.data.DataLoader(
-            self.data.train,
-            batch_sampler=self.sampler,
-            collate_fn=collate_skip_corrupt,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            generator=gen,
-        )
+    def close(self) -> None:
+        """Stop the persistent loader workers."""
+        self.eval_loaders.close()
+        self.train_loader = None
 
     def _eval_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -299,8 +309,8 @@ class Trainer:
         warmup = self.is_warmup(epoch)
         optimizer = self.warmup_optimizer if warmup else self.optimizer
         self._set_stage(warmup)
-        self.sampler.set_epoch(epoch)
-        loader = self._loader(epoch)
+        loader = self.train_loader
+        loader.batch_sampler.set_epoch(epoch)  # sampler order and per-batch worker seeds
         total_steps = len(loader)
         sums: dict[str, float] = defaultdict(float)
         steps = skipped = 0
@@ -308,8 +318,13 @@ class Trainer:
             skipped += n_skipped
             if len(labels) < 2:
                 continue
-            labels = torch.searchsorted(self.classes, labels.to(self.device))
-            parts = self.train_step(images.to(self.device, non_blocking=True), labels, optimizer)
+            halves = None
+            if self.xml_loss is not None:  # on the CPU labels: no wait for the GPU
+                from harness.core.xml import split_halves
+
+                halves = tuple(h.to(self.device, non_blocking=True) for h in split_halves(labels))
+            labels = torch.searchsorted(self.classes, labels.to(self.device, non_blocking=True))
+            parts = self.train_step(images.to(self.device, non_blocking=True), labels, optimizer, halves)
             if parts is None:
                 return None
             for k, v in parts.items():
@@ -323,7 +338,13 @@ class Trainer:
         out["skipped_images"] = float(skipped)
         return out
 
-    def train_step(self, images, labels, optimizer) -> dict[str, float] | None:
+    def train_step(self, images, labels, optimizer, halves=None) -> dict[str, float] | None:
+        """One optimizer step; its loss parts, or None when the loss is not finite.
+
+        The parts are read on the host once, after the step is queued: a non-finite
+        step has then been applied, which is harmless, as the run ends without
+        checkpointing this epoch.
+        """
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             out = self.model(images)
@@ -331,31 +352,35 @@ class Trainer:
         # sensitive to half precision.
         out = type(out)(*(None if t is None else t.float() for t in out))
         plain = self.memory(out.embeddings, labels)
-        parts = {f"loss.{k}" if not k.startswith("loss") else k: float(v)
+        parts = {f"loss.{k}" if not k.startswith("loss") else k: v
                  for k, v in getattr(self.memory, "last_parts", {}).items()}
         total = plain
         if self.xml_loss is not None:
             from harness.core.xml import xml_total_loss
 
-            xml = self.xml_loss(out, labels, self.model.prototypes, self.model.embed_pooled)
-            parts["loss.xml"] = float(xml.detach())
+            xml = self.xml_loss(out, labels, self.model.prototypes, self.model.embed_pooled, halves)
+            parts["loss.xml"] = xml.detach()
             total = xml_total_loss(plain, xml, self.config.xml.weight)
-        value = float(total.detach())
-        if not math.isfinite(value):
-            return None
+        parts["loss"] = total.detach()
         if total.requires_grad:
             self.scaler.scale(total).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
-        parts["loss"] = value
-        return parts
+        # The step's one host read: all parts in one copy.
+        values = torch.stack([torch.as_tensor(v, device=self.device).float() for v in parts.values()]).tolist()
+        host = dict(zip(parts, values))
+        if not math.isfinite(host["loss"]):
+            return None
+        return host
 
     # -- evaluation
 
-    def evaluate(self, split) -> dict[str, float]:
+    def evaluate(self, split, persistent: bool = False) -> dict[str, float]:
+        """``persistent``: a split evaluated every epoch (validation) keeps its loader."""
         from harness.core.evaluate import evaluate_split
 
-        return evaluate_split(self.model, split, **self._eval_kwargs())
+        kw = self._eval_kwargs()
+        return evaluate_split(self.model, split, loader_for=self.eval_loaders if persistent else None, **kw)
 
     def has_validation(self) -> bool:
         return len(self.data.val.query) > 0
@@ -376,7 +401,7 @@ class Trainer:
         self.probe_prev = current
         if prev is None:
             return {"drift_mean": float("nan"), "drift_max": float("nan")}
-        d = (current - prev).norm(dim=1)
+        d = (current - prev.to(current.device)).norm(dim=1)
         return {"drift_mean": float(d.mean()), "drift_max": float(d.max())}
 
     def update_best(self, epoch: int, val: dict[str, float]) -> bool:
@@ -403,7 +428,7 @@ class Trainer:
     def test_best(self) -> dict[str, float]:
         best = self.out_dir / "checkpoints" / "best.pt"
         if best.is_file():
-            self.model.load_state_dict(load_checkpoint(best, self.device)["model"])
+            self.model.load_state_dict(load_checkpoint(best)["model"])
         return _prefixed("test", self.evaluate(self.data.test))
 
     # -- checkpoint
@@ -432,7 +457,7 @@ class Trainer:
         if self.warmup_optimizer is not None and state.get("warmup_optimizer") is not None:
             self.warmup_optimizer.load_state_dict(state["warmup_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        load_scaler_state(self.scaler, state.get("scaler") or {})
         self.memory.load_state_dict(state["memory"])
         if self.xml_loss is not None and state.get("xml_loss") is not None:
             self.xml_loss.load_state_dict(state["xml_loss"])
@@ -440,7 +465,8 @@ class Trainer:
         best = state["best"]
         self.best_epoch, self.best_value, self.best_val = best["epoch"], best["value"], best["val"]
         self.test_untrained = state.get("test_untrained", {})
-        self.probe_prev = state.get("probe_prev")
+        probe = state.get("probe_prev")
+        self.probe_prev = None if probe is None else probe.cpu()  # where embed_probe keeps it
         self.wall_before = float(state.get("wall_seconds", 0.0))
         set_rng_states(state["rng"])
 
@@ -448,6 +474,16 @@ class Trainer:
         state = self.state_dict()
         state["wall_seconds"] = wall_seconds
         save_checkpoint(state, self.out_dir / "checkpoints" / "last.pt")
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Restore a GradScaler; a run saved without loss scaling (fp32, bf16: an empty
+    state) resumed with fp16 starts from a fresh scale instead of failing."""
+    if not state:
+        if scaler.is_enabled():
+            log.info("checkpoint has no grad-scaler state (saved without fp16): starting from a fresh scale")
+        return
+    scaler.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------- run
@@ -491,7 +527,7 @@ def run_training(
     epochs_log = out_dir / "epochs.jsonl"
 
     if resume and last.is_file():
-        state = load_checkpoint(last, trainer.device)
+        state = load_checkpoint(last)  # to the CPU; load_state_dict places each tensor
         _check_resumable(config_from_checkpoint(state, last), config, last)
         trainer.load_state_dict(state)
         _truncate_epochs_log(epochs_log, trainer.epoch)
@@ -516,16 +552,21 @@ def run_training(
         t_epoch = time.perf_counter()
         lr = trainer.current_lr(epoch)
         parts = trainer.train_epoch(epoch)
-        if parts is None:
+        # NaN/inf weights or BN statistics diverged too, even under a finite loss
+        if parts is None or nonfinite_tensors(trainer.model):
             status = "diverged"
             break
         metrics: dict[str, float] = dict(parts)
         trainer.model.eval()
-        if epoch % t.val_every == 0 or epoch == t.epochs:
-            val = _prefixed("val", trainer.evaluate(trainer.data.val)) if trainer.has_validation() else {}
-            metrics.update(val)
-            trainer.update_best(epoch, val)
-        metrics.update(trainer.drift())
+        try:  # embed() refuses NaN/inf embeddings: best.pt never holds such a model
+            if epoch % t.val_every == 0 or epoch == t.epochs:
+                val = _prefixed("val", trainer.evaluate(trainer.data.val, persistent=True)) if trainer.has_validation() else {}
+                metrics.update(val)
+                trainer.update_best(epoch, val)
+            metrics.update(trainer.drift())
+        except NonFiniteError:
+            status = "diverged"
+            break
         metrics["lr"] = lr
         metrics["memory_fill"] = float(trainer.memory.fill)
         metrics["epoch_seconds"] = time.perf_counter() - t_epoch
@@ -537,6 +578,7 @@ def run_training(
             on_epoch(epoch, metrics)
 
     test = trainer.test_best() if status == "completed" else {}
+    trainer.close()
     result = RunResult(
         status=status,
         epochs_run=trainer.epoch,

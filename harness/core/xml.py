@@ -39,12 +39,18 @@ def fit_prototypes(H: Tensor, G: Tensor, prior: Tensor, alpha: float) -> Tensor:
     H32, G32, V = H.float(), G.float(), prior.float()
     lhs = H32.T @ H32 + alpha * torch.eye(m, device=H.device, dtype=H32.dtype)
     rhs = H32.T @ G32 + alpha * V
-    return torch.linalg.solve(lhs, rhs)
+    # solve_ex: no error check, which would read the LU status on the host (a device
+    # sync); HᵀH + αI with α > 0 is positive definite.
+    return torch.linalg.solve_ex(lhs, rhs).result
 
 
 def split_halves(labels: Tensor) -> tuple[Tensor, Tensor]:
     """Indices of two class-disjoint halves: the first half of the classes (in order of
-    first appearance) and the rest."""
+    first appearance) and the rest.
+
+    Data-dependent sizes: on a GPU tensor this syncs with the host; the training loop
+    calls it on the loader's CPU labels and moves the indices over (``XMLLoss`` halves).
+    """
     labels = labels.reshape(-1)
     classes, inverse = torch.unique(labels, return_inverse=True)
     k = len(classes)
@@ -78,6 +84,14 @@ class PrototypePooling(nn.Module):
         self.pooling, self.temperature = pooling, float(temperature)
         self.prototypes = nn.Parameter(torch.randn(count, channels) * 0.01)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # Host mirror of ``initialized``: no device read per forward.
+        self._initialized = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        key = prefix + "initialized"
+        if key in state_dict:
+            self._initialized = bool(state_dict[key])
 
     @torch.no_grad()
     def _init_from(self, features: Tensor) -> None:
@@ -86,9 +100,10 @@ class PrototypePooling(nn.Module):
         pick = torch.randint(len(local), (m,), device=local.device) if len(local) < m else torch.randperm(len(local), device=local.device)[:m]
         self.prototypes.copy_(local[pick].float())
         self.initialized.fill_(True)
+        self._initialized = True
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
+        if self.training and not self._initialized:
             self._init_from(features)
         gap = features.mean(dim=(2, 3))
         hist = prototype_histogram(features, self.prototypes, self.temperature)
@@ -124,10 +139,13 @@ class XMLLoss(nn.Module):
         labels: Tensor,
         prototypes: Tensor,
         embed_pooled: Callable[[Tensor], Tensor],
+        halves: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
+        """``halves``: ``split_halves`` of these labels computed beforehand (on the CPU, so
+        the step does not wait for the GPU to learn their sizes)."""
         if out.histogram is None:
             raise ConfigError("XML needs a model with prototypes (create_model(..., with_prototypes=True))")
-        idx_a, idx_c = split_halves(labels)
+        idx_a, idx_c = halves if halves is not None else split_halves(labels)
         H, G = out.histogram, out.gap
         V_a = fit_prototypes(H[idx_a], G[idx_a], prototypes, self.alpha)
         V_c = fit_prototypes(H[idx_c], G[idx_c], prototypes, self.alpha)

@@ -27,6 +27,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.config import MemoryKind, RunConfig, build_config, load_yaml, parse_overrides
+from harness.core.pairs import positive_pair_problem
 from harness.errors import ConfigError
 
 METHOD_KEY = "method"
@@ -277,6 +278,8 @@ def find_experiment(name_or_path: str) -> Path:
     """An experiment YAML by name (``search_spaces/NAME.yaml``) or by path."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if p.is_dir():
+            raise ConfigError(f"{p} is a folder; give an experiment YAML file or a name from `harness list`")
         if not p.is_file():
             raise ConfigError(f"experiment file not found: {p}")
         return p
@@ -300,10 +303,14 @@ def load_experiment(
     raw.setdefault("name", path.stem)
     exp = parse_experiment(raw, source=str(path))
     if overrides:
+        # the file's own problems name the file, the overrides' name --set
+        build_config(exp.base, source=f"{path}: base")
+        parsed = parse_overrides(overrides)
+        build_config(exp.base, parsed, source="--set")
         from harness.config import set_dotted
 
         base = copy.deepcopy(exp.base)
-        for key, value in parse_overrides(overrides).items():
+        for key, value in parsed.items():
             set_dotted(base, key, value)
         exp = exp.model_copy(update={"base": base})
     root = exp.base.get("data", {}).get("root")
@@ -315,6 +322,12 @@ def load_experiment(
     if trials is not None:
         if trials < 1:
             raise ConfigError("--trials must be at least 1")
+        n_values = len(exp.compare_labels)
+        if trials < n_values and exp.search.algorithm != "grid":
+            raise ConfigError(
+                f"--trials {trials} is fewer than the {n_values} compared values (each needs at "
+                f"least one trial); give --trials {n_values} or more"
+            )
         exp = exp.model_copy(update={"search": exp.search.model_copy(update={"trials": trials})})
     check_experiment(exp)
     return exp
@@ -366,6 +379,19 @@ def check_experiment(exp: Experiment) -> None:
                 raise ConfigError(f"{src}: search.space.{key}: {e}") from None
     if not search.reproduction_seeds:
         raise ConfigError(f"{src}: search.reproduction_seeds: give at least one seed")
+    n_values = len(exp.compare_labels)
+    if search.algorithm != "grid" and search.trials < n_values:
+        raise ConfigError(
+            f"{src}: search.trials ({search.trials}) is fewer than the {n_values} compared "
+            f"values (each needs at least one trial); set it to {n_values} or more"
+        )
+    per_value = max(exp.trial_budget().values())
+    if not search.space and per_value > 1:
+        raise ConfigError(
+            f"{src}: search.space is empty, so the {per_value} search trials of each compared "
+            "value would all run the same config; add parameters to search.space or set "
+            f"search.trials to {n_values}"
+        )
     # Every compared value, with every parameter at its low and at its high end, must
     # be a valid run config: fail here, before Ray starts, not in trial 17.
     from harness.sweep.space import corner_overrides
@@ -373,4 +399,8 @@ def check_experiment(exp: Experiment) -> None:
     for label in exp.compare_labels:
         for corner in ("low", "high"):
             overrides = corner_overrides(exp, label, corner)
-            build_config(exp.base, overrides, source=f"{src} (compare={label}, space at {corner})")
+            where = f"{src} (compare={label}, space at {corner})"
+            cfg = build_config(exp.base, overrides, source=where)
+            problem = positive_pair_problem(cfg)
+            if problem:
+                raise ConfigError(f"{where}: {problem}")

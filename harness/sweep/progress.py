@@ -74,7 +74,8 @@ class SweepProgress(Callback):
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial, failed=False)
+        # a trial that could not run ends normally with a final "failed" report
+        self._finish(trial, failed=(trial.last_result or {}).get("status") == "failed")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, failed=True)
@@ -83,6 +84,8 @@ class SweepProgress(Callback):
         if self._live is not None:
             self._live.update(self.render())
             self._live.stop()
+            if not self._live.console.is_terminal:  # rich ends the final render mid-line there
+                self._live.console.line()
             self._live = None
 
     # ---- rendering -----------------------------------------------------------------

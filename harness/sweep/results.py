@@ -4,7 +4,9 @@ The layout is the contract between sweeps and reports (docs/architecture.md, "Re
 tables"). Every write replaces the whole file atomically (a temp file in the same
 folder, then ``os.replace``), so pandas, pyarrow and DuckDB can read the tables at any
 moment; rows are upserted by key, so each trial appears exactly once however often it
-is written (a resumed sweep, a reconciliation pass, ``--reproduce-only``).
+is written (a resumed sweep, a reconciliation pass, ``--reproduce-only``). The
+read-modify-write of an upsert holds ``fcntl.flock`` on ``.tables.lock`` in the same
+folder, so concurrent writers (processes or threads) never lose each other's rows.
 
 Storage may be a local path or a URI pyarrow understands (``s3://bucket/prefix``); an
 object store's single PUT is atomic, so URIs are written directly.
@@ -12,6 +14,8 @@ object store's single PUT is atomic, so URIs are written directly.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
@@ -30,6 +34,7 @@ SPACE = "space.json"
 STATE = "sweep.json"
 TRIAL_KEY = ["trial_id"]
 EPOCH_KEY = ["trial_id", "epoch"]
+TABLES_LOCK = ".tables.lock"
 
 
 def is_uri(location: str) -> bool:
@@ -114,7 +119,11 @@ class ResultsStore:
         try:
             df = pd.read_parquet(io.BytesIO(self._read_bytes(name)))
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise ResultsError(f"{self.path(name)} is not a readable Parquet file ({e})") from None
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ResultsError(
+                f"{self.path(name)} is not a readable Parquet file ({reason}); "
+                f"`harness sweep {self.experiment} --resume --storage {self.storage}` rebuilds it"
+            ) from None
         return df
 
     def trials(self) -> pd.DataFrame:
@@ -123,11 +132,31 @@ class ResultsStore:
     def epochs(self) -> pd.DataFrame:
         return self.read_table(EPOCHS)
 
+    @contextlib.contextmanager
+    def _tables_locked(self):
+        """Exclusive access to the tables for one read-modify-write (local storage)."""
+        if self._fs is not None:
+            yield
+            return
+        folder = Path(self.root)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Each call opens its own file description, so flock also orders threads.
+        fd = os.open(folder / TABLES_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
     def upsert(self, name: str, rows: Iterable[dict[str, Any]], key: list[str]) -> pd.DataFrame:
         """Insert or replace rows by ``key`` and rewrite the table atomically."""
         new = pd.DataFrame([dict(r) for r in rows])
         if new.empty:
             return self.read_table(name)
+        with self._tables_locked():
+            return self._upsert_locked(name, new, key)
+
+    def _upsert_locked(self, name: str, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
         old = self.read_table(name)
         if not old.empty:
             keys = set(map(tuple, new[key].astype(str).itertuples(index=False)))

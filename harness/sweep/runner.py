@@ -36,8 +36,15 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
-from harness.errors import ConfigError, ResultsError
+from harness.errors import (
+    ClusterError,
+    ConfigError,
+    ResultsError,
+    SweepFailedError,
+    SweepInterrupted,
+)
 from harness.sweep.experiment import Experiment, load_experiment, method_of
+from harness.sweep.failures import reason_from_traceback
 from harness.sweep.results import (
     SCHEMA_VERSION,
     SPACE,
@@ -66,6 +73,13 @@ class SweepPlan:
     max_concurrent: int | None = None
     address: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    take_over: bool = False  # the user says the driver named in sweep.lock is dead
+    warnings: list[str] = field(default_factory=list)
+
+    def resume_command(self) -> str:
+        """The command that continues this sweep, valid from any working folder."""
+        storage = self.storage if is_uri(self.storage) else str(Path(self.store.root).parent)
+        return f"harness sweep {self.experiment.name} --resume --storage {storage}"
 
     def tune_dir(self, phase: str) -> str:
         return join(self.store.root, "tune", phase)
@@ -106,11 +120,14 @@ def prepare_sweep(
     reproduce_only: bool = False,
     max_concurrent: int | None = None,
     address: str | None = None,
+    take_over: bool = False,
 ) -> SweepPlan:
     """Validate everything a sweep needs; raise a one-line HarnessError otherwise."""
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError("--max-concurrent must be at least 1")
     check_storage_writable(storage)
+    if address:
+        check_address(address)  # an unreachable cluster: one line, nothing written
     continuing = resume or reproduce_only
     if continuing:
         stem = Path(name).stem if name.endswith((".yaml", ".yml")) else name
@@ -126,8 +143,7 @@ def prepare_sweep(
                 "--set/--trials cannot change a sweep that already ran; "
                 "start a new one with another --storage"
             )
-        state = store.read_json(STATE)
-        exp = Experiment.model_validate(state["experiment"])
+        state, exp = read_state(store)
         if reproduce_only and not state.get("search_done"):
             raise ResultsError(
                 f"--reproduce-only: the search of '{stem}' has not finished; "
@@ -142,7 +158,36 @@ def prepare_sweep(
                 f"--resume, rerun reproductions with --reproduce-only, or use another --storage"
             )
         state = {}
-    return SweepPlan(exp, storage, store, resume, reproduce_only, max_concurrent, address, state)
+    plan = SweepPlan(exp, storage, store, resume, reproduce_only, max_concurrent, address, state,
+                     take_over=take_over)
+    if not continuing:
+        plan.warnings.extend(budget_warnings(exp))
+    return plan
+
+
+def budget_warnings(exp: Experiment) -> list[str]:
+    """Trials that a compare axis drops (search.trials not a multiple of the values)."""
+    labels = exp.compare_labels
+    if exp.search.algorithm == "grid" or len(labels) < 2:
+        return []
+    share = exp.search.trials // len(labels)
+    if share * len(labels) == exp.search.trials:
+        return []
+    return [f"search.trials {exp.search.trials} is not a multiple of the {len(labels)} compared "
+            f"values: {share} trials each, {share * len(labels)} in all"]
+
+
+def read_state(store: ResultsStore) -> tuple[dict[str, Any], Experiment]:
+    """``sweep.json`` and the experiment it records; a damaged one is one line."""
+    lost = (f"the sweep's state is lost; its tables still render with `harness report "
+            f"{store.root}`, or start the sweep again with another --storage")
+    try:
+        state = store.read_json(STATE)
+        return state, Experiment.model_validate(state["experiment"])
+    except ResultsError as e:
+        raise ResultsError(f"{e}; {lost}") from None
+    except (KeyError, TypeError, ValueError):
+        raise ResultsError(f"{store.path(STATE)} is not a sweep state file; {lost}") from None
 
 
 # ---- Ray Tune pieces ------------------------------------------------------------------
@@ -215,12 +260,49 @@ def _unlabel(v: str) -> str | None:
     return None if v == "__none__" else v
 
 
-class PerValueScheduler(FIFOScheduler):
+class SweepScheduler(FIFOScheduler):
+    """FIFO, and every trial's files go under ``tune_path``, the phase's Tune folder
+    in the storage of *this* driver's command line.
+
+    ``Tuner.restore`` re-points the trials it restores, but trials the restored search
+    algorithm creates afterwards inherit the storage of the first start (Ray pickles it
+    with the generator): a resumed copy of a storage wrote checkpoints into the
+    original. ``on_trial_add`` runs before a trial's first write and moves it over.
+    """
+
+    def __init__(self, tune_path: str | None = None):
+        super().__init__()
+        self.tune_path = tune_path
+
+    def on_trial_add(self, tune_controller, trial):
+        if getattr(self, "tune_path", None):  # absent in sweeps pickled by older versions
+            _follow_storage(trial, self.tune_path)
+        super().on_trial_add(tune_controller, trial)
+
+
+def _follow_storage(trial, tune_path: str) -> None:
+    import copy
+
+    from ray.train._internal.storage import get_fs_and_path
+
+    parent, name = tune_path.rstrip("/").rsplit("/", 1)
+    fs, fs_path = get_fs_and_path(parent)
+    old = trial.storage
+    if old is None or (old.storage_fs_path == fs_path and old.experiment_dir_name == name):
+        return
+    new = copy.copy(old)
+    new.storage_filesystem = fs
+    new.storage_fs_path = fs_path
+    new.experiment_dir_name = name
+    trial.set_storage(new)
+
+
+class PerValueScheduler(SweepScheduler):
     """ASHA per compared value: a method's trials are only stopped in favour of
     better trials of the same method, never of another one."""
 
-    def __init__(self, make: Callable[[], Any]):
-        super().__init__()
+    def __init__(self, make: Callable[[], Any], tune_path: str | None = None):
+        super().__init__(tune_path)
         self._make = make
         self._by_value: dict[str, Any] = {}
 
@@ -234,6 +316,8 @@ class PerValueScheduler(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller, trial):
+        if getattr(self, "tune_path", None):  # absent in sweeps pickled by older versions
+            _follow_storage(trial, self.tune_path)
         self._of(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
@@ -291,9 +375,12 @@ def _config_cell(v: Any) -> Any:
 
 def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
                last_result: dict[str, Any] | None, error: bool,
-               buffered_epochs: list[dict[str, Any]], git_commit: str | None
+               buffered_epochs: list[dict[str, Any]], git_commit: str | None,
+               reason: str | None = None,
                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One trials.parquet row and its epochs.parquet rows (docs/architecture.md)."""
+    """One trials.parquet row and its epochs.parquet rows (docs/architecture.md).
+
+    ``reason``: why the trial failed (one line), when Tune ended it with an error."""
     last = last_result or {}
     summary = json.loads(last["summary_json"]) if last.get("final") and "summary_json" in last else None
     overrides = {**(spec.get("overrides") or {}), "seed": int(spec["seed"])}
@@ -309,7 +396,10 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
         started, finished = summary["started_at"], summary["finished_at"]
         versions = summary["versions"]
     else:
-        status = "failed" if error else "stopped"
+        # a final report without summary: a trial that could not run (failures.py)
+        status = last["status"] if last.get("final") and last.get("status") else (
+            "failed" if error else "stopped")
+        reason = reason or (last.get("error") if last.get("final") else None)
         metric, sign = exp.search.metric, (1 if exp.search.mode == "max" else -1)
         scored = [e for e in epochs if isinstance(e.get(metric), (int, float))]
         best = max(scored, key=lambda e: sign * e[metric]) if scored else None
@@ -330,6 +420,7 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
         "compare_value": spec.get("compare_value"),
         "method": method,
         "status": status,
+        "error": reason if status == "failed" else None,
         "params": json.dumps(spec.get("params") or {}),
         # reproductions: whether this is the compared value's best search configuration
         # (the one summary tables compare); null for search trials
@@ -369,10 +460,12 @@ class ResultsRecorder(tune.Callback):
     Picklable (Tune stores callbacks with the experiment); the store is reopened lazily.
     """
 
-    def __init__(self, exp: Experiment, storage: str, git_commit: str | None):
+    def __init__(self, exp: Experiment, storage: str, git_commit: str | None,
+                 watch: tune.Callback | None = None):
         self.exp = exp
         self.storage = storage
         self.git_commit = git_commit
+        self.watch = watch  # InterruptWatch: trials cut short by Ctrl-C are not recorded
         self._store: ResultsStore | None = None
         self._epochs: dict[str, dict[int, dict[str, Any]]] = {}
 
@@ -392,12 +485,14 @@ class ResultsRecorder(tune.Callback):
             self._epochs.setdefault(trial.trial_id, {})[int(result["epoch"])] = _epoch_of_result(result)
 
     def record(self, spec: dict[str, Any], tune_trial_id: str, last_result: dict | None,
-               error: bool) -> None:
+               error: bool, reason: str | None = None) -> None:
+        if getattr(self.watch, "interrupted", None) and not (last_result or {}).get("final"):
+            return  # cut short by Ctrl-C, not finished: the resume runs it again
         buffered = [self._epochs.get(tune_trial_id, {})[k]
                     for k in sorted(self._epochs.get(tune_trial_id, {}))]
         trial_id = spec.get("trial_id") or tune_trial_id
         row, epoch_rows = trial_rows(self.exp, spec, trial_id, last_result, error, buffered,
-                                     self.git_commit)
+                                     self.git_commit, reason)
         self.store.upsert_epochs(epoch_rows)
         self.store.upsert_trials([row])
         self._epochs.pop(tune_trial_id, None)
@@ -406,7 +501,16 @@ class ResultsRecorder(tune.Callback):
         self.record(trial.config["spec"], trial.trial_id, trial.last_result, error=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.record(trial.config["spec"], trial.trial_id, trial.last_result, error=True)
+        self.record(trial.config["spec"], trial.trial_id, trial.last_result, error=True,
+                    reason=trial_error_reason(trial))
+
+
+def trial_error_reason(trial) -> str | None:
+    """The one-line reason of a trial Tune ended with an error (its error file)."""
+    try:
+        return reason_from_traceback(trial.get_error())
+    except Exception:  # noqa: BLE001 - a missing error file must not stop the sweep
+        return None
 
 
 # ---- the sweep ----------------------------------------------------------------------
@@ -421,22 +525,63 @@ class SweepOutcome:
     report: str | None = None
 
 
+# Seconds to wait for a TCP connection to --address before giving up (Ray itself
+# retries an unreachable GCS for minutes).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_address(address: str) -> None:
+    """Fail fast, with one line, when nothing answers at ``--address host:port``."""
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host:
+        host, port = target, "6379"  # Ray's default GCS port
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise ClusterError(f"--address {address}: expected host:port (or 'auto')") from None
+    try:
+        socket.create_connection((host.strip("[]"), port_number), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__.replace("Error", "").lower() or str(e)
+        raise ClusterError(
+            f"--address {address}: no Ray cluster answers there ({reason}); start one with "
+            f"`ray start --head --port {port_number}` on {host}, or leave out --address for a "
+            "local Ray"
+        ) from None
+
+
 def start_ray(address: str | None) -> bool:
     """Join ``address`` or start a local instance sized to this machine.
 
     Returns whether this call started Ray (and so should shut it down)."""
+    import logging
+
     import ray
 
     # Quiet drivers: our own live view replaces Tune's console reporter.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray announces at every start that token authentication is on (its default since
+    # 2.5x): a notice, not a problem of the sweep.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
+    # Tune's own notes on Ctrl-C name its Python API; the driver prints the command.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        check_address(address)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ClusterError(f"--address {address}: cannot join the Ray cluster ({first})") from None
     else:
         # address="local": never join a cluster some `ray start` on this machine left behind
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
@@ -476,39 +621,67 @@ def _trainable(exp: Experiment, train_fn: Callable | None):
 REUSE_ACTORS = True
 
 
-def _run_config(plan: SweepPlan, phase: str, planned: int, slots: int, git: str | None):
+def _callbacks(plan: SweepPlan, phase: str, planned: int, slots: int, git: str | None,
+               watch: tune.Callback | None) -> list[tune.Callback]:
     from harness.sweep.progress import SweepProgress
 
+    exp = plan.experiment
+    return [
+        ResultsRecorder(exp, plan.storage, git, watch),
+        SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode, planned, slots),
+        *([watch] if watch is not None else []),
+    ]
+
+
+def _run_config(plan: SweepPlan, phase: str, callbacks: list[tune.Callback]):
     exp = plan.experiment
     return tune.RunConfig(
         name=phase,
         storage_path=join(plan.store.root, "tune"),
-        callbacks=[
-            ResultsRecorder(exp, plan.storage, git),
-            SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode,
-                          planned, slots),
-        ],
+        callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=exp.search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=0,
     )
 
 
-def _fit(plan: SweepPlan, phase: str, trainable, make_tuner: Callable[[], Any]):
+def _fit(plan: SweepPlan, phase: str, trainable, make_tuner: Callable[[], Any],
+         callbacks: list[tune.Callback]):
     """Restore the phase's Tune experiment when resuming one, else start it fresh."""
     path = plan.tune_dir(phase)
     if plan.resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
+        _use_callbacks(tuner, callbacks)
+        scheduler = tuner._local_tuner._tune_config.scheduler
+        if isinstance(scheduler, SweepScheduler):  # restored with the first start's path
+            scheduler.tune_path = path
     else:
         tuner = make_tuner()
     return tuner.fit()
 
 
-def _reconcile(plan: SweepPlan, results, git: str | None) -> None:
+def _use_callbacks(tuner, callbacks: list[tune.Callback]) -> None:
+    """Give a restored Tuner this driver's callbacks.
+
+    ``Tuner.restore`` brings back the callbacks pickled at the first start, and with
+    them the storage path of that start: a moved or copied storage (or a relative
+    ``--storage`` given from another folder) would get its rows written to the old
+    place. Ray has no public way to replace them, so the restored run config's list is
+    swapped; the epochs the old recorder had buffered come along.
+    """
+    run_config = tuner._local_tuner.get_run_config()
+    old = [cb for cb in run_config.callbacks or [] if isinstance(cb, ResultsRecorder)]
+    for cb in callbacks:
+        if isinstance(cb, ResultsRecorder) and old:
+            cb._epochs = dict(old[0]._epochs)
+    run_config.callbacks = list(callbacks)
+
+
+def _reconcile(plan: SweepPlan, results, git: str | None, watch=None) -> None:
     """Add any finished trial the callbacks missed (driver killed between a trial's end
     and its row being written) from Tune's own record of it."""
     have = set(plan.store.trials().get("trial_id", []))
-    recorder = ResultsRecorder(plan.experiment, plan.storage, git)
+    recorder = ResultsRecorder(plan.experiment, plan.storage, git, watch)
     for result in results:
         spec = result.config.get("spec") if result.config else None
         if not spec:
@@ -516,10 +689,12 @@ def _reconcile(plan: SweepPlan, results, git: str | None) -> None:
         tune_id = (result.metrics or {}).get("trial_id", "")
         trial_id = spec.get("trial_id") or tune_id
         if trial_id and trial_id not in have:
-            recorder.record(spec, tune_id, result.metrics, error=result.error is not None)
+            recorder.record(spec, tune_id, result.metrics, error=result.error is not None,
+                            reason=reason_from_traceback(str(result.error)) if result.error else None)
 
 
-def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None):
+def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None,
+               watch: tune.Callback | None = None):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -536,9 +711,12 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None):
                                seed=exp.run_config().seed, phase_overrides=overrides)
     if plan.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
-    scheduler = PerValueScheduler(_AshaFactory(exp)) if exp.search.scheduler else None
+    tune_path = plan.tune_dir(SEARCH)
+    scheduler = (PerValueScheduler(_AshaFactory(exp), tune_path) if exp.search.scheduler
+                 else SweepScheduler(tune_path))
     planned = sum(budget.values())
     trainable = _trainable(exp, train_fn)
+    callbacks = _callbacks(plan, SEARCH, planned, _slots(exp, plan.max_concurrent), git, watch)
 
     def make():
         return tune.Tuner(
@@ -547,11 +725,11 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None):
                                         num_samples=planned, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name,
                                         reuse_actors=REUSE_ACTORS),
-            run_config=_run_config(plan, SEARCH, planned, _slots(exp, plan.max_concurrent), git),
+            run_config=_run_config(plan, SEARCH, callbacks),
         )
 
-    results = _fit(plan, SEARCH, trainable, make)
-    _reconcile(plan, results, git)
+    results = _fit(plan, SEARCH, trainable, make, callbacks)
+    _reconcile(plan, results, git, watch)
 
 
 def best_search_trials(plan: SweepPlan, df: pd.DataFrame | None = None
@@ -603,7 +781,8 @@ def _search_trials_to_reproduce(plan: SweepPlan) -> list[tuple[str | None, dict[
     return out
 
 
-def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | None) -> int:
+def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | None,
+                      watch: tune.Callback | None = None) -> int:
     exp = plan.experiment
     specs = []
     for label, row, is_best in _search_trials_to_reproduce(plan):
@@ -623,21 +802,23 @@ def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | Non
     if plan.reproduce_only:
         _remove_tree(path)  # a fresh set of reproductions; rows are replaced by trial_id
     trainable = _trainable(exp, train_fn)
+    callbacks = _callbacks(plan, REPRODUCTION, len(specs), _slots(exp, plan.max_concurrent), git,
+                           watch)
 
     def make():
         return tune.Tuner(
             trainable,
             param_space={"spec": tune.grid_search(specs)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent,
+                                        scheduler=SweepScheduler(path),
                                         trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name,
                                         reuse_actors=REUSE_ACTORS),
-            run_config=_run_config(plan, REPRODUCTION, len(specs),
-                                   _slots(exp, plan.max_concurrent), git),
+            run_config=_run_config(plan, REPRODUCTION, callbacks),
         )
 
-    results = _fit(plan, REPRODUCTION, trainable, make)
-    _reconcile(plan, results, git)
+    results = _fit(plan, REPRODUCTION, trainable, make, callbacks)
+    _reconcile(plan, results, git, watch)
     return len(specs)
 
 
@@ -657,23 +838,53 @@ def _save_state(plan: SweepPlan, **update: Any) -> None:
     plan.store.write_json(STATE, plan.state)
 
 
-def run_sweep(plan: SweepPlan, train_fn: Callable | None = None,
-              render: bool = True) -> SweepOutcome:
+def run_sweep(plan: SweepPlan, train_fn: Callable | None = None, render: bool = True,
+              warn: Callable[[str], None] | None = None) -> SweepOutcome:
     """Run (or resume) the sweep of a prepared plan. ``train_fn`` replaces
-    ``run_training`` (tests only)."""
+    ``run_training`` (tests only); ``warn`` gets one-line notices (damaged tables
+    rebuilt, budget rounding) before anything runs."""
+    from harness.sweep.lock import SweepLock
+
+    lock = SweepLock(plan.store, take_over=plan.take_over,
+                     resume_hint=f"continue with `{plan.resume_command()}`")
+    lock.acquire()
+    try:
+        return _run_locked(plan, train_fn, render, warn or (lambda msg: None))
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's loop
+        raise SweepInterrupted(f"continue with `{plan.resume_command()}`") from None
+    finally:
+        lock.release()
+
+
+def _run_locked(plan: SweepPlan, train_fn: Callable | None, render: bool,
+                warn: Callable[[str], None]) -> SweepOutcome:
+    from harness.sweep.interrupt import watching
+
     exp = plan.experiment
     git = _git_commit()
-    if not plan.state:
-        _save_state(plan, experiment=exp.model_dump(mode="json"), created_at=_utc_now(),
-                    host=socket.gethostname(), search_done=False, reproduction_done=False)
-        plan.store.write_json(SPACE, space_description(exp))
-    started_ray = start_ray(plan.address)
+    for line in plan.warnings:
+        warn(line)
+    if plan.state:  # another driver may have moved the sweep on since prepare_sweep
+        plan.state = read_state(plan.store)[0]
+        _repair_tables(plan, git, warn)
+    elif plan.store.exists(STATE):
+        raise ResultsError(f"results of '{exp.name}' appeared at {plan.store.root} meanwhile; "
+                           f"continue with `{plan.resume_command()}`")
+    started_ray = start_ray(plan.address)  # before any file: a failed start leaves nothing
     try:
+        if not plan.state:
+            _save_state(plan, experiment=exp.model_dump(mode="json"), created_at=_utc_now(),
+                        host=socket.gethostname(), search_done=False, reproduction_done=False)
+            plan.store.write_json(SPACE, space_description(exp))
         if not plan.reproduce_only and not plan.state.get("search_done"):
-            run_search(plan, train_fn, git)
+            with watching() as watch:
+                run_search(plan, train_fn, git, watch)
+            _stop_if_interrupted(plan, watch, SEARCH)
             _save_state(plan, search_done=True)
         if plan.reproduce_only or not plan.state.get("reproduction_done"):
-            run_reproductions(plan, train_fn, git)
+            with watching() as watch:
+                run_reproductions(plan, train_fn, git, watch)
+            _stop_if_interrupted(plan, watch, REPRODUCTION)
             _save_state(plan, reproduction_done=True)
     finally:
         if started_ray:
@@ -683,8 +894,56 @@ def run_sweep(plan: SweepPlan, train_fn: Callable | None = None,
     trials = plan.store.trials()
     n_search = int((trials["phase"] == SEARCH).sum()) if not trials.empty else 0
     n_repro = int((trials["phase"] == REPRODUCTION).sum()) if not trials.empty else 0
+    _fail_if_nothing_ran(plan, trials)
     report = render_experiment_report(plan.store.root) if render else None
     return SweepOutcome(exp.name, plan.store.root, n_search, n_repro, report)
+
+
+def _stop_if_interrupted(plan: SweepPlan, watch, phase: str) -> None:
+    if watch.interrupted:
+        done = plan.store.trials()
+        n = int((done["phase"] == phase).sum()) if not done.empty else 0
+        raise SweepInterrupted(
+            f"{watch.interrupted} during the {phase} phase ({n} {phase} trials recorded); "
+            f"continue with `{plan.resume_command()}`"
+        )
+
+
+def _fail_if_nothing_ran(plan: SweepPlan, trials: pd.DataFrame) -> None:
+    """A phase whose every trial failed is a failed sweep (exit 1), with the reason."""
+    if trials.empty:
+        return
+    for phase in (SEARCH, REPRODUCTION):
+        rows = trials[trials["phase"] == phase]
+        if rows.empty or not (rows["status"] == "failed").all():
+            continue
+        reasons = rows["error"].dropna() if "error" in rows else pd.Series(dtype=str)
+        reason = reasons.value_counts().index[0] if len(reasons) else "no reason recorded"
+        raise SweepFailedError(
+            f"all {len(rows)} {phase} trials of '{plan.experiment.name}' failed: {reason} "
+            f"(every reason: the error column of {plan.store.path('trials.parquet')})"
+        )
+
+
+def _repair_tables(plan: SweepPlan, git: str | None, warn: Callable[[str], None]) -> None:
+    """Set aside unreadable tables and rebuild them from Tune's state (recover.py)."""
+    from harness.sweep.recover import damaged_tables, rebuild_tables, set_aside
+
+    try:
+        plan.store.read_json(SPACE)
+    except ResultsError as e:  # missing or not JSON: it is derived from the experiment
+        if plan.store.exists(SPACE):
+            warn(f"{str(e).split(' (')[0]}: kept as {set_aside(plan.store, SPACE)}; rewritten")
+        plan.store.write_json(SPACE, space_description(plan.experiment))
+    damaged = damaged_tables(plan.store)
+    if not damaged:
+        return
+    for name, reason in damaged.items():
+        kept = set_aside(plan.store, name)
+        warn(f"{reason.split(' (')[0]}: kept as {kept}; rebuilding it from the sweep's Tune state")
+    rows = rebuild_tables(plan.store, [plan.tune_dir(SEARCH), plan.tune_dir(REPRODUCTION)],
+                          lambda: ResultsRecorder(plan.experiment, plan.storage, git))
+    warn(f"rebuilt {rows} trial rows of '{plan.experiment.name}' from its Tune state")
 
 
 def render_experiment_report(root: str) -> str | None:
