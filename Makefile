@@ -62,6 +62,7 @@ bench: install
 	$(PY) benchmarks/eval_speed.py
 	$(PY) benchmarks/loader_speed.py
 	$(PY) benchmarks/sweep_overhead.py
+	$(PY) benchmarks/index_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

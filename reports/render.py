@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import jinja2
 
 from harness.errors import ConfigError, ResultsError
-from reports import plots, stats
+from reports import plots, retrievals, stats
 from reports.load import ExperimentResults, load_experiments
 
 FORMATS = ("md", "html")
@@ -86,6 +86,7 @@ def _environment(autoescape: bool, finalize=None) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(fmt=fmt, pm=pm, ci=ci, param=param, inside=inside, signed=signed)
+    env.globals["zip"] = zip
     return env
 
 
@@ -125,6 +126,7 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "confidence": stats.CONFIDENCE,
         "environment": stats.environment(experiments),
         "figures": figures,
+        "retrievals": retrievals.method_retrievals(experiments),
         "rendered_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
     }
@@ -174,13 +176,28 @@ def render_report(experiment_dirs: list[Path], out_dir: Path,
         fig_dir.mkdir(exist_ok=True)
         for f in context["figures"]:
             (fig_dir / f"{f.name}.svg").write_bytes(f.svg)
+        _write_retrieval_pngs(out_dir / "retrievals", context["retrievals"])
         text = _environment(False, finalize=md_escape).get_template("report.md.j2").render(**context)
         written["md"] = _write(out_dir / "report.md", text)
     if "html" in wanted:
         images = {f.name: base64.b64encode(f.svg).decode("ascii") for f in context["figures"]}
+        images.update({name: base64.b64encode(p.png).decode("ascii")
+                       for r in context["retrievals"] for name, p in zip(r.files, r.pictures)})
         text = _environment(True).get_template("report.html.j2").render(images=images, **context)
         written["html"] = _write(out_dir / "report.html", text)
     return written
+
+
+def _write_retrieval_pngs(png_dir: Path, sections) -> None:
+    """The retrieval pictures beside the Markdown (the HTML embeds the same PNGs)."""
+    if not any(r.pictures for r in sections):
+        return
+    png_dir.mkdir(exist_ok=True)
+    for old in png_dir.glob("*.png"):
+        old.unlink()
+    for r in sections:
+        for name, picture in zip(r.files, r.pictures):
+            (png_dir / name).write_bytes(picture.png)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -119,8 +119,11 @@ def train_retrieval(
         # A restart (lost worker, resumed sweep): continue from the last epoch.
         checkpoint.to_directory(str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The best configurations' reproductions keep their test-set neighbours for the
+    # report's retrieval pictures.
+    pictures = spec.get("phase") == "reproduction" and spec.get("best_config") is not False
     try:
-        _run_trial(run_config, out_dir, metric, mode, train_fn)
+        _run_trial(run_config, out_dir, metric, mode, train_fn, save_retrievals=pictures)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -135,7 +138,8 @@ def _report_failure(error: BaseException, mode: str, epochs_run: int) -> None:
                  "status": "failed", "error": one_line(error), "started_at": utc_now()})
 
 
-def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn) -> None:
+def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
+               save_retrievals: bool = False) -> None:
     """One run_training call reporting every epoch (with its checkpoint) and the end."""
     from ray import tune
 
@@ -186,6 +190,8 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn) -> N
             raise  # Tune retries it from the last checkpoint
         _report_failure(e, mode, epochs_seen)
         return
+    if save_retrievals and result.status == "completed":
+        _save_retrievals(run_config, out_dir)
 
     best_val = {k: float(v) for k, v in (result.best_val or {}).items()}
     objective = best_val.get(metric, best_val.get(f"val.{metric_key}"))
@@ -219,6 +225,19 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn) -> N
     }
     final_path.write_text(json.dumps(final))
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+
+
+def _save_retrievals(run_config, out_dir: Path) -> None:
+    """The test-set neighbours behind the report's pictures; a failure here costs the
+    pictures (logged), never the reproduction."""
+    import logging
+
+    try:
+        from harness.retrieval_pictures import save_run_retrievals
+
+        save_run_retrievals(run_config, out_dir)
+    except Exception as e:  # noqa: BLE001 - the trial's result matters more than its picture
+        logging.getLogger(__name__).warning("retrieval pictures not saved for %s: %s", out_dir, e)
 
 
 def _json_default(v: Any) -> Any:

@@ -25,6 +25,7 @@ def _register() -> None:
     # Imported for their side effect of adding commands to ``app``.
     from harness.cli import train_cmd, data_cmd, sweep_cmd, report_cmd, eval_cmd  # noqa: F401
     from harness.cli import doctor_cmd  # noqa: F401
+    from harness.cli import export_cmd, index_cmd  # noqa: F401
 
 
 def main() -> None:

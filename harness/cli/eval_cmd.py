@@ -26,6 +26,10 @@ def eval_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: train.eval_batch_size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (default: data.workers)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    show: int = typer.Option(0, "--show", help="Draw the N worst queries (+ 3 typical successes) with their top-k."),
+    show_k: int = typer.Option(5, "--show-k", help="Retrieved images per query in the --show picture."),
+    show_dir: Optional[Path] = typer.Option(
+        None, "--show-dir", help="Where --show writes retrievals.md/.html (default: beside the checkpoint)."),
 ) -> None:
     """Load CHECKPOINT, embed the split of --dataset and print Recall@k, MAP@R, R-precision."""
     from harness.core.checkpoint import load_model
@@ -58,13 +62,16 @@ def eval_command(
     chosen = bundle.test if split == "test" else bundle.val
     dev = pick_device(device)
     model.to(dev)
-    embedded = embed_split(
-        model, chosen,
+    kw = dict(
         batch_size=batch_size or config.train.eval_batch_size,
         device=dev,
         workers=config.data.workers if workers is None else workers,
         amp_dtype=amp_dtype(dev, config.train.amp),
     )
+    if show > 0:
+        embedded, positions = _embed_with_positions(model, chosen, kw)
+    else:
+        embedded = embed_split(model, chosen, **kw)
     metrics = metrics_of(embedded, tuple(config.eval.ks))
     table = Table(title=f"{checkpoint} on {data_cfg.name} ({split})")
     table.add_column("metric")
@@ -75,3 +82,28 @@ def eval_command(
     if save_embeddings is not None:
         path = save(embedded, save_embeddings, split=split)
         Console().print(f"embeddings written to {path}", highlight=False, soft_wrap=True)
+    if show > 0:
+        from harness.retrieval_pictures import draw_pictures, nearest_neighbours, write_show
+
+        q, ql = embedded["query"]
+        g, gl = embedded["gallery"] if embedded["gallery"] is not None else (None, None)
+        nb = nearest_neighbours(q, ql, g, gl, k=max(show_k, 1), query_positions=positions[0],
+                                gallery_positions=positions[1])
+        pictures = draw_pictures(nb, chosen.query, chosen.gallery, n_worst=show, k=show_k)
+        out_dir = show_dir or checkpoint.parent / f"retrievals-{data_cfg.name}-{split}"
+        written = write_show(pictures, out_dir, f"Retrievals of {checkpoint} on {data_cfg.name} ({split})")
+        Console().print(f"retrieval pictures ({len(pictures)} queries): {written['md']}, {written['html']}",
+                        highlight=False, soft_wrap=True)
+
+
+def _embed_with_positions(model, split, kw):
+    """embed_split's result plus the dataset positions of the embedded (readable) items."""
+    from harness.core.evaluate import embed_positions
+
+    q, qp = embed_positions(model, split.query, **kw)
+    embedded = {"query": (q, split.query.labels[qp]), "gallery": None}
+    gp = None
+    if split.gallery is not None:
+        g, gp = embed_positions(model, split.gallery, **kw)
+        embedded["gallery"] = (g, split.gallery.labels[gp])
+    return embedded, (qp, gp)

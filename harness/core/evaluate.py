@@ -198,3 +198,29 @@ def load_embeddings(path: str | Path) -> dict:
     if (roles == "gallery").any():
         out["gallery"] = (emb[roles == "gallery"], labels[roles == "gallery"])
     return out
+
+
+# ---------------------------------------------------------------- items by position
+
+
+class _WithPosition(torch.utils.data.Dataset):
+    """Yields (image, position): embedding then tells which items were readable."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        return None if item is None else (item[0], i)
+
+
+def embed_positions(model, dataset, batch_size: int = 256, device=None, workers: int = 0,
+                    amp_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """-> (embeddings float32 [M, d], positions int64 [M]) of the readable items of
+    ``dataset`` (labels: ``dataset.labels[positions]``); for indexes and pictures."""
+    emb, positions = embed(model, _WithPosition(dataset), batch_size=batch_size, device=device,
+                           workers=workers, amp_dtype=amp_dtype)
+    return emb.numpy(), positions

@@ -390,7 +390,8 @@ class Trainer:
 
         kw = self._eval_kwargs()
         kw.pop("ks")
-        return embed(self.model, self.probe, **kw)[0].float().cpu()
+        # embedded every epoch: a persistent loader, like validation
+        return embed(self.model, self.probe, loader_for=self.eval_loaders, **kw)[0].float().cpu()
 
     def drift(self) -> dict[str, float]:
         """Per-image L2 distance of the probe embeddings to the previous epoch's."""

@@ -133,6 +133,8 @@ class DatasetParts:
 
     train: LabeledDataset
     test: RetrievalSplit
+    # A predefined validation split (table/folder datasets); None: carved from train.
+    val: RetrievalSplit | None = None
 
 
 @dataclass
@@ -146,6 +148,11 @@ class DatasetInfo:
     # small centred images (digits, Fashion-MNIST) where a crop would cut the object.
     crop_pct: float = 0.875
     extra: dict = field(default_factory=dict)
+    # data.root names a file (a CSV / Parquet table) rather than a folder.
+    root_is_file: bool = False
+    # Data the user assembled (table, folder): `data check` fails on classes with one
+    # image and on query labels without a gallery image, not only on missing files.
+    user_data: bool = False
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
@@ -158,11 +165,16 @@ def register_dataset(
     needs_root: bool = True,
     default_roots: tuple[str, ...] = (),
     crop_pct: float = 0.875,
+    root_is_file: bool = False,
+    user_data: bool = False,
 ):
     """Decorator: register ``reader(root) -> DatasetParts`` under ``name``."""
 
     def deco(reader: Callable[[Path | None], DatasetParts]):
-        _DATASETS[name] = DatasetInfo(name, reader, layout, needs_root, default_roots, crop_pct)
+        _DATASETS[name] = DatasetInfo(
+            name, reader, layout, needs_root, default_roots, crop_pct,
+            root_is_file=root_is_file, user_data=user_data,
+        )
         return reader
 
     return deco
@@ -171,6 +183,7 @@ def register_dataset(
 def _ensure_builtin() -> None:
     # The dataset modules register themselves on import.
     from harness.data import cars196, cub, deepfashion2, digits, fashion_mnist, glyphs, inshop, sop  # noqa: F401
+    from harness.data import folder, table  # noqa: F401
 
 
 def list_datasets() -> list[str]:
@@ -189,6 +202,10 @@ def resolve_root(info: DatasetInfo, root: str | Path | None) -> Path | None:
     """The root to read: the given one, else the first existing default root."""
     if root is not None:
         p = Path(root).expanduser()
+        if info.root_is_file:
+            if not p.is_file():
+                raise DataError(f"dataset '{info.name}': data.root {p} is not a file; expected: {info.layout}")
+            return p
         if not p.is_dir():
             raise DataError(f"dataset '{info.name}': root {p} is not a directory; expected layout: {info.layout}")
         return p
@@ -248,7 +265,10 @@ def create_datasets(cfg, seed: int, mean, std) -> DataBundle:
 
     info = get_dataset_info(cfg.name)
     parts = info.reader(resolve_root(info, cfg.root))
-    train, val = split_validation(parts.train, cfg.val_fraction, seed)
+    if parts.val is not None:  # predefined validation classes: nothing to carve
+        train, val = parts.train, parts.val
+    else:
+        train, val = split_validation(parts.train, cfg.val_fraction, seed)
     if len(np.unique(train.labels)) < 2:
         raise DataError(f"dataset '{cfg.name}': fewer than 2 training classes under {cfg.root}")
     train = cap_images(train, cfg.max_train_images, seed)

@@ -1,0 +1,97 @@
+"""The report's retrieval pictures: for each compared value (method), its best reproduction.
+
+The best reproduction is the compared value's best-configuration reproduction with the
+highest test metric (the experiment's objective, on the test split). Its Tune checkpoint
+(``<experiment>/tune/reproduction/<trial_id>/checkpoint_*/``) holds ``retrievals.npz``
+(saved by the trainable, see ``harness.retrieval_pictures``) and the run's
+``config.yaml``, which names the dataset whose images are drawn. A reproduction without
+those files (a sweep of an older harness, a moved dataset) gets a note instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from reports import stats
+from reports.load import ExperimentResults
+
+N_WORST = 4
+N_TYPICAL = 2
+TOP_K = 5
+
+
+@dataclass
+class MethodRetrievals:
+    experiment: str
+    label: str  # the compared value (method), or "(all)"
+    trial_id: str
+    metric: str  # "test.recall@1"
+    value: float
+    pictures: list = field(default_factory=list)  # harness.retrieval_pictures.Picture
+    files: list[str] = field(default_factory=list)  # Markdown: retrievals/<file>.png
+    note: str | None = None
+
+
+def _slug(text: str) -> str:
+    # no "_": the Markdown finalize hook would escape it inside the link
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "all"
+
+
+def find_run_files(exp_path: Path, trial_id: str) -> Path | None:
+    """The newest Tune checkpoint folder of ``trial_id`` that holds ``retrievals.npz``."""
+    from harness.retrieval_pictures import RETRIEVALS_FILE
+
+    found = sorted((Path(exp_path) / "tune" / "reproduction" / trial_id).glob(f"checkpoint_*/{RETRIEVALS_FILE}"))
+    return found[-1].parent if found else None
+
+
+def best_reproductions(exp: ExperimentResults) -> list[tuple[str, pd.Series, str]]:
+    """(label, row, test metric column) of each compared value's best reproduction."""
+    t = exp.trials
+    repro = t[(t["phase"] == "reproduction") & (t["status"] == "completed")]
+    repro = stats.best_reproductions(repro)
+    metric, mode = stats.objective(exp)
+    col = "test." + metric.removeprefix("val.")
+    if repro.empty or col not in repro.columns:
+        return []
+    out = []
+    for value, rows in repro.groupby(repro["compare_value"].fillna("(all)"), sort=True):
+        rows = rows[rows[col].notna()]
+        if rows.empty:
+            continue
+        best = rows.loc[rows[col].idxmax() if mode == "max" else rows[col].idxmin()]
+        out.append((str(value), best, col))
+    return out
+
+
+def method_retrievals(experiments: list[ExperimentResults], n_worst: int = N_WORST,
+                      n_typical: int = N_TYPICAL, k: int = TOP_K) -> list[MethodRetrievals]:
+    """Pictures of every experiment's best reproductions that saved their neighbours."""
+    from harness.config import build_config, load_yaml
+    from harness.data.registry import read_dataset
+    from harness.errors import HarnessError
+    from harness.retrieval_pictures import Neighbours, RETRIEVALS_FILE, draw_pictures
+
+    out = []
+    for exp in experiments:
+        for label, row, col in best_reproductions(exp):
+            run_dir = find_run_files(exp.path, str(row["trial_id"]))
+            if run_dir is None:
+                continue  # nothing saved (fake training, older sweep): no section entry
+            item = MethodRetrievals(exp.name, label, str(row["trial_id"]), col, float(row[col]))
+            try:
+                config = build_config(load_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+                test = read_dataset(config.data.name, config.data.root).test
+                nb = Neighbours.load(run_dir / RETRIEVALS_FILE)
+                item.pictures = draw_pictures(nb, test.query, test.gallery, n_worst, n_typical, k=k)
+            except (HarnessError, OSError, KeyError, ValueError) as e:
+                item.note = f"pictures unavailable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            stem = _slug(f"{exp.name}-{label}")
+            item.files = [f"{stem}-{i:02d}-{p.facts['kind']}.png" for i, p in enumerate(item.pictures, 1)]
+            out.append(item)
+    return out
+
