@@ -11,7 +11,7 @@ STAMP := $(VENV)/.deps-$(DEPS_HASH)
 STORAGE ?= results
 PYTEST_ARGS ?=
 
-.PHONY: venv install system-deps demo test test-fast bench clean
+.PHONY: venv install system-deps fonts demo test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -27,8 +27,23 @@ $(STAMP):
 install: venv
 	@$(PY) -m pip install -q --no-deps -e . >/dev/null
 
+# CJK fonts for the glyphs dataset (the demo's data): installed with apt when missing
+# and possible (root), else a one-line hint. Without dpkg (macOS, ...) nothing happens here:
+# the glyphs build then names `--fonts DIR` for the system's own CJK fonts.
+GLYPH_FONTS := fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming fonts-wqy-zenhei fonts-wqy-microhei \
+	fonts-ipafont-gothic fonts-ipafont-mincho fonts-unfonts-core fonts-hanazono fonts-lxgw-wenkai
+fonts:
+	@command -v dpkg-query >/dev/null 2>&1 || exit 0; \
+	missing=$$(for p in $(GLYPH_FONTS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	missing=$$(echo $$missing); \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing CJK fonts for the glyphs dataset: $$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "hint: the glyphs dataset needs CJK fonts: sudo apt-get install $$missing (or harness data build glyphs --fonts DIR)"; fi
+
 # A second `make demo` continues (or just re-reports) the sweep already in $(STORAGE).
-demo: install
+demo: install fonts
 	$(VENV)/bin/harness sweep demo --storage $(STORAGE) $(if $(wildcard $(STORAGE)/demo/sweep.json),--resume,)
 
 # Debian packages the tests read or drive (Fashion-MNIST files, headless chromium):

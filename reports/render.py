@@ -53,6 +53,15 @@ def pm(summary: stats.Summary | None) -> str:
     return f"{summary.mean:.2f} ± {summary.std:.2f}"
 
 
+def inside(value: bool | None) -> str:
+    """Whether a reference mean lies in our interval: yes / no / – (no interval)."""
+    return "–" if value is None else ("yes" if value else "no")
+
+
+def signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
 def ci(summary: stats.Summary | None) -> str:
     if summary is None or summary.ci_low is None:
         return "–"
@@ -76,7 +85,7 @@ def _environment(autoescape: bool, finalize=None) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(fmt=fmt, pm=pm, ci=ci, param=param)
+    env.filters.update(fmt=fmt, pm=pm, ci=ci, param=param, inside=inside, signed=signed)
     env.globals["zip"] = zip
     return env
 
@@ -112,6 +121,7 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "title": "Comparison report: " + ", ".join(names),
         "experiments": per_experiment,
         "tables": tables,
+        "references": stats.reference_tables(experiments, best, scale),
         "unit": "%" if percent else "metric units",
         "alpha": stats.ALPHA,
         "confidence": stats.CONFIDENCE,

@@ -271,3 +271,53 @@ def test_reproduce_all_grid_summary_uses_best_and_figure_one_slices_at_base(tmp_
     assert (by_batch["test.recall@1"] > 20).all() and (by_memory["test.recall@1"] > 20).all()
     rows = stats.reproductions([load_experiment(exp)])
     assert len(stats.best_reproductions(rows)) == len(best)
+
+
+def _with_reference(exp_dir: Path, values: dict) -> Path:
+    space = json.loads((exp_dir / "space.json").read_text())
+    space["reference"] = {"source": "AXBN paper, Table 2", "note": "batch 64, memory 50%", "values": values}
+    (exp_dir / "space.json").write_text(json.dumps(space))
+    return exp_dir
+
+
+def test_reference_numbers_beside_ours(tmp_path):
+    # Ours (fixture): xbm 72 ± 2, xbn 79 ± 1, axbn 81 ± 1 over 3 seeds; 95% t interval
+    # half-widths 4.97 (xbm) and 2.48 (xbn, axbn).
+    exp = _with_reference(write_experiment(tmp_path, "sop-axbn"), {
+        "test.recall@1": {"none": {"mean": 75.94, "std": 0.03}, "xbm": {"mean": 76.80, "std": 2.65},
+                          "xbn": {"mean": 85.00, "std": 0.17}, "axbn": {"mean": 80.73, "std": 0.30}},
+        "test.recall@10": {"axbn": {"mean": 91.98}},
+    })
+    written = render_report([exp], tmp_path / "out")
+    md = written["md"].read_text()
+    assert "## Reference numbers" in md and "Source: AXBN paper, Table 2. batch 64, memory 50%" in md
+    assert "| axbn | Recall@1 | 80.73 ± 0.30 | 81.00 ± 1.00 | 78.52 to 83.48 | +0.27 | yes |" in md
+    assert "| xbm | Recall@1 | 76.80 ± 2.65 | 72.00 ± 2.00 | 67.03 to 76.97 | -4.80 | yes |" in md
+    assert "| xbn | Recall@1 | 85.00 ± 0.17 | 79.00 ± 1.00 | 76.52 to 81.48 | -6.00 | no |" in md
+    assert "| none | Recall@1 | 75.94 ± 0.03 | not run | – | – | – |" in md
+    assert "| axbn | Recall@10 | 91.98 | 91.00 ± 1.00 | 88.52 to 93.48 | -0.98 | yes |" in md
+    assert "inside our interval in 3 of 4 comparable cells" in md
+    html = written["html"].read_text()
+    assert 'id="references"' in html and "80.73 ± 0.30" in html and "not run" in html
+
+
+def test_no_reference_section_without_references(full_report):
+    _, written = full_report
+    assert "Reference numbers" not in written["md"].read_text()
+    assert 'id="references"' not in written["html"].read_text()
+
+
+def test_shipped_paper_experiments_carry_table_references():
+    from harness.sweep.experiment import load_experiment
+    from harness.sweep.space import space_description
+
+    sop = load_experiment("sop-axbn").reference
+    assert sop is not None and "Table 2" in sop.source
+    assert sop.values["test.recall@1"]["axbn"].mean == 80.73 and sop.values["test.recall@1"]["axbn"].std == 0.30
+    assert sop.values["test.recall@10"]["xbm"].mean == 89.34
+    inshop = load_experiment("inshop-axbn").reference
+    assert inshop.values["test.recall@1"]["xbn"].mean == 91.49
+    df2 = load_experiment("deepfashion2-axbn").reference
+    assert "Table 1" in df2.source and df2.values["test.recall@1"]["none"].mean == 36.45
+    assert space_description(load_experiment("sop-axbn"))["reference"]["values"]["test.recall@1"]["none"] == {
+        "mean": 75.94, "std": 0.03}

@@ -11,7 +11,7 @@ from harness.sweep.experiment import builtin_names, find_experiment, load_experi
 from harness.sweep.space import corner_overrides, define_by_run, space_description
 
 SHIPPED = {
-    "demo", "sop-axbn", "sop-xbn", "sop-xbm", "sop-memory-grid", "inshop-axbn", "deepfashion2-axbn",
+    "demo", "demo-digits", "glyphs-memory", "glyphs-memory-grid", "sop-axbn", "sop-xbn", "sop-xbm", "sop-memory-grid", "inshop-axbn", "deepfashion2-axbn",
     "cub-xml", "cars196-xml", "sop-xml", "inshop-xml",
 }  # fmt: skip
 
@@ -39,7 +39,7 @@ def test_every_shipped_experiment_validates():
 
 
 def test_protocol_experiments_follow_methods_section_4():
-    for name in SHIPPED - {"demo"}:
+    for name in SHIPPED - {"demo", "demo-digits", "glyphs-memory", "glyphs-memory-grid"}:
         cfg = load_experiment(name).run_config()
         assert cfg.model.backbone == "resnet50" and cfg.model.embedding_size == 512, name
         assert cfg.loss.name == "SupConLoss" and cfg.loss.miner == "PairMarginMiner", name
@@ -100,7 +100,7 @@ def test_overrides_and_trials_apply_to_base_and_budget(tmp_path):
 
 
 def test_compare_method_axis_sets_memory_and_xml_and_splits_budget():
-    exp = load_experiment("demo")
+    exp = load_experiment("demo-digits")
     assert exp.compare_overrides("none+xml") == {"memory.kind": "none", "xml.enabled": True}
     assert exp.compare_overrides("xbm+batch") == {"memory.kind": "xbm+batch", "xml.enabled": False}
     budget = exp.trial_budget()
@@ -108,7 +108,7 @@ def test_compare_method_axis_sets_memory_and_xml_and_splits_budget():
 
 
 def test_define_by_run_suggests_conditional_params_only_when_active():
-    exp = load_experiment("demo")
+    exp = load_experiment("demo-digits")
     seen = {}
     for label in ("none", "axbn", "none+xml"):
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
@@ -126,7 +126,7 @@ def test_define_by_run_suggests_conditional_params_only_when_active():
 
 
 def test_corners_and_space_json_document():
-    exp = load_experiment("demo")
+    exp = load_experiment("demo-digits")
     low = corner_overrides(exp, "axbn", "low")
     assert low["memory.kalman.r"] == 0.001 and low["memory.size"] == 128 and "xml.weight" not in low
     doc = space_description(exp)
@@ -135,3 +135,37 @@ def test_corners_and_space_json_document():
         "type": "float", "low": 0.0003, "high": 0.003, "log": True, "step": None, "choices": None, "when": None,
     }  # fmt: skip
     assert doc["params"]["memory.kalman.r"]["when"] == {"memory.kind": "axbn"}
+
+
+def test_demo_and_glyphs_benchmarks_run_on_glyphs_with_an_unsaturated_objective():
+    for name in ("demo", "glyphs-memory", "glyphs-memory-grid"):
+        exp = load_experiment(name)
+        cfg = exp.run_config()
+        assert cfg.data.name == "glyphs" and cfg.data.root is None, name  # the auto-built cache
+        assert cfg.data.augment == "none", name  # a flipped or cropped glyph is another shape
+        assert exp.search.metric == "val.map@r" and cfg.train.select_metric == "map@r", name
+        assert cfg.loss.miner == "PairMarginMiner" and cfg.train.samples_per_class == 4, name
+    memory = load_experiment("glyphs-memory")
+    assert memory.compare_labels == ["none", "xbm", "xbm+batch", "xbn", "axbn", "none+xml"]
+    assert memory.run_config().memory.fraction == 0.5
+    # Every method gets the same search budget.
+    assert set(memory.trial_budget().values()) == {3}
+    grid = load_experiment("glyphs-memory-grid")
+    assert grid.search.reproduce == "all" and grid.compare_labels == ["xbm", "xbn"]
+    assert space_description(grid)["base_values"] == {"train.batch_size": 32, "memory.fraction": 0.5}
+    assert sum(grid.trial_budget().values()) == 12 and len(grid.search.reproduction_seeds) == 2
+
+
+def test_reference_section_is_validated(tmp_path):
+    doc = minimal()
+    doc["reference"] = {"source": "paper", "values": {"test.recall@1": {"axbn": {"mean": 80.7, "std": 0.3}}}}
+    assert load_experiment(write(tmp_path, doc)).reference.values["test.recall@1"]["axbn"].mean == 80.7
+    doc["reference"]["values"] = {"test.recal@1": {"axbn": {"mean": 1}}}
+    with pytest.raises(ConfigError, match=r"reference: values: unknown metric 'test\.recal@1'"):
+        load_experiment(write(tmp_path, doc))
+    doc["reference"]["values"] = {"test.recall@1": {"xbnn": {"mean": 1}}}
+    with pytest.raises(ConfigError, match=r"unknown method 'xbnn'"):
+        load_experiment(write(tmp_path, doc))
+    doc["reference"]["values"] = {"test.recall@1": {"xbn": {"mean": 1, "sd": 2}}}
+    with pytest.raises(ConfigError, match=r"reference\.values\.test\.recall@1\.xbn\.sd: unknown key"):
+        load_experiment(write(tmp_path, doc))

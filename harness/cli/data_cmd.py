@@ -1,4 +1,5 @@
-"""``harness data check NAME --root DIR``: validate a dataset layout, count its splits."""
+"""``harness data check NAME --root DIR``: validate a dataset layout, count its splits;
+``harness data build glyphs --out DIR``: render the glyphs dataset from the installed fonts."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ MAX_LISTED = 20
 
 @data_app.command("check")
 def check(
-    name: str = typer.Argument(..., help="Dataset name (digits, fashion-mnist, sop, cub, cars196, inshop, deepfashion2, table, folder)."),
+    name: str = typer.Argument(..., help="Dataset name (digits, fashion-mnist, glyphs, sop, cub, cars196, inshop, deepfashion2, table, folder)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root in its official layout (table: the CSV / Parquet file)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Decode every image (slower) or only check it exists."),
 ) -> None:
@@ -31,14 +32,25 @@ def check(
     """
     from harness.data.check import check_dataset
 
+    if name == "glyphs" and root is None:
+        from harness.data.glyphs import cached_build
+
+        root = cached_build()  # the auto-built default (built now on first use)
     report = check_dataset(name, root, verify=verify)
     console = Console()
     table = Table(title=f"{name} ({report.root if report.root else 'built in'})")
-    for col in ("split", "role", "classes", "images"):
-        table.add_column(col, justify="right" if col in ("classes", "images") else "left")
+    for col in ("split", "role", "classes", "images", "per class (min / median / max)"):
+        table.add_column(col, justify="left" if col in ("split", "role") else "right")
     for s in report.splits:
-        table.add_row(s.split, s.role, str(s.n_classes), str(s.n_images))
+        lo, med, hi = s.per_class
+        table.add_row(s.split, s.role, str(s.n_classes), str(s.n_images), f"{lo} / {med:g} / {hi}")
     console.print(table)
+    if name == "glyphs" and report.root is not None:
+        from harness.data.glyphs import read_manifest
+
+        faces = read_manifest(report.root)["faces"]
+        console.print(f"{len(faces)} distinct font faces (images per class = faces per character); "
+                      f"manifest: {report.root / 'manifest.json'}", highlight=False, soft_wrap=True)
     for title, paths in (("missing", report.missing), ("unreadable", report.unreadable)):
         if paths:
             console.print(f"[red]{len(paths)} {title} image file(s):[/red]", highlight=False)
@@ -56,3 +68,42 @@ def check(
     if not report.ok:
         raise typer.Exit(1)
     console.print("[green]layout ok[/green]")
+
+
+@data_app.command("build")
+def build(
+    name: str = typer.Argument(..., help="Dataset to build (glyphs)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (replaced if it exists)."),
+    fonts: Optional[list[Path]] = typer.Option(
+        None, "--fonts", help="Font folder or file to scan (repeatable; default: the system font folders)."),
+    size: int = typer.Option(32, "--size", min=8, help="Image side in pixels."),
+    characters: int = typer.Option(1600, "--characters", min=2, help="Characters (classes) to sample."),
+    min_faces: int = typer.Option(12, "--min-faces", min=2, help="Distinct faces a character needs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the character sample and the train/test split."),
+    min_face_ideographs: int = typer.Option(
+        1000, "--min-face-ideographs", min=1,
+        help="Faces with fewer CJK ideographs are supplements (e.g. HanaMinB), not designs of their own."),
+) -> None:
+    """Render a dataset built from local files (glyphs: one class per CJK ideograph,
+    one image per distinct font face that has it); write DIR/manifest.json and DIR/images.npy."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.data.glyphs import GlyphSettings, build_glyphs
+    from harness.errors import DataError
+
+    if name != "glyphs":
+        raise DataError(f"data build: only 'glyphs' is built from local files; '{name}' is read from "
+                        f"its official layout (`harness data check {name} --root DIR`)")
+    settings = GlyphSettings(size=size, characters=characters, min_faces=min_faces, seed=seed,
+                             min_face_ideographs=min_face_ideographs)
+    console = Console(stderr=True)
+    with Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("render", total=characters)
+        manifest = build_glyphs(out, settings, font_dirs=fonts,
+                                on_progress=lambda done, total: bar.update(task, completed=done))
+    n_train = sum(c["split"] == "train" for c in manifest["classes"])
+    console.print(f"glyphs: {len(manifest['classes'])} characters ({n_train} train, "
+                  f"{len(manifest['classes']) - n_train} test), {manifest['images']} images of "
+                  f"{size}x{size} px from {len(manifest['faces'])} distinct faces -> {out}", highlight=False,
+                  soft_wrap=True)

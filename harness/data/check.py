@@ -24,6 +24,7 @@ class SplitCount:
     role: str  # "all" (one-set) | "query" | "gallery"
     n_classes: int
     n_images: int
+    per_class: tuple[int, float, int] = (0, 0.0, 0)  # images per class: min, median, max
 
 
 @dataclass
@@ -90,7 +91,9 @@ def check_dataset(name: str, root: str | Path | None, verify: bool = True) -> Ch
                             else [("query", rs.query), ("gallery", rs.gallery)]))
     for split, sets in grouped:
         for role, ds in sets:
-            report.splits.append(SplitCount(split, role, int(len(np.unique(ds.labels))), len(ds)))
+            _, counts = np.unique(ds.labels, return_counts=True)
+            per_class = (int(counts.min()), float(np.median(counts)), int(counts.max())) if len(counts) else (0, 0.0, 0)
+            report.splits.append(SplitCount(split, role, len(counts), len(ds), per_class))
             _file_problems(ds, verify, report.missing, report.unreadable)
         _class_problems(split, sets, report)
     return report

@@ -182,7 +182,7 @@ def register_dataset(
 
 def _ensure_builtin() -> None:
     # The dataset modules register themselves on import.
-    from harness.data import cars196, cub, deepfashion2, digits, fashion_mnist, inshop, sop  # noqa: F401
+    from harness.data import cars196, cub, deepfashion2, digits, fashion_mnist, glyphs, inshop, sop  # noqa: F401
     from harness.data import folder, table  # noqa: F401
 
 

@@ -22,11 +22,11 @@ import copy
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.config import RunConfig, build_config, load_yaml, parse_overrides
+from harness.config import MemoryKind, RunConfig, build_config, load_yaml, parse_overrides
 from harness.core.pairs import positive_pair_problem
 from harness.errors import ConfigError
 from harness.tracking.config import TrackingSpec
@@ -196,6 +196,43 @@ class SearchSpec(_Spec):
     sampler_seed: int = 0
 
 
+# Test metrics a reference may quote (the report's summary columns).
+REFERENCE_METRICS = ("test.recall@1", "test.recall@10", "test.map@r", "test.r_precision")
+
+
+class ReferenceValue(_Spec):
+    mean: float
+    std: float | None = Field(None, ge=0.0)
+
+
+class ReferenceSpec(_Spec):
+    """Published numbers to show beside the reproduced ones (in percent, as papers print them).
+
+    ``values``: test metric -> method label (``none``, ``xbm``, ``xbm+batch``, ``xbn``,
+    ``axbn``, optionally ``+xml``) -> mean ± std over the paper's repetitions.
+    """
+
+    source: str = Field(min_length=1)  # paper and table
+    note: str = ""  # what differs from the reproduction (setting, missing entries)
+    values: dict[str, dict[str, ReferenceValue]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> "ReferenceSpec":
+        kinds = set(get_args(MemoryKind))
+        for metric, methods in self.values.items():
+            if metric not in REFERENCE_METRICS:
+                raise ValueError(f"values: unknown metric '{metric}'; choose from {', '.join(REFERENCE_METRICS)}")
+            for method in methods:
+                if method.removesuffix(XML_SUFFIX) not in kinds:
+                    raise ValueError(f"values.{metric}: unknown method '{method}'; use a memory kind "
+                                     f"({', '.join(sorted(kinds))}), optionally with '{XML_SUFFIX}'")
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """The space.json entry read by reports."""
+        return self.model_dump(mode="json")
+
+
 class Experiment(_Spec):
     name: str
     description: str = ""
@@ -203,6 +240,7 @@ class Experiment(_Spec):
     search: SearchSpec = SearchSpec()
     # Optional trackers (MLflow, W&B, TensorBoard) fed by the sweep: harness/tracking/.
     tracking: TrackingSpec = TrackingSpec()
+    reference: ReferenceSpec | None = None
 
     # ---- derived views -------------------------------------------------------------
 

@@ -111,4 +111,6 @@ def space_description(exp: Experiment) -> dict[str, Any]:
         # Base-config values of the searched keys: where a report slices a grid.
         "base_values": {k: base.get(k) for k in exp.search.space},
         "params": {k: s.describe() for k, s in exp.search.space.items()},
+        # Published numbers the report shows beside ours (None: none given).
+        "reference": exp.reference.describe() if exp.reference else None,
     }

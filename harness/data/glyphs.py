@@ -1,0 +1,261 @@
+"""``glyphs``: one class per CJK ideograph, one image per distinct font face that has it.
+
+A many-class, few-images-per-class retrieval dataset (the regime of SOP) built from font
+packages alone, so it runs anywhere. ``build_glyphs`` scans the CJK faces
+(:mod:`harness.data.fonts`), keeps the ideographs that at least ``min_faces`` distinct
+faces map, samples ``characters`` of them (seeded), splits them class-disjointly into
+train / test (seeded, like SOP's halves) and renders each (character, face) pair once.
+
+Layout of a build (``harness data build glyphs --out DIR``)::
+
+    DIR/manifest.json   fonts (path, SHA-256, face index, family/style, weight, merged
+                        duplicates), build settings, classes (character, split, faces)
+    DIR/images.npy      uint8 [N, size, size], black ink on white, in manifest order:
+                        classes by code point, then faces by face id
+
+Rendering: the glyph's ink box is centred on the canvas at font size
+``GLYPH_SCALE × size``; a glyph that draws nothing is dropped (and a character left
+with fewer than ``min_faces`` images is replaced by the next sampled one). The same
+font files and Pillow/FreeType give byte-identical images.
+
+Without ``data.root`` the first use builds the default settings into a cache folder
+(``$HARNESS_CACHE_DIR`` or ``~/.cache/metric-harness``), keyed by the font files'
+paths, sizes and modification times, under a file lock so parallel trials build once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from harness.data import fonts as fontscan
+from harness.data.registry import ArrayImageDataset, DatasetParts, RetrievalSplit, register_dataset
+from harness.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+IMAGES = "images.npy"
+GLYPH_SCALE = 0.875  # font size / canvas: CJK ink spans ~90% of the em, this leaves a margin
+LAYOUT = "root/manifest.json and root/images.npy as written by `harness data build glyphs --out DIR`"
+DEBIAN_PACKAGES = (
+    "fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming fonts-wqy-zenhei fonts-wqy-microhei "
+    "fonts-ipafont-gothic fonts-ipafont-mincho fonts-unfonts-core fonts-hanazono fonts-lxgw-wenkai"
+)
+
+
+@dataclass(frozen=True)
+class GlyphSettings:
+    """What a build is made of (all in the manifest). The defaults are the auto-built
+    dataset of the demo and the glyphs benchmarks (docs: README, "glyphs")."""
+
+    size: int = 32  # pixels (square)
+    characters: int = 1600  # classes sampled from the eligible ideographs
+    min_faces: int = 12  # distinct faces a character needs (of ~19 from the Debian packages)
+    test_fraction: float = 0.5  # of the classes, class-disjoint (SOP: ~0.5)
+    seed: int = 0
+    min_face_ideographs: int = fontscan.MIN_FACE_IDEOGRAPHS  # smaller faces are supplements
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def load_font(face: fontscan.FontFace, size: int):
+    from PIL import ImageFont
+
+    return ImageFont.truetype(face.path, size=max(1, int(round(GLYPH_SCALE * size))), index=face.index)
+
+
+def render_glyph(font, char: str, size: int):
+    """``char`` in ``font`` on a white ``size``² grey canvas, its ink box centred."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (size, size), 255)
+    x0, y0, x1, y1 = font.getbbox(char)
+    if x1 <= x0 or y1 <= y0:
+        return image
+    ImageDraw.Draw(image).text(((size - x0 - x1) // 2, (size - y0 - y1) // 2), char, font=font, fill=0)
+    return image
+
+
+# ---------------------------------------------------------------- building
+
+
+def too_few_faces_error(found: int, need: int, dirs) -> DataError:
+    where = ", ".join(str(d) for d in dirs) if dirs else "the system font folders"
+    return DataError(
+        f"glyphs: {found} distinct CJK font face(s) with ideographs under {where}, need at least {need}; "
+        f"install them (Debian/Ubuntu: apt-get install {DEBIAN_PACKAGES}) or pass --fonts DIR "
+        "for other font folders (macOS: /System/Library/Fonts, Windows: C:/Windows/Fonts)"
+    )
+
+
+def build_glyphs(
+    out: str | Path,
+    settings: GlyphSettings = GlyphSettings(),
+    font_dirs: list[str | Path] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Render the dataset into ``out`` (written to a temporary folder, then renamed).
+
+    Returns the manifest. ``on_progress(done, total)`` is called per rendered character.
+    """
+    out = Path(out)
+    faces = fontscan.distinct_faces(fontscan.scan_faces(font_dirs, settings.min_face_ideographs))
+    if len(faces) < settings.min_faces:
+        raise too_few_faces_error(len(faces), settings.min_faces, font_dirs)
+    counts = fontscan.coverage(faces)
+    eligible = np.flatnonzero(counts >= settings.min_faces) + fontscan.CJK_FIRST
+    if len(eligible) < settings.characters:
+        raise DataError(
+            f"glyphs: only {len(eligible)} ideographs have at least {settings.min_faces} faces, "
+            f"{settings.characters} requested; lower --characters or --min-faces, or install more fonts"
+        )
+    rng = np.random.default_rng(settings.seed)
+    candidates = rng.permutation(eligible).tolist()
+    loaded = [load_font(f, settings.size) for f in faces]
+    kept: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for cp in candidates:
+        if len(kept) == settings.characters:
+            break
+        char = chr(cp)
+        images = []
+        for fid, (face, font) in enumerate(zip(faces, loaded)):
+            if cp not in face.characters:
+                continue
+            pixels = np.asarray(render_glyph(font, char, settings.size), dtype=np.uint8)
+            if pixels.min() < 255:  # a mapped glyph that draws nothing is no image
+                images.append((fid, pixels))
+        if len(images) >= settings.min_faces:
+            kept[cp] = images
+            if on_progress is not None:
+                on_progress(len(kept), settings.characters)
+    if len(kept) < settings.characters:
+        raise DataError(
+            f"glyphs: only {len(kept)} ideographs rendered in at least {settings.min_faces} faces; "
+            "lower --characters or --min-faces"
+        )
+    codepoints = sorted(kept)
+    n_test = int(round(settings.test_fraction * len(codepoints)))
+    test = set(np.random.default_rng([settings.seed, 1]).permutation(codepoints)[:n_test].tolist())
+    classes, stack = [], []
+    for cp in codepoints:
+        classes.append({"codepoint": cp, "char": chr(cp), "split": "test" if cp in test else "train",
+                        "faces": [fid for fid, _ in kept[cp]]})
+        stack.extend(p for _, p in kept[cp])
+    manifest = {
+        "format": FORMAT_VERSION,
+        "dataset": "glyphs",
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "render": {"glyph_scale": GLYPH_SCALE, "mode": "L, black ink on white, ink box centred"},
+        "images": len(stack),
+        "faces": [{"id": i, "path": f.path, "sha256": f.sha256, "face_index": f.index,
+                   "family": f.family, "style": f.style, "weight": f.weight,
+                   "ideographs": len(f.characters), "duplicates": f.duplicates}
+                  for i, f in enumerate(faces)],
+        "classes": classes,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    np.save(tmp / IMAGES, np.stack(stack).astype(np.uint8))
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True) + "\n",
+                                encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return manifest
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_manifest(root: Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"glyphs: {path} not found; expected layout: {LAYOUT}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise DataError(f"glyphs: {path} is not valid JSON ({e}); rebuild with `harness data build glyphs`") from None
+    if manifest.get("format") != FORMAT_VERSION or "classes" not in manifest:
+        raise DataError(f"glyphs: {path}: not a format-{FORMAT_VERSION} glyphs manifest; rebuild with "
+                        "`harness data build glyphs`")
+    return manifest
+
+
+def read_build(root: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """(manifest, images [N,S,S], labels (code points) [N], face ids [N])."""
+    manifest = read_manifest(root)
+    path = Path(root) / IMAGES
+    try:
+        images = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise DataError(f"glyphs: {path} is missing or unreadable ({e}); rebuild with "
+                        "`harness data build glyphs`") from None
+    labels = np.array([c["codepoint"] for c in manifest["classes"] for _ in c["faces"]], dtype=np.int64)
+    face_ids = np.array([f for c in manifest["classes"] for f in c["faces"]], dtype=np.int64)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise DataError(f"glyphs: {path} holds {images.shape[0] if images.ndim else 0} images, the manifest "
+                        f"lists {len(labels)}; rebuild with `harness data build glyphs`")
+    return manifest, images, labels, face_ids
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "metric-harness")
+
+
+def fonts_fingerprint(dirs=None) -> str:
+    """A cheap key of the installed fonts: paths, sizes and modification times."""
+    h = hashlib.sha256()
+    for p in fontscan.font_files(list(dirs) if dirs else list(fontscan.DEFAULT_FONT_DIRS)):
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached_build(settings: GlyphSettings = GlyphSettings()) -> Path:
+    """The default build in the cache folder, built on first use (once, under a lock)."""
+    key = hashlib.sha256(json.dumps([fonts_fingerprint(), settings.__dict__, FORMAT_VERSION],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    root = cache_dir() / f"glyphs-{key}"
+    if (root / MANIFEST).is_file():
+        return root
+    with _locked(cache_dir() / f".glyphs-{key}.lock"):
+        if not (root / MANIFEST).is_file():  # another process may have built it meanwhile
+            print(f"glyphs: building the dataset into {root} (first use; `harness data build glyphs` "
+                  "builds it explicitly)", flush=True)
+            build_glyphs(root, settings)
+    return root
+
+
+@register_dataset("glyphs", layout=LAYOUT, needs_root=False, crop_pct=1.0)
+def read_glyphs(root: Path | None = None) -> DatasetParts:
+    manifest, images, labels, _ = read_build(root if root is not None else cached_build())
+    split = {c["codepoint"]: c["split"] for c in manifest["classes"]}
+    is_test = np.array([split[int(cp)] == "test" for cp in labels], dtype=bool)
+    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    return DatasetParts(
+        train=ArrayImageDataset(images[train], labels[train]),
+        test=RetrievalSplit(ArrayImageDataset(images[test], labels[test])),
+    )
