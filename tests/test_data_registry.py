@@ -156,6 +156,8 @@ def test_loader_speed_benchmark_smoke():
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = re.findall(r"^\s+(\d)\s+([\d.]+)\s+([\d.]+)$", proc.stdout, re.M)
-    assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) > 0 for r in rows)
+    # columns: workers, images/s, vs 0 workers, images per CPU-second
+    rows = re.findall(r"^\s+(\d)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", proc.stdout, re.M)
+    assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows)
+    assert re.search(r"^images/s per CPU .*: [\d.]+$", proc.stdout, re.M)
     assert "16 training images" in proc.stdout
