@@ -15,7 +15,7 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   log=$(mktemp)
   if apt-get update -qq >"$log" 2>&1 &&
-     apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$log" 2>&1; then
+     apt-get install -y -qq "${need[@]}" >>"$log" 2>&1; then
     rm -f "$log"
     exit 0
   fi
