@@ -15,8 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import ConfigError
-
-MemoryKind = Literal["none", "xbm", "xbm+batch", "xbn", "axbn"]
+from harness.results_contract import MemoryKind
 
 
 class _Section(BaseModel):

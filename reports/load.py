@@ -17,9 +17,7 @@ import pandas as pd
 
 from harness.errors import ResultsError
 
-SCHEMA_VERSION = 1
-TRIAL_COLUMNS = ("schema_version", "experiment", "trial_id", "phase", "method", "status")
-EPOCH_COLUMNS = ("schema_version", "experiment", "trial_id", "phase", "method", "epoch")
+from harness.results_contract import EPOCH_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS
 
 
 @dataclass

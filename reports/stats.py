@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 from scipy import stats as sps
 
+from harness.results_contract import MEMORY_KINDS
 from reports.load import ExperimentResults
 
 # Test metrics of the summary table, in the AXBN paper's order (Tables 1 and 2).
@@ -221,7 +222,7 @@ class SummaryTable:
 
 
 # Row order of the AXBN paper's tables: no memory, XBM, XBM*, XBN, AXBN; "+xml" after its base.
-METHOD_ORDER = ("none", "xbm", "xbm+batch", "xbn", "axbn")
+METHOD_ORDER = MEMORY_KINDS
 
 
 def method_sort_key(label: str) -> tuple:

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.config import build_config
+from harness.results_contract import OBJECTIVE_KEY
 
 # The key every trial reports its objective under (Optuna and ASHA read it): the
 # experiment's metric, best so far on validation; the worst value before one exists.
-OBJECTIVE = "objective"
+OBJECTIVE = OBJECTIVE_KEY
 TRIAL_META = "trial.json"
 # The trial's final report, kept in its last checkpoint: a trial that Tune restarts
 # after it had already finished (the driver died before Tune's experiment snapshot

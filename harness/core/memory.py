@@ -32,10 +32,10 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import Tensor, nn
 
 from harness.errors import ConfigError
+from harness.results_contract import MEMORY_KINDS
 
 __all__ = ["batch_moments", "xbn_adapt", "KalmanMoments", "CrossBatchMemory", "MEMORY_KINDS"]
 
-MEMORY_KINDS = ("none", "xbm", "xbm+batch", "xbn", "axbn")
 EPS = 1e-6
 
 # Losses / miners that use the reference embeddings only through ``self.distance``

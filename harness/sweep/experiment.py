@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from harness.config import MemoryKind, RunConfig, build_config, load_yaml, parse_overrides
 from harness.core.pairs import positive_pair_problem
 from harness.errors import ConfigError
+from harness.results_contract import COL_METHOD, XML_SUFFIX, method_name
 from harness.tracking.config import TrackingSpec
 
-METHOD_KEY = "method"
-XML_SUFFIX = "+xml"
+METHOD_KEY = COL_METHOD  # `compare: {key: method}` compares the results' method column
 
 
 class _Spec(BaseModel):
@@ -300,7 +300,7 @@ class Experiment(_Spec):
 
 def method_of(cfg: RunConfig) -> str:
     """The results tables' ``method``: memory kind, plus "+xml" when XML is on."""
-    return cfg.memory.kind + (XML_SUFFIX if cfg.xml.enabled else "")
+    return method_name(cfg.memory.kind, cfg.xml.enabled)
 
 
 # ---- loading -----------------------------------------------------------------------

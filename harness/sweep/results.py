@@ -27,13 +27,15 @@ import pandas as pd
 
 from harness.errors import ResultsError
 
-SCHEMA_VERSION = 1
-TRIALS = "trials.parquet"
-EPOCHS = "epochs.parquet"
-SPACE = "space.json"
-STATE = "sweep.json"
-TRIAL_KEY = ["trial_id"]
-EPOCH_KEY = ["trial_id", "epoch"]
+from harness.results_contract import (  # noqa: F401  (re-exported for the sweep modules)
+    EPOCH_KEY,
+    EPOCHS_FILE as EPOCHS,
+    SCHEMA_VERSION,
+    SPACE_FILE as SPACE,
+    STATE_FILE as STATE,
+    TRIAL_KEY,
+    TRIALS_FILE as TRIALS,
+)
 TABLES_LOCK = ".tables.lock"
 
 
@@ -169,10 +171,10 @@ class ResultsStore:
         return table
 
     def upsert_trials(self, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-        return self.upsert(TRIALS, rows, TRIAL_KEY)
+        return self.upsert(TRIALS, rows, list(TRIAL_KEY))
 
     def upsert_epochs(self, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-        return self.upsert(EPOCHS, rows, EPOCH_KEY)
+        return self.upsert(EPOCHS, rows, list(EPOCH_KEY))
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,74 @@
+"""The results contract: every name and constant that sweeps, trainables and reports share.
+
+The tables ``trials.parquet`` / ``epochs.parquet`` (docs/architecture.md, "Results
+tables") are read by code that never sees the code that wrote them (another harness
+version, pandas, DuckDB), so each fact about them is defined here once and imported
+everywhere else: the schema version, the file names, the phase and status values, the
+column names, the key the trainable reports its objective under, and the spelling of
+the compared methods (memory kind, plus ``+xml``). Like OML's ``const.py``, this module
+imports nothing from the harness.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# ---- tables ---------------------------------------------------------------------------
+
+SCHEMA_VERSION = 1
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+SPACE_FILE = "space.json"  # the experiment's search space, compare axis, objective
+STATE_FILE = "sweep.json"  # the driver's own state (phase, best configs)
+
+# Columns every table has; rows are upserted by these keys.
+COL_SCHEMA_VERSION = "schema_version"
+COL_EXPERIMENT = "experiment"
+COL_TRIAL_ID = "trial_id"
+COL_PHASE = "phase"
+COL_METHOD = "method"
+COL_STATUS = "status"
+COL_EPOCH = "epoch"
+COL_COMPARE_KEY = "compare_key"
+COL_COMPARE_VALUE = "compare_value"
+COL_SEED = "seed"
+COL_ERROR = "error"
+TRIAL_KEY = (COL_TRIAL_ID,)
+EPOCH_KEY = (COL_TRIAL_ID, COL_EPOCH)
+TRIAL_COLUMNS = (COL_SCHEMA_VERSION, COL_EXPERIMENT, COL_TRIAL_ID, COL_PHASE, COL_METHOD, COL_STATUS)
+EPOCH_COLUMNS = (COL_SCHEMA_VERSION, COL_EXPERIMENT, COL_TRIAL_ID, COL_PHASE, COL_METHOD, COL_EPOCH)
+
+# ---- phases and statuses --------------------------------------------------------------
+
+Phase = Literal["search", "reproduction", "train"]
+PHASE_SEARCH: Phase = "search"
+PHASE_REPRODUCTION: Phase = "reproduction"
+PHASE_TRAIN: Phase = "train"  # a `harness train` run (trackers only, never in the tables)
+
+TrialStatus = Literal["completed", "diverged", "failed", "stopped"]
+STATUS_COMPLETED: TrialStatus = "completed"
+STATUS_DIVERGED: TrialStatus = "diverged"  # training hit a non-finite loss or weight
+STATUS_FAILED: TrialStatus = "failed"  # the trial raised
+STATUS_STOPPED: TrialStatus = "stopped"  # stopped early (ASHA) or interrupted
+
+# ---- what a trial reports -------------------------------------------------------------
+
+OBJECTIVE_KEY = "objective"  # the search metric, under one fixed name for Tune and Optuna
+
+# ---- methods --------------------------------------------------------------------------
+
+MemoryKind = Literal["none", "xbm", "xbm+batch", "xbn", "axbn"]
+# Also the row order of the AXBN paper's tables: no memory, XBM, XBM*, XBN, AXBN.
+MEMORY_KINDS: tuple[str, ...] = get_args(MemoryKind)
+ADAPTIVE_MEMORY_KINDS = ("xbn", "axbn")  # the memories that adapt stored embeddings
+XML_SUFFIX = "+xml"  # a method is its memory kind, plus this when the XML loss is on
+
+
+def method_name(memory_kind: str, xml_enabled: bool) -> str:
+    """The results tables' ``method`` value: ``"axbn"``, ``"none+xml"``, ..."""
+    return memory_kind + (XML_SUFFIX if xml_enabled else "")
+
+
+def split_method(method: str) -> tuple[str, bool]:
+    """Inverse of :func:`method_name`: ``"none+xml"`` -> ``("none", True)``."""
+    return method.removesuffix(XML_SUFFIX), method.endswith(XML_SUFFIX)
