@@ -87,13 +87,6 @@ EXPERIMENT = {
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def swept(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     marks = root / "marks"

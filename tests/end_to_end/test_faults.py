@@ -40,21 +40,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from fixtures.configs import tiny_config
 from fixtures.harness_cli import run_cli
 from fixtures.processes import session_pids
 
 HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = {
     "description": "fault suite",
-    "base": {
-        "data": {"name": "digits", "image_size": 16, "val_fraction": 0.4},
-        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-        "memory": {"kind": "none", "size": 64},
-        "train": {"epochs": 2, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 3,
-                  "probe_size": 8, "eval_untrained": False},
-    },
+    "base": tiny_config(memory={"kind": "none", "size": 64}),
     "search": {
         "trials": 4,
         "compare": {"key": "memory.kind", "values": ["none", "xbm"]},
@@ -341,12 +336,7 @@ def test_unreachable_address_fails_with_one_line_and_leaves_nothing_behind(tmp_p
 # ---- 6: non-finite models --------------------------------------------------------------
 
 
-TRAIN_CFG = {
-    "data": {"name": "digits", "image_size": 16, "val_fraction": 0.4},
-    "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-    "train": {"epochs": 1, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 3,
-              "probe_size": 8, "eval_untrained": False},
-}  # fmt: skip
+TRAIN_CFG = tiny_config(train={"epochs": 1})
 
 
 @pytest.mark.slow

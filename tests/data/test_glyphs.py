@@ -29,7 +29,7 @@ from harness.data.glyphs import (
 from harness.data.registry import read_dataset
 from harness.errors import DataError
 
-FONTS = Path(__file__).parent / "fonts"
+FONTS = Path(__file__).parents[1] / "fonts"
 # The test fonts map ~120 ideographs each: lower the supplement threshold for them.
 SMALL = dict(min_face_ideographs=50)
 SETTINGS = GlyphSettings(size=24, characters=40, min_faces=4, **SMALL)
@@ -199,7 +199,7 @@ def test_cli_build_too_few_faces_is_one_red_line(tmp_path, monkeypatch, capsys):
 def test_training_on_glyphs_beats_the_untrained_network(built, tmp_path, monkeypatch, capsys):
     out, _ = built
     code, _, err = run_cli([
-        "train", str(Path(__file__).parents[1] / "configs" / "digits.yaml"),
+        "train", str(Path(__file__).parents[2] / "configs" / "digits.yaml"),
         "--set", "data.name=glyphs", "--set", f"data.root={out}", "--set", "data.image_size=24",
         "--set", "data.val_fraction=0.25", "--set", "model.backbone=tiny_cnn_small",
         "--set", "train.epochs=4", "--set", "train.batch_size=16", "--set", "train.samples_per_class=4",

@@ -11,7 +11,7 @@ import pytest
 from fixtures.harness_cli import run_cli
 from harness.cli.train_cmd import default_out_dir, format_epoch_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "configs" / "digits.yaml"
 
 

@@ -137,7 +137,8 @@ def test_resuming_on_another_worker_count_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_harness_train_on_two_ranks_writes_once_and_resumes_only_on_two(tmp_path, monkeypatch, capsys):
+def test_harness_train_on_two_ranks_writes_once_and_resumes_only_on_two(tmp_path, monkeypatch, capsys,
+                                                                       tiny_config):
     """`harness train` with train.workers=2: rank 0's files, the worker count in last.pt,
     a resumption with 2 workers continues, one with 1 worker is refused."""
     import json
@@ -148,13 +149,9 @@ def test_harness_train_on_two_ranks_writes_once_and_resumes_only_on_two(tmp_path
     from harness.core.checkpoint import load_checkpoint
 
     cfg = tmp_path / "dp.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "data": {"name": "digits", "image_size": 16, "val_fraction": 0.4},
-        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-        "memory": {"kind": "axbn", "size": 64},
-        "train": {"epochs": 1, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 2,
-                  "probe_size": 8, "eval_untrained": False, "workers": 2, "device": "cpu"},
-    }))
+    cfg.write_text(yaml.safe_dump(tiny_config(
+        memory={"kind": "axbn", "size": 64},
+        train={"epochs": 1, "iters_per_epoch": 2, "workers": 2, "device": "cpu"})))
     out = tmp_path / "run"
     code, stdout, _ = run_cli(["train", str(cfg), "--out", str(out)], monkeypatch, capsys)
     assert code == 0

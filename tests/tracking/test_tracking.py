@@ -173,7 +173,7 @@ def test_harness_train_tracks_one_run_in_all_three(tmp_path, monkeypatch, capsys
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    digits = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+    digits = Path(__file__).resolve().parents[2] / "configs" / "digits.yaml"
     out_dir = tmp_path / "runs" / "tiny"
     args = ["train", str(digits), "--out", str(out_dir), "--set", "train.epochs=2",
             "--set", "train.iters_per_epoch=2", "--set", "train.probe_size=8",

@@ -22,17 +22,13 @@ from harness.retrieval_pictures import Neighbours, nearest_neighbours, pick_quer
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_config):
     from harness.core.train import run_training
 
     root = tmp_path_factory.mktemp("own")
     data = make_folder(root / "images", classes=10, per_class=5)
-    config = build_config({
-        "data": {"name": "folder", "root": str(data), "image_size": 16, "val_fraction": 0.4},
-        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-        "train": {"epochs": 1, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 2,
-                  "probe_size": 8, "eval_untrained": False},
-    })  # fmt: skip
+    config = build_config(tiny_config(data={"name": "folder", "root": str(data)},
+                                      train={"epochs": 1, "iters_per_epoch": 2}))
     result = run_training(config, root / "run")
     assert result.status == "completed"
     return root, data, root / "run" / "checkpoints" / "best.pt"
