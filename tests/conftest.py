@@ -4,7 +4,8 @@
 - ``ray_session``: one local Ray (2 CPUs, no dashboard) per test module, shut down after it,
   for tests that only need *a* Ray; tests of clusters or CLI processes start their own.
 - ``cli_runner``: invoke the Typer app in-process -> ``click.testing.Result``.
-- ``results_storage``: an empty results folder (``--storage``) under the test's tmp_path.
+- ``results_storage``: where a sweep keeps its results (``--storage``), under the test's
+  tmp_path and not yet created.
 Helper modules the tests import by name live in tests/fixtures/ (on the path, pyproject.toml).
 """
 
@@ -63,6 +64,5 @@ def cli_runner() -> CliRunner:
 
 @pytest.fixture
 def results_storage(tmp_path) -> Path:
-    storage = tmp_path / "results"
-    storage.mkdir()
-    return storage
+    # Not created: the harness creates it, and tests check what it writes there and when.
+    return tmp_path / "results"

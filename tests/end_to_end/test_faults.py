@@ -319,13 +319,13 @@ def test_concurrent_table_writers_lose_no_row(tmp_path):
 # ---- 5: an unreachable cluster ----------------------------------------------------------
 
 
-def test_unreachable_address_fails_with_one_line_and_leaves_nothing_behind(tmp_path):
+def test_unreachable_address_fails_with_one_line_and_leaves_nothing_behind(results_storage, tmp_path):
     exp = tmp_path / "tiny.yaml"
     exp.write_text(yaml.safe_dump(TINY))
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    storage = tmp_path / "results"
+    storage = results_storage
     for _ in range(2):  # the second try is not refused because of the first
         proc = harness("sweep", exp, "--storage", storage, "--address", f"127.0.0.1:{port}", timeout=120)
         assert_one_line(proc, rf"--address 127\.0\.0\.1:{port}: no Ray cluster answers there .*ray start --head")

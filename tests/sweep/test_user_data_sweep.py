@@ -39,22 +39,22 @@ def data_root(kind: str, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["folder", "csv", "parquet"])
-def test_own_data_trains_and_sweeps_with_retrieval_pictures(kind, ray_session, tmp_path, monkeypatch, capsys):
+def test_own_data_trains_and_sweeps_with_retrieval_pictures(results_storage, kind, ray_session, tmp_path, monkeypatch, capsys):
     name, root = data_root(kind, tmp_path)
     code, out, err = run_cli(["data", "check", name, "--root", root], monkeypatch, capsys)
     assert code == 0, out + err
 
     path = tmp_path / f"own-{kind}.yaml"
     path.write_text(yaml.safe_dump(experiment(name, root)))
-    plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
+    plan = prepare_sweep(str(path), storage=str(results_storage))
     outcome = run_sweep(plan)
-    trials = pd.read_parquet(tmp_path / "results" / f"own-{kind}" / "trials.parquet")
+    trials = pd.read_parquet(results_storage / f"own-{kind}" / "trials.parquet")
     assert sorted(trials.phase) == ["reproduction", "search", "search"]
     assert set(trials.status) == {"completed"}
     repro = trials[trials.phase == "reproduction"].iloc[0]
     assert 0.0 <= repro["test.recall@1"] <= 1.0 and repro["config.data.name"] == name
 
-    report = tmp_path / "results" / f"own-{kind}" / "report"
+    report = results_storage / f"own-{kind}" / "report"
     md = (report / "report.md").read_text()
     assert "## Retrievals" in md and repro["trial_id"] in md
     pngs = sorted((report / "retrievals").glob("*.png"))
