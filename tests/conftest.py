@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from fixtures.configs import tiny_config as _tiny_config
+from fixtures.harness_cli import run_cli
+from fixtures.local_ray import local_ray
 
 
 @pytest.fixture(scope="session")
@@ -25,21 +27,8 @@ def tiny_config():
 
 @pytest.fixture(scope="module")
 def ray_session():
-    import ray
-
-    # Ray gives its raylet 30 s to register; on a machine loaded by other jobs that can
-    # run out, which is no fault of the code under test: start again (3 tries).
-    for attempt in range(3):
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
-            break
-        except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
-            ray.shutdown()
-            if "timed out during startup" not in str(e) or attempt == 2:
-                raise
-    yield
-    ray.shutdown()
+    with local_ray():
+        yield
 
 
 class CliRunner:
@@ -60,6 +49,12 @@ class CliRunner:
 @pytest.fixture
 def cli_runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture
+def harness_cli(monkeypatch, capsys):
+    """``harness_cli(["train", ...]) -> (exit code, stdout, stderr)`` of the real entry point."""
+    return lambda args: run_cli(args, monkeypatch, capsys)
 
 
 @pytest.fixture

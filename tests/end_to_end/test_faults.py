@@ -41,7 +41,6 @@ import pytest
 import yaml
 
 from fixtures.configs import tiny_config
-from fixtures.harness_cli import run_cli
 from fixtures.processes import session_pids
 
 HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]
@@ -407,7 +406,7 @@ def experiment_file(tmp_path, name: str = "exp", **search) -> Path:
     return path
 
 
-def test_no_silent_no_ops(tmp_path, monkeypatch, capsys):
+def test_no_silent_no_ops(tmp_path, harness_cli):
     storage = tmp_path / "r"
     cases = [
         (["sweep", experiment_file(tmp_path, "nospace", space={}), "--storage", storage],
@@ -418,18 +417,18 @@ def test_no_silent_no_ops(tmp_path, monkeypatch, capsys):
          r"search\.trials \(1\) is fewer than the 2 compared values"),
     ]
     for args, pattern in cases:
-        code, _, err = run_cli([str(a) for a in args], monkeypatch, capsys)
+        code, _, err = harness_cli([str(a) for a in args])
         assert code == 2
         assert_one_line(err, pattern)
     assert not storage.exists()
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")
-    code, _, err = run_cli(["train", str(empty)], monkeypatch, capsys)
+    code, _, err = harness_cli(["train", str(empty)])
     assert code == 2 and assert_one_line(err, r"empty\.yaml is empty \(it would silently mean all defaults\)")
     doc = json.loads(json.dumps(TINY))
     doc["base"]["train"]["samples_per_class"] = 1
     (tmp_path / "spc1.yaml").write_text(yaml.safe_dump(doc))
-    code, _, err = run_cli(["sweep", str(tmp_path / "spc1.yaml"), "--storage", str(storage)], monkeypatch, capsys)
+    code, _, err = harness_cli(["sweep", str(tmp_path / "spc1.yaml"), "--storage", str(storage)])
     assert code == 2 and assert_one_line(err, r"compare=none.*train\.samples_per_class: 1 gives SupConLoss no positive pair")
 
 
@@ -455,7 +454,7 @@ def test_positive_pairs_checked_by_training_too(tmp_path):
 # ---- 9: one line for every bad path, file and table --------------------------------------
 
 
-def test_bad_paths_files_and_tables_are_one_line(tmp_path, monkeypatch, capsys):
+def test_bad_paths_files_and_tables_are_one_line(tmp_path, harness_cli):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(TRAIN_CFG))
     latin1 = tmp_path / "latin1.yaml"
@@ -497,10 +496,9 @@ def test_bad_paths_files_and_tables_are_one_line(tmp_path, monkeypatch, capsys):
          r"sweep\.json is not valid JSON .*the sweep's state is lost; its tables still render with `harness report"),
     ]  # fmt: skip
     for args, pattern in cases:
-        code, out, err = run_cli([str(a) for a in args], monkeypatch, capsys)
+        code, out, err = harness_cli([str(a) for a in args])
         assert code == 2, (args, err)
         assert_one_line(err, pattern)
     (tmp_path / "emb_dir.npz").mkdir()
-    code, _, err = run_cli(["eval", str(garbage), "--save-embeddings", str(tmp_path / "emb_dir.npz")],
-                           monkeypatch, capsys)
+    code, _, err = harness_cli(["eval", str(garbage), "--save-embeddings", str(tmp_path / "emb_dir.npz")])
     assert code == 2 and assert_one_line(err, r"--save-embeddings .*emb_dir\.npz: is a folder; give a file name")

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from fixtures.configs import tiny_config
-from fixtures.harness_cli import run_cli
 from fixtures.user_data import make_folder, make_table
 from harness.sweep.runner import prepare_sweep, run_sweep
 
@@ -39,9 +38,10 @@ def data_root(kind: str, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["folder", "csv", "parquet"])
-def test_own_data_trains_and_sweeps_with_retrieval_pictures(results_storage, kind, ray_session, tmp_path, monkeypatch, capsys):
+def test_own_data_trains_and_sweeps_with_retrieval_pictures(results_storage, kind, ray_session, tmp_path,
+                                                            harness_cli):
     name, root = data_root(kind, tmp_path)
-    code, out, err = run_cli(["data", "check", name, "--root", root], monkeypatch, capsys)
+    code, out, err = harness_cli(["data", "check", name, "--root", root])
     assert code == 0, out + err
 
     path = tmp_path / f"own-{kind}.yaml"
