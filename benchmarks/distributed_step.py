@@ -6,7 +6,7 @@ loss, backward, gradient all-reduce, AdamW step) on the same config and the same
 batches, with the same total number of CPU threads (1 process x T threads vs 2 ranks x
 T/2). The table gives the median ms per step (after ``--warmup`` steps) and the ratio
 against the single process, plus the largest loss difference between the two runs
-(they compute the same loss; tests/test_distributed.py checks gradients and state).
+(they compute the same loss; tests/core/test_distributed.py checks gradients and state).
 
 On a CPU the ranks share the machine's cores, so the ideal ratio is about 1.0 (each
 rank does half the backbone work with half the threads) plus the collectives' cost;
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-# The rank launcher and step recorder are shared with tests/test_distributed.py.
+# The rank launcher and step recorder are shared with tests/core/test_distributed.py.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fixtures.data_parallel import equivalence_config, record_steps, run_ranks  # noqa: E402
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures.local_ray import local_ray
 from harness.config import build_config
 from harness.core import device as D
 from harness.core import metrics as M
@@ -214,12 +215,9 @@ def test_zero_gpu_trials_see_no_cuda_device(tmp_path):
     path = tmp_path / "zero.yaml"
     path.write_text(yaml.safe_dump(exp))
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
+    with local_ray():
         run_sweep(prepare_sweep(str(path), storage=str(tmp_path / "results")),
                   train_fn=_record_visible_gpus(marks), render=False)
-    finally:
-        ray.shutdown()
     seen = [json.loads(p.read_text()) for p in marks.glob("*.json")]
     assert seen, "no trial ran"
     for s in seen:
@@ -394,11 +392,11 @@ def test_persistent_training_loader_is_deterministic_per_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_doctor_passes_on_this_cpu_machine_and_says_so(monkeypatch, capsys):
+def test_doctor_passes_on_this_cpu_machine_and_says_so(harness_cli):
     """The whole self-check on the CPU path (Ray isolation: test_zero_gpu_trials_...)."""
     from tests.fixtures.harness_cli import run_cli
 
-    code, out, err = run_cli(["doctor", "--no-ray"], monkeypatch, capsys)
+    code, out, err = harness_cli(["doctor", "--no-ray"])
     assert code == 0, out + err
     for row in ("NVIDIA driver", "torch CUDA", "faiss / retrieval search", "mixed precision",
                 "train: every memory kind + XML", "kill + resume", "evaluate best.pt", "throughput"):
@@ -408,7 +406,7 @@ def test_doctor_passes_on_this_cpu_machine_and_says_so(monkeypatch, capsys):
     assert "all checks passed" in out
 
 
-def test_doctor_exits_non_zero_on_any_failure(monkeypatch, capsys):
+def test_doctor_exits_non_zero_on_any_failure(monkeypatch, harness_cli):
     import harness.doctor as doctor
     from tests.fixtures.harness_cli import run_cli
 
@@ -418,7 +416,7 @@ def test_doctor_exits_non_zero_on_any_failure(monkeypatch, capsys):
                 doctor.Check("torch CUDA", doctor.FAIL, "no GPU visible but --require-gpu was given")]
 
     monkeypatch.setattr(doctor, "run_doctor", fake)
-    code, out, _ = run_cli(["doctor", "--require-gpu", "--no-ray"], monkeypatch, capsys)
+    code, out, _ = harness_cli(["doctor", "--require-gpu", "--no-ray"])
     assert code == 1 and "FAILED" in out and "--require-gpu" in out
 
 

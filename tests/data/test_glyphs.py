@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures.harness_cli import run_cli
 from harness.data import fonts as fontscan
 from harness.data.glyphs import (
     GlyphSettings,
@@ -29,7 +28,7 @@ from harness.data.glyphs import (
 from harness.data.registry import read_dataset
 from harness.errors import DataError
 
-FONTS = Path(__file__).parent / "fonts"
+FONTS = Path(__file__).parents[1] / "fonts"
 # The test fonts map ~120 ideographs each: lower the supplement threshold for them.
 SMALL = dict(min_face_ideographs=50)
 SETTINGS = GlyphSettings(size=24, characters=40, min_faces=4, **SMALL)
@@ -172,40 +171,40 @@ def test_cached_build_builds_once(tmp_path, monkeypatch):
     assert cached_build(GlyphSettings(size=16, characters=20, min_faces=4, **SMALL)) != first
 
 
-def test_cli_build_and_check(tmp_path, monkeypatch, capsys):
+def test_cli_build_and_check(tmp_path, harness_cli):
     out = tmp_path / "g"
-    code, _, err = run_cli(["data", "build", "glyphs", "--out", str(out), "--fonts", str(FONTS), "--size", "20",
-                            "--characters", "30", "--min-faces", "4", "--min-face-ideographs", "50"],
-                           monkeypatch, capsys)
+    code, _, err = harness_cli(["data", "build", "glyphs", "--out", str(out), "--fonts", str(FONTS),
+                                "--size", "20", "--characters", "30", "--min-faces", "4",
+                                "--min-face-ideographs", "50"])
     assert code == 0, err
     assert "30 characters (15 train, 15 test)" in err and "from 4 distinct faces" in err
     assert np.load(out / "images.npy").shape[1:] == (20, 20)
-    code, stdout, err = run_cli(["data", "check", "glyphs", "--root", str(out)], monkeypatch, capsys)
+    code, stdout, err = harness_cli(["data", "check", "glyphs", "--root", str(out)])
     assert code == 0, err
     assert "4 distinct font faces" in stdout and "layout ok" in stdout
     # 15 classes per split, 4 faces for every character (per class: min / median / max).
     assert stdout.count("│      15 │") == 2 and stdout.count("4 / 4 / 4") == 2
 
 
-def test_cli_build_too_few_faces_is_one_red_line(tmp_path, monkeypatch, capsys):
-    code, stdout, err = run_cli(["data", "build", "glyphs", "--out", str(tmp_path / "g"), "--fonts", str(tmp_path)],
-                                monkeypatch, capsys)
+def test_cli_build_too_few_faces_is_one_red_line(tmp_path, harness_cli):
+    code, stdout, err = harness_cli(["data", "build", "glyphs", "--out", str(tmp_path / "g"),
+                                     "--fonts", str(tmp_path)])
     assert code == 2 and not (tmp_path / "g").exists()
     assert "apt-get install fonts-noto-cjk" in err and "--fonts DIR" in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
 
 
 @pytest.mark.slow
-def test_training_on_glyphs_beats_the_untrained_network(built, tmp_path, monkeypatch, capsys):
+def test_training_on_glyphs_beats_the_untrained_network(built, tmp_path, harness_cli):
     out, _ = built
-    code, _, err = run_cli([
-        "train", str(Path(__file__).parents[1] / "configs" / "digits.yaml"),
+    code, _, err = harness_cli([
+        "train", str(Path(__file__).parents[2] / "configs" / "digits.yaml"),
         "--set", "data.name=glyphs", "--set", f"data.root={out}", "--set", "data.image_size=24",
         "--set", "data.val_fraction=0.25", "--set", "model.backbone=tiny_cnn_small",
         "--set", "train.epochs=4", "--set", "train.batch_size=16", "--set", "train.samples_per_class=4",
         "--set", "train.iters_per_epoch=15", "--set", "optim.lr=0.003", "--set", "memory.kind=xbn",
         "--set", "train.device=cpu", "--out", str(tmp_path / "run"),
-    ], monkeypatch, capsys)
+    ])
     assert code == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed"

@@ -22,7 +22,7 @@ import ray
 import ray.cloudpickle
 import yaml
 
-from fixtures.harness_cli import run_cli
+from fixtures.local_ray import local_ray
 from fixtures.tracker_stores import read_tensorboard, read_wandb_offline
 from harness.core.train import RunResult
 from harness.sweep.runner import prepare_sweep, run_sweep
@@ -67,13 +67,9 @@ def tracked(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     path = root / "tracked.yaml"
     path.write_text(yaml.safe_dump(TRACKED))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
-    try:
+    with local_ray():
         plan = prepare_sweep(str(path), storage=str(root / "results"))
         run_sweep(plan, train_fn=fake_training, render=False)
-    finally:
-        ray.shutdown()
     exp_dir = Path(plan.store.root)
     return exp_dir, plan.store.trials(), plan.store.epochs()
 
@@ -151,34 +147,32 @@ def test_optuna_studies_in_sqlite_hold_every_completed_search_trial(tracked):
     assert state["optuna_storage"] is None  # null: optuna.db beside the tables
 
 
-def test_missing_tracker_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_path):
+def test_missing_tracker_is_one_line_naming_the_extra(monkeypatch, tmp_path, harness_cli):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
-    code, _, err = run_cli(["sweep", "demo", "--tracking", "mlflow", "--storage", str(tmp_path)],
-                           monkeypatch, capsys)
+    code, _, err = harness_cli(["sweep", "demo", "--tracking", "mlflow", "--storage", str(tmp_path)])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "pip install 'metric-harness[mlflow]'" in err
     assert not any(tmp_path.iterdir())  # nothing written
-    code, _, err = run_cli(["sweep", "demo", "--tracking", "comet", "--storage", str(tmp_path)],
-                           monkeypatch, capsys)
+    code, _, err = harness_cli(["sweep", "demo", "--tracking", "comet", "--storage", str(tmp_path)])
     assert code == 2 and "unknown tracker; choose from mlflow, wandb, tensorboard" in err
 
 
-def test_harness_train_tracks_one_run_in_all_three(tmp_path, monkeypatch, capsys):
+def test_harness_train_tracks_one_run_in_all_three(tmp_path, monkeypatch, harness_cli):
     """`harness train --tracking ...` (real training on tiny digits): one run per tracker,
     beside the run folder, with the epochs of epochs.jsonl and the final test metrics."""
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    digits = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+    digits = Path(__file__).resolve().parents[2] / "configs" / "digits.yaml"
     out_dir = tmp_path / "runs" / "tiny"
     args = ["train", str(digits), "--out", str(out_dir), "--set", "train.epochs=2",
             "--set", "train.iters_per_epoch=2", "--set", "train.probe_size=8",
             "--tracking", "mlflow", "--tracking", "wandb,tensorboard"]  # fmt: skip
-    code, out, err = run_cli(args, monkeypatch, capsys)
+    code, out, err = harness_cli(args)
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     epochs = {json.loads(line)["epoch"]: json.loads(line) for line in (out_dir / "epochs.jsonl").read_text().splitlines()}
@@ -205,7 +199,7 @@ def test_harness_train_tracks_one_run_in_all_three(tmp_path, monkeypatch, capsys
     assert scalars["test.recall_at_1"] == pytest.approx({2: summary["test.recall@1"]})
 
 
-def test_resumed_sweep_keeps_its_trackers(tmp_path, monkeypatch, capsys):
+def test_resumed_sweep_keeps_its_trackers(tmp_path, harness_cli):
     """Tune restores a sweep's callbacks from its snapshot: --resume refuses another set."""
     from harness.sweep.experiment import load_experiment
 
@@ -215,8 +209,8 @@ def test_resumed_sweep_keeps_its_trackers(tmp_path, monkeypatch, capsys):
     root = tmp_path / "results" / "tracked"
     root.mkdir(parents=True)
     (root / "sweep.json").write_text(json.dumps({"experiment": exp.model_dump(mode="json")}))
-    code, _, err = run_cli(["sweep", "tracked", "--resume", "--storage", str(tmp_path / "results"),
-                            "--tracking", "mlflow", "--tracking", "tensorboard"], monkeypatch, capsys)
+    code, _, err = harness_cli(["sweep", "tracked", "--resume", "--storage", str(tmp_path / "results"),
+                                "--tracking", "mlflow", "--tracking", "tensorboard"])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "this sweep started with trackers: mlflow, and a resumed sweep keeps them" in err
     assert not (root / "optuna.db").exists()  # refused before anything was opened

@@ -40,21 +40,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from fixtures.harness_cli import run_cli
+from fixtures.configs import tiny_config
 from fixtures.processes import session_pids
 
 HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = {
     "description": "fault suite",
-    "base": {
-        "data": {"name": "digits", "image_size": 16, "val_fraction": 0.4},
-        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-        "memory": {"kind": "none", "size": 64},
-        "train": {"epochs": 2, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 3,
-                  "probe_size": 8, "eval_untrained": False},
-    },
+    "base": tiny_config(memory={"kind": "none", "size": 64}),
     "search": {
         "trials": 4,
         "compare": {"key": "memory.kind", "values": ["none", "xbm"]},
@@ -324,13 +318,13 @@ def test_concurrent_table_writers_lose_no_row(tmp_path):
 # ---- 5: an unreachable cluster ----------------------------------------------------------
 
 
-def test_unreachable_address_fails_with_one_line_and_leaves_nothing_behind(tmp_path):
+def test_unreachable_address_fails_with_one_line_and_leaves_nothing_behind(results_storage, tmp_path):
     exp = tmp_path / "tiny.yaml"
     exp.write_text(yaml.safe_dump(TINY))
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    storage = tmp_path / "results"
+    storage = results_storage
     for _ in range(2):  # the second try is not refused because of the first
         proc = harness("sweep", exp, "--storage", storage, "--address", f"127.0.0.1:{port}", timeout=120)
         assert_one_line(proc, rf"--address 127\.0\.0\.1:{port}: no Ray cluster answers there .*ray start --head")
@@ -341,12 +335,7 @@ def test_unreachable_address_fails_with_one_line_and_leaves_nothing_behind(tmp_p
 # ---- 6: non-finite models --------------------------------------------------------------
 
 
-TRAIN_CFG = {
-    "data": {"name": "digits", "image_size": 16, "val_fraction": 0.4},
-    "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-    "train": {"epochs": 1, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 3,
-              "probe_size": 8, "eval_untrained": False},
-}  # fmt: skip
+TRAIN_CFG = tiny_config(train={"epochs": 1})
 
 
 @pytest.mark.slow
@@ -417,7 +406,7 @@ def experiment_file(tmp_path, name: str = "exp", **search) -> Path:
     return path
 
 
-def test_no_silent_no_ops(tmp_path, monkeypatch, capsys):
+def test_no_silent_no_ops(tmp_path, harness_cli):
     storage = tmp_path / "r"
     cases = [
         (["sweep", experiment_file(tmp_path, "nospace", space={}), "--storage", storage],
@@ -428,18 +417,18 @@ def test_no_silent_no_ops(tmp_path, monkeypatch, capsys):
          r"search\.trials \(1\) is fewer than the 2 compared values"),
     ]
     for args, pattern in cases:
-        code, _, err = run_cli([str(a) for a in args], monkeypatch, capsys)
+        code, _, err = harness_cli([str(a) for a in args])
         assert code == 2
         assert_one_line(err, pattern)
     assert not storage.exists()
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")
-    code, _, err = run_cli(["train", str(empty)], monkeypatch, capsys)
+    code, _, err = harness_cli(["train", str(empty)])
     assert code == 2 and assert_one_line(err, r"empty\.yaml is empty \(it would silently mean all defaults\)")
     doc = json.loads(json.dumps(TINY))
     doc["base"]["train"]["samples_per_class"] = 1
     (tmp_path / "spc1.yaml").write_text(yaml.safe_dump(doc))
-    code, _, err = run_cli(["sweep", str(tmp_path / "spc1.yaml"), "--storage", str(storage)], monkeypatch, capsys)
+    code, _, err = harness_cli(["sweep", str(tmp_path / "spc1.yaml"), "--storage", str(storage)])
     assert code == 2 and assert_one_line(err, r"compare=none.*train\.samples_per_class: 1 gives SupConLoss no positive pair")
 
 
@@ -465,7 +454,7 @@ def test_positive_pairs_checked_by_training_too(tmp_path):
 # ---- 9: one line for every bad path, file and table --------------------------------------
 
 
-def test_bad_paths_files_and_tables_are_one_line(tmp_path, monkeypatch, capsys):
+def test_bad_paths_files_and_tables_are_one_line(tmp_path, harness_cli):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(TRAIN_CFG))
     latin1 = tmp_path / "latin1.yaml"
@@ -507,10 +496,9 @@ def test_bad_paths_files_and_tables_are_one_line(tmp_path, monkeypatch, capsys):
          r"sweep\.json is not valid JSON .*the sweep's state is lost; its tables still render with `harness report"),
     ]  # fmt: skip
     for args, pattern in cases:
-        code, out, err = run_cli([str(a) for a in args], monkeypatch, capsys)
+        code, out, err = harness_cli([str(a) for a in args])
         assert code == 2, (args, err)
         assert_one_line(err, pattern)
     (tmp_path / "emb_dir.npz").mkdir()
-    code, _, err = run_cli(["eval", str(garbage), "--save-embeddings", str(tmp_path / "emb_dir.npz")],
-                           monkeypatch, capsys)
+    code, _, err = harness_cli(["eval", str(garbage), "--save-embeddings", str(tmp_path / "emb_dir.npz")])
     assert code == 2 and assert_one_line(err, r"--save-embeddings .*emb_dir\.npz: is a folder; give a file name")

@@ -101,7 +101,7 @@ def test_unusable_storage_url_is_one_config_error(tmp_path):
         open_storage("nosuchdb://x")
 
 
-def test_new_sweep_refuses_a_database_holding_its_study_and_resume_keeps_its_url(tmp_path):
+def test_new_sweep_refuses_a_database_holding_its_study_and_resume_keeps_its_url(results_storage, tmp_path):
     import yaml
 
     from harness.sweep.optuna_storage import resolve_storage_url
@@ -109,10 +109,10 @@ def test_new_sweep_refuses_a_database_holding_its_study_and_resume_keeps_its_url
 
     path = tmp_path / "stored.yaml"
     path.write_text(yaml.safe_dump(EXP.model_dump(mode="json")))
-    plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
+    plan = prepare_sweep(str(path), storage=str(results_storage))
     url = resolve_storage_url(plan, None)
     assert url == f"sqlite:///{tmp_path / 'results' / 'stored' / 'optuna.db'}"
-    assert not (tmp_path / "results").exists()  # nothing written before the sweep starts
+    assert not (results_storage).exists()  # nothing written before the sweep starts
     optuna.create_study(study_name="stored:none", storage=open_storage(url))
     with pytest.raises(ConfigError, match="Optuna study 'stored:none' already exists in sqlite:///"):
         resolve_storage_url(plan, None)

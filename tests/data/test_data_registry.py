@@ -149,7 +149,7 @@ def test_loader_speed_benchmark_smoke():
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "loader_speed.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "loader_speed.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--classes", "4", "--per-class", "4", "--jpeg-size", "48",
          "--image-size", "16", "--batch-size", "8", "--batches", "2", "--workers", "0", "1"],

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fixtures.harness_cli import run_cli
 from fixtures.report_tables import write_experiment
 from harness.errors import ResultsError
 from reports import render_report
@@ -159,7 +158,7 @@ def test_html_is_self_contained(full_report):
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "zero_bytes", "no_rows", "foreign", "schema_v2", "no_trials"])
-def test_bad_results_are_one_line_errors(tmp_path, case, monkeypatch, capsys):
+def test_bad_results_are_one_line_errors(tmp_path, case, harness_cli):
     d = tmp_path / "exp"
     if case != "missing_dir":
         d.mkdir()
@@ -178,25 +177,25 @@ def test_bad_results_are_one_line_errors(tmp_path, case, monkeypatch, capsys):
                 "schema_v2": "schema_version [2] is not supported", "no_trials": "no trials.parquet"}[case]
     with pytest.raises(ResultsError, match=re.escape(expected)):
         render_report([d], tmp_path / "out")
-    code, out, err = run_cli(["report", str(d), "--out", str(tmp_path / "out")], monkeypatch, capsys)
+    code, out, err = harness_cli(["report", str(d), "--out", str(tmp_path / "out")])
     assert code == 2
     assert expected in err and len(err.strip().splitlines()) == 1 and out == ""
 
 
-def test_cli_prints_written_paths_and_default_out(tmp_path, monkeypatch, capsys):
+def test_cli_prints_written_paths_and_default_out(tmp_path, monkeypatch, harness_cli):
     exp = write_experiment(tmp_path, "one", {"xbm": [0.5, 0.6], "xbn": [0.6, 0.7]}, seeds=[0, 1])
-    code, out, err = run_cli(["report", str(exp)], monkeypatch, capsys)
+    code, out, err = harness_cli(["report", str(exp)])
     assert code == 0, err
     assert out.split() == [str((exp / "report" / "report.md").resolve()),
                            str((exp / "report" / "report.html").resolve())]
     other = write_experiment(tmp_path, "two", {"axbn": [0.7, 0.8]}, seeds=[0, 1])
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["report", str(exp), str(other), "--format", "html"], monkeypatch, capsys)
+    code, out, err = harness_cli(["report", str(exp), str(other), "--format", "html"])
     assert code == 0, err
     assert out.split() == [str((tmp_path / "report" / "report.html").resolve())]
     html = (tmp_path / "report" / "report.html").read_text()
     assert "one" in html and "two" in html
-    code, _, err = run_cli(["report", str(exp), "--format", "pdf"], monkeypatch, capsys)
+    code, _, err = harness_cli(["report", str(exp), "--format", "pdf"])
     assert code == 2 and "unknown report format 'pdf'" in err
 
 

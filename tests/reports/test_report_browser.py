@@ -85,7 +85,7 @@ def test_report_html_renders_in_chromium(tmp_path, browser):
     assert browser.console_errors() == []
 
     shot = browser.screenshot(tmp_path / "report.png")
-    keep = Path(__file__).parent / ".." / ".pytest_cache" / "report_screenshot.png"
+    keep = Path(__file__).parents[2] / ".pytest_cache" / "report_screenshot.png"
     keep.parent.mkdir(exist_ok=True)
     shutil.copy(shot, keep)  # for a look by eye after the run
     img = Image.open(shot).convert("L")

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from harness.config import build_config
 from harness.core.checkpoint import save_checkpoint
@@ -36,14 +35,6 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.fixture()
-def cli():
-    import harness.cli
-
-    harness.cli._register()
-    return harness.cli.app
-
-
 def _printed_metrics(output: str) -> dict[str, float]:
     out = {}
     for line in output.splitlines():
@@ -54,9 +45,9 @@ def _printed_metrics(output: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".npz", ".npy"])
-def test_eval_prints_metrics_and_saved_embeddings_reproduce_them(tmp_path, checkpoint, cli, suffix):
+def test_eval_prints_metrics_and_saved_embeddings_reproduce_them(tmp_path, checkpoint, cli_runner, suffix):
     out = tmp_path / f"emb{suffix}"
-    result = CliRunner().invoke(cli, ["eval", str(checkpoint), "--save-embeddings", str(out), "--device", "cpu"])
+    result = cli_runner.invoke(["eval", str(checkpoint), "--save-embeddings", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     printed = _printed_metrics(result.output)
     assert {"recall@1", "recall@2", "recall@4", "map@r", "r_precision", "n_queries", "n_skipped"} <= set(printed)
@@ -70,10 +61,10 @@ def test_eval_prints_metrics_and_saved_embeddings_reproduce_them(tmp_path, check
     assert 0.0 < printed["recall@1"] <= 1.0 and printed["n_queries"] == 896
 
 
-def test_eval_val_split_matches_evaluate_split(checkpoint, cli):
+def test_eval_val_split_matches_evaluate_split(checkpoint, cli_runner):
     from harness.core.checkpoint import load_model
 
-    result = CliRunner().invoke(cli, ["eval", str(checkpoint), "--split", "val", "--device", "cpu"])
+    result = cli_runner.invoke(["eval", str(checkpoint), "--split", "val", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     model, config = load_model(checkpoint)
     bundle = create_datasets(config.data, config.seed, model.mean, model.std)
@@ -109,10 +100,10 @@ def test_query_gallery_embeddings_round_trip(tmp_path):
         assert metrics_of(back, (1,)) == metrics_of(embedded, (1,))
 
 
-def test_bad_inputs_are_harness_errors(tmp_path, checkpoint, cli):
-    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "missing.pt")])
+def test_bad_inputs_are_harness_errors(tmp_path, checkpoint, cli_runner):
+    result = cli_runner.invoke(["eval", str(tmp_path / "missing.pt")])
     assert isinstance(result.exception, HarnessError)
-    result = CliRunner().invoke(cli, ["eval", str(checkpoint), "--save-embeddings", str(tmp_path / "e.csv")])
+    result = cli_runner.invoke(["eval", str(checkpoint), "--save-embeddings", str(tmp_path / "e.csv")])
     assert isinstance(result.exception, HarnessError) and "parquet" in str(result.exception)
     with pytest.raises(HarnessError):
         load_embeddings(tmp_path / "nothing.parquet")

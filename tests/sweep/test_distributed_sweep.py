@@ -17,6 +17,7 @@ import ray
 import ray.cloudpickle
 import yaml
 
+from fixtures.configs import tiny_config
 from harness.sweep.runner import _git_commit, prepare_sweep, run_search
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -26,14 +27,7 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 EXPERIMENT = {
     "description": "data-parallel trial",
-    "base": {
-        "seed": 0,
-        "data": {"name": "digits", "image_size": 16, "val_fraction": 0.4},
-        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-        "memory": {"kind": "axbn", "size": 64},
-        "train": {"epochs": 2, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 3,
-                  "probe_size": 8, "eval_untrained": False},
-    },
+    "base": tiny_config(seed=0, memory={"kind": "axbn", "size": 64}),
     "search": {
         "algorithm": "random", "trials": 1, "metric": "val.recall@1", "mode": "max",
         "space": {"optim.lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True}},
@@ -67,14 +61,6 @@ class LoseRankOneOnce:
                 on_epoch(epoch, metrics)
 
         return run_training(config, out_dir, on_epoch=epoch_hook, resume=resume)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _search(tmp: Path, name: str, resources: dict, train_fn=None) -> pd.DataFrame:

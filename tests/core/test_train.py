@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from fixtures.configs import tiny_config
 from harness.config import build_config
 from harness.core.checkpoint import load_checkpoint
 from harness.core.train import RunResult, build_model, build_optimizers, run_training, seed_everything
@@ -20,18 +21,18 @@ EPOCH_KEYS = {
 
 
 def tiny(**sections) -> dict:
-    """A seconds-long digits run: small backbone, few short epochs."""
-    raw = {
-        "data": {"name": "digits", "image_size": 32, "val_fraction": 0.4},
-        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
+    """A seconds-long digits run: the shared tiny run (tests/fixtures/configs.py) at 32×32,
+    evaluated before training (the default), with ``sections`` updating its sections."""
+    raw = tiny_config(
+        data={"image_size": 32},
         # No miner: an untrained net's embeddings lie within the pair-margin miner's
         # positive margin, which would mine no positives and give a zero loss.
-        "loss": {"miner": None},
-        "memory": {"kind": "none", "size": 64},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 2, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 3,
-                  "probe_size": 8, "eval_batch_size": 128},
-    }  # fmt: skip
+        loss={"miner": None},
+        memory={"kind": "none", "size": 64},
+        optim={"lr": 1e-3},
+        train={"eval_batch_size": 128},
+    )
+    del raw["train"]["eval_untrained"]
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return raw

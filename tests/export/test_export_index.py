@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from fixtures.harness_cli import run_cli
 from fixtures.user_data import make_folder
 from harness.config import build_config
 from harness.core.checkpoint import load_model
@@ -22,17 +21,13 @@ from harness.retrieval_pictures import Neighbours, nearest_neighbours, pick_quer
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_config):
     from harness.core.train import run_training
 
     root = tmp_path_factory.mktemp("own")
     data = make_folder(root / "images", classes=10, per_class=5)
-    config = build_config({
-        "data": {"name": "folder", "root": str(data), "image_size": 16, "val_fraction": 0.4},
-        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-        "train": {"epochs": 1, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 2,
-                  "probe_size": 8, "eval_untrained": False},
-    })  # fmt: skip
+    config = build_config(tiny_config(data={"name": "folder", "root": str(data)},
+                                      train={"epochs": 1, "iters_per_epoch": 2}))
     result = run_training(config, root / "run")
     assert result.status == "completed"
     return root, data, root / "run" / "checkpoints" / "best.pt"
@@ -52,13 +47,12 @@ def _preprocess_as_recorded(path, pre) -> np.ndarray:
     return x.transpose(2, 0, 1)
 
 
-def test_onnx_export_reproduces_pytorch_with_recorded_preprocessing(trained, monkeypatch, capsys):
+def test_onnx_export_reproduces_pytorch_with_recorded_preprocessing(trained, harness_cli):
     import onnxruntime as ort
 
     root, data, ckpt = trained
     onnx_path, pt2_path = root / "export" / "model.onnx", root / "export" / "model.pt2"
-    code, out, err = run_cli(["export", str(ckpt), "--onnx", str(onnx_path), "--torch-export", str(pt2_path)],
-                             monkeypatch, capsys)
+    code, out, err = harness_cli(["export", str(ckpt), "--onnx", str(onnx_path), "--torch-export", str(pt2_path)])
     assert code == 0, err
     meta = json.loads((root / "export" / "model.onnx.json").read_text())
     pre = meta["preprocessing"]
@@ -81,24 +75,23 @@ def test_onnx_export_reproduces_pytorch_with_recorded_preprocessing(trained, mon
     assert np.abs(program(torch.from_numpy(batch)).detach().numpy() - expected).max() <= 1e-4
 
 
-def test_export_needs_a_target_and_a_checkpoint(tmp_path, trained, monkeypatch, capsys):
-    code, _, err = run_cli(["export", str(trained[2])], monkeypatch, capsys)
+def test_export_needs_a_target_and_a_checkpoint(tmp_path, trained, harness_cli):
+    code, _, err = harness_cli(["export", str(trained[2])])
     assert code == 2 and "give --onnx FILE" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli(["export", str(tmp_path / "nope.pt"), "--onnx", str(tmp_path / "m.onnx")],
-                           monkeypatch, capsys)
+    code, _, err = harness_cli(["export", str(tmp_path / "nope.pt"), "--onnx", str(tmp_path / "m.onnx")])
     assert code == 2 and "checkpoint not found" in err
 
 
-def test_index_build_and_query_exact(trained, monkeypatch, capsys):
+def test_index_build_and_query_exact(trained, harness_cli):
     root, data, ckpt = trained
     out_dir = root / "index-exact"
-    code, out, err = run_cli(["index", "build", str(ckpt), "--out", str(out_dir)], monkeypatch, capsys)
+    code, out, err = harness_cli(["index", "build", str(ckpt), "--out", str(out_dir)])
     assert code == 0, err
     meta = json.loads((out_dir / "meta.json").read_text())
     gallery = read_dataset("folder", data).test.query
     assert meta["kind"] == "exact" and meta["items"] == len(gallery) and "recall_vs_exact" not in meta
     some = [gallery.paths[0], gallery.paths[7]]
-    code, out, err = run_cli(["index", "query", str(out_dir), *some, "-k", "3", "--json"], monkeypatch, capsys)
+    code, out, err = harness_cli(["index", "query", str(out_dir), *some, "-k", "3", "--json"])
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["query"], r["rank"]) for r in rows] == [(q, k) for q in some for k in (1, 2, 3)]
@@ -106,23 +99,22 @@ def test_index_build_and_query_exact(trained, monkeypatch, capsys):
         if r["rank"] == 1:  # an indexed image finds itself first, with cosine 1
             assert r["path"] == r["query"] and r["score"] == pytest.approx(1.0, abs=1e-4)
     assert rows[1]["score"] >= rows[2]["score"]
-    code, out, err = run_cli(["index", "query", str(out_dir), some[0], "-k", "2"], monkeypatch, capsys)
+    code, out, err = harness_cli(["index", "query", str(out_dir), some[0], "-k", "2"])
     assert code == 0 and "score" in out and "rank" in out
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
-def test_approximate_index_states_recall_against_exact(trained, kind, monkeypatch, capsys):
+def test_approximate_index_states_recall_against_exact(trained, kind, harness_cli):
     root, data, ckpt = trained
     out_dir = root / f"index-{kind}"
-    code, out, err = run_cli(["index", "build", str(ckpt), "--out", str(out_dir), "--kind", kind, "--split", "train"],
-                             monkeypatch, capsys)
+    code, out, err = harness_cli(["index", "build", str(ckpt), "--out", str(out_dir), "--kind", kind,
+                                  "--split", "train"])
     assert code == 0, err
     rec = json.loads((out_dir / "meta.json").read_text())["recall_vs_exact"]
     # a tiny gallery: the approximate search visits everything, so it is exact
     assert rec["top1_agreement"] == 1.0 and rec["recall@1_index"] == rec["recall@1_exact"]
     assert "of the exact top-" in out
-    code, out, err = run_cli(["index", "query", str(out_dir), str(sorted(data.glob("*/*.png"))[0])],
-                             monkeypatch, capsys)
+    code, out, err = harness_cli(["index", "query", str(out_dir), str(sorted(data.glob("*/*.png"))[0])])
     assert code == 0 and "score" in out
 
 
@@ -138,15 +130,13 @@ def test_recall_against_exact_sees_a_coarse_ivf():
     assert rf["neighbour_recall@10"] == pytest.approx(1.0) and rf["top1_agreement"] == 1.0
 
 
-def test_index_errors_are_one_line(tmp_path, trained, monkeypatch, capsys):
-    code, _, err = run_cli(["index", "query", str(tmp_path), str(tmp_path / "x.png")], monkeypatch, capsys)
+def test_index_errors_are_one_line(tmp_path, trained, harness_cli):
+    code, _, err = harness_cli(["index", "query", str(tmp_path), str(tmp_path / "x.png")])
     assert code == 2 and "not an index folder" in err
-    code, _, err = run_cli(["index", "build", str(trained[2]), "--out", str(tmp_path / "i"), "--kind", "lsh"],
-                           monkeypatch, capsys)
+    code, _, err = harness_cli(["index", "build", str(trained[2]), "--out", str(tmp_path / "i"), "--kind", "lsh"])
     assert code == 2 and "--kind lsh" in err
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    code, _, err = run_cli(["index", "query", str(trained[0] / "index-exact"), str(tmp_path / "bad.png")],
-                           monkeypatch, capsys)
+    code, _, err = harness_cli(["index", "query", str(trained[0] / "index-exact"), str(tmp_path / "bad.png")])
     assert code == 2 and "cannot read query image" in err
 
 
@@ -176,10 +166,10 @@ def test_neighbours_round_trip(tmp_path):
     assert np.isneginf(back.best_positive_sim[np.arange(5) % 2 == 2]).all()
 
 
-def test_eval_show_writes_the_picture(trained, monkeypatch, capsys):
+def test_eval_show_writes_the_picture(trained, harness_cli):
     root, data, ckpt = trained
     out_dir = root / "show"
-    code, out, err = run_cli(["eval", str(ckpt), "--show", "2", "--show-dir", str(out_dir)], monkeypatch, capsys)
+    code, out, err = harness_cli(["eval", str(ckpt), "--show", "2", "--show-dir", str(out_dir)])
     assert code == 0, err
     pngs = sorted((out_dir / "retrievals").glob("*.png"))
     assert [p.name.split("-")[1] for p in pngs].count("worst.png") == 2 and len(pngs) == 5

@@ -21,7 +21,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from fixtures.processes import session_pids
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.harness_cli import run_cli
 from harness.cli.train_cmd import default_out_dir, format_epoch_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "configs" / "digits.yaml"
 
 
@@ -27,11 +26,11 @@ DIGITS = ROOT / "configs" / "digits.yaml"
         (["data.name=no_such_set"], "no_such_set"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(overrides, key, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_exit_2(overrides, key, tmp_path, harness_cli):
     args = ["train", str(DIGITS), "--out", str(tmp_path / "run")]
     for o in overrides:
         args += ["--set", o]
-    code, out, err = run_cli(args, monkeypatch, capsys)
+    code, out, err = harness_cli(args)
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
@@ -39,16 +38,16 @@ def test_bad_input_is_one_line_exit_2(overrides, key, tmp_path, monkeypatch, cap
     assert "Traceback" not in err and not out.strip()
 
 
-def test_missing_config_file(tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(["train", str(tmp_path / "nope.yaml")], monkeypatch, capsys)
+def test_missing_config_file(tmp_path, harness_cli):
+    code, _, err = harness_cli(["train", str(tmp_path / "nope.yaml")])
     assert code == 2 and "nope.yaml" in err and len(err.strip().splitlines()) == 1
 
 
-def test_train_prints_epochs_and_a_json_summary(tmp_path, monkeypatch, capsys):
+def test_train_prints_epochs_and_a_json_summary(tmp_path, harness_cli):
     out_dir = tmp_path / "run"
     args = ["train", str(DIGITS), "--out", str(out_dir), "--set", "train.epochs=2",
             "--set", "train.iters_per_epoch=2", "--set", "train.probe_size=8"]  # fmt: skip
-    code, out, err = run_cli(args, monkeypatch, capsys)
+    code, out, err = harness_cli(args)
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary == json.loads((out_dir / "summary.json").read_text())
@@ -56,7 +55,7 @@ def test_train_prints_epochs_and_a_json_summary(tmp_path, monkeypatch, capsys):
     assert "test.recall@1" in summary and "test_untrained.recall@1" in summary
     assert "epoch 1/2" in err and "epoch 2/2" in err and "val.recall@1=" in err
     # the run directory resumes: nothing left to train, same best checkpoint
-    code, out, _ = run_cli(args, monkeypatch, capsys)
+    code, out, _ = harness_cli(args)
     again = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and again["best_epoch"] == summary["best_epoch"]
     assert again["test.recall@1"] == summary["test.recall@1"]
@@ -89,11 +88,11 @@ VARIANTS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "+".join(x.split("=")[1] for x in v).replace("true", "xml"))
-def test_digits_training_beats_the_untrained_network(variant, tmp_path, monkeypatch, capsys):
+def test_digits_training_beats_the_untrained_network(variant, tmp_path, harness_cli):
     args = ["train", str(DIGITS), "--out", str(tmp_path / "run")]
     for o in variant:
         args += ["--set", o]
-    code, out, err = run_cli(args, monkeypatch, capsys)
+    code, out, err = harness_cli(args)
     assert code == 0, err
     s = json.loads(out.strip().splitlines()[-1])
     assert s["status"] == "completed"

@@ -10,10 +10,9 @@ import base64
 
 import pandas as pd
 import pytest
-import ray
 import yaml
 
-from fixtures.harness_cli import run_cli
+from fixtures.configs import tiny_config
 from fixtures.user_data import make_folder, make_table
 from harness.sweep.runner import prepare_sweep, run_sweep
 
@@ -23,33 +22,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 def experiment(name: str, root: str) -> dict:
     return {
         "description": f"own data: {name}",
-        "base": {"seed": 0,
-                 "data": {"name": name, "root": root, "image_size": 16, "val_fraction": 0.4},
-                 "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-                 "train": {"epochs": 2, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 3,
-                           "probe_size": 8, "eval_untrained": False}},
+        "base": tiny_config(seed=0, data={"name": name, "root": root}),
         "search": {"trials": 2, "metric": "val.recall@1", "mode": "max",
                    "compare": {"key": "memory.kind", "values": ["none"]},
                    "space": {"optim.lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True}},
                    "reproduction_seeds": [1], "resources": {"cpus": 1, "gpus": 0}},
     }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    # Ray gives its raylet 30 s to register; on a machine loaded by other jobs that can
-    # run out, which is no fault of the code under test: start again (3 tries).
-    for attempt in range(3):
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
-            break
-        except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
-            ray.shutdown()
-            if "timed out during startup" not in str(e) or attempt == 2:
-                raise
-    yield
-    ray.shutdown()
 
 
 def data_root(kind: str, tmp_path):
@@ -60,22 +38,23 @@ def data_root(kind: str, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["folder", "csv", "parquet"])
-def test_own_data_trains_and_sweeps_with_retrieval_pictures(kind, ray_session, tmp_path, monkeypatch, capsys):
+def test_own_data_trains_and_sweeps_with_retrieval_pictures(results_storage, kind, ray_session, tmp_path,
+                                                            harness_cli):
     name, root = data_root(kind, tmp_path)
-    code, out, err = run_cli(["data", "check", name, "--root", root], monkeypatch, capsys)
+    code, out, err = harness_cli(["data", "check", name, "--root", root])
     assert code == 0, out + err
 
     path = tmp_path / f"own-{kind}.yaml"
     path.write_text(yaml.safe_dump(experiment(name, root)))
-    plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
+    plan = prepare_sweep(str(path), storage=str(results_storage))
     outcome = run_sweep(plan)
-    trials = pd.read_parquet(tmp_path / "results" / f"own-{kind}" / "trials.parquet")
+    trials = pd.read_parquet(results_storage / f"own-{kind}" / "trials.parquet")
     assert sorted(trials.phase) == ["reproduction", "search", "search"]
     assert set(trials.status) == {"completed"}
     repro = trials[trials.phase == "reproduction"].iloc[0]
     assert 0.0 <= repro["test.recall@1"] <= 1.0 and repro["config.data.name"] == name
 
-    report = tmp_path / "results" / f"own-{kind}" / "report"
+    report = results_storage / f"own-{kind}" / "report"
     md = (report / "report.md").read_text()
     assert "## Retrievals" in md and repro["trial_id"] in md
     pngs = sorted((report / "retrievals").glob("*.png"))

@@ -137,37 +137,31 @@ def test_resuming_on_another_worker_count_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_harness_train_on_two_ranks_writes_once_and_resumes_only_on_two(tmp_path, monkeypatch, capsys):
+def test_harness_train_on_two_ranks_writes_once_and_resumes_only_on_two(tmp_path, tiny_config, harness_cli):
     """`harness train` with train.workers=2: rank 0's files, the worker count in last.pt,
     a resumption with 2 workers continues, one with 1 worker is refused."""
     import json
 
     import yaml
 
-    from fixtures.harness_cli import run_cli
     from harness.core.checkpoint import load_checkpoint
 
     cfg = tmp_path / "dp.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "data": {"name": "digits", "image_size": 16, "val_fraction": 0.4},
-        "model": {"backbone": "tiny_cnn_small", "embedding_size": 16},
-        "memory": {"kind": "axbn", "size": 64},
-        "train": {"epochs": 1, "batch_size": 16, "samples_per_class": 4, "iters_per_epoch": 2,
-                  "probe_size": 8, "eval_untrained": False, "workers": 2, "device": "cpu"},
-    }))
+    cfg.write_text(yaml.safe_dump(tiny_config(
+        memory={"kind": "axbn", "size": 64},
+        train={"epochs": 1, "iters_per_epoch": 2, "workers": 2, "device": "cpu"})))
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(["train", str(cfg), "--out", str(out)], monkeypatch, capsys)
+    code, stdout, _ = harness_cli(["train", str(cfg), "--out", str(out)])
     assert code == 0
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["status"] == "completed" and summary["epochs_run"] == 1
     assert load_checkpoint(out / "checkpoints" / "last.pt")["workers"] == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
-    code, stdout, _ = run_cli(["train", str(cfg), "--out", str(out), "--set", "train.epochs=2"],
-                              monkeypatch, capsys)
+    code, stdout, _ = harness_cli(["train", str(cfg), "--out", str(out), "--set", "train.epochs=2"])
     assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["epochs_run"] == 2
     assert [json.loads(ln)["epoch"] for ln in (out / "epochs.jsonl").read_text().splitlines()] == [1, 2]
 
-    code, _, err = run_cli(["train", str(cfg), "--out", str(out), "--set", "train.epochs=3",
-                            "--set", "train.workers=1"], monkeypatch, capsys)
+    code, _, err = harness_cli(["train", str(cfg), "--out", str(out), "--set", "train.epochs=3",
+                                "--set", "train.workers=1"])
     assert code == 2 and "train.workers" in err

@@ -141,7 +141,7 @@ def test_eval_speed_benchmark_smoke():
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_speed.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_speed.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--n", "1200", "--classes", "240", "--dim", "32", "--noise", "1.5"],
         capture_output=True, text=True, timeout=300,

@@ -48,10 +48,10 @@ def kill_session(sid: int) -> None:
             pass
 
 
-def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+def test_sigkilled_sweep_resumes_without_rerunning_finished_trials(results_storage, tmp_path):
     exp = tmp_path / "tiny.yaml"
     exp.write_text(TINY)
-    storage = tmp_path / "results"
+    storage = results_storage
     trials_path = storage / "tiny" / "trials.parquet"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*HARNESS, "sweep", str(exp), "--storage", str(storage)],

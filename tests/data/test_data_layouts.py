@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
-from typer.testing import CliRunner
 
 from harness.config import DataConfig
 from harness.data import create_datasets, read_dataset
@@ -262,14 +261,6 @@ def test_bad_sop_header_is_data_error(tmp_path):
 # ------------------------------------------------------------------ harness data check
 
 
-@pytest.fixture()
-def cli():
-    import harness.cli
-    import harness.cli.data_cmd  # noqa: F401  registers `data`
-
-    return harness.cli.app
-
-
 @pytest.mark.parametrize(
     "name, maker, rows",
     [
@@ -280,9 +271,9 @@ def cli():
         ("deepfashion2", make_deepfashion2, [("train", "all", 5, 15), ("test", "query", 4, 4), ("test", "gallery", 4, 8)]),
     ],
 )
-def test_data_check_counts(tmp_path, cli, name, maker, rows):
+def test_data_check_counts(tmp_path, cli_runner, name, maker, rows):
     maker(tmp_path)
-    result = CliRunner().invoke(cli, ["data", "check", name, "--root", str(tmp_path)])
+    result = cli_runner.invoke(["data", "check", name, "--root", str(tmp_path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     for split, role, n_classes, n_images in rows:
@@ -293,17 +284,17 @@ def test_data_check_counts(tmp_path, cli, name, maker, rows):
     assert "layout ok" in result.output
 
 
-def test_data_check_lists_missing_and_unreadable(tmp_path, cli):
+def test_data_check_lists_missing_and_unreadable(tmp_path, cli_runner):
     make_sop(tmp_path)
     (tmp_path / "bicycle_final/1_0.JPG").unlink()
     (tmp_path / "bicycle_final/2_1.JPG").write_bytes(b"not a jpeg")
-    result = CliRunner().invoke(cli, ["data", "check", "sop", "--root", str(tmp_path)])
+    result = cli_runner.invoke(["data", "check", "sop", "--root", str(tmp_path)])
     assert result.exit_code == 1
     assert "1 missing" in result.output and "1_0.JPG" in result.output
     assert "1 unreadable" in result.output and "2_1.JPG" in result.output
 
 
-def test_data_check_bad_layout_is_one_line_data_error(tmp_path, cli):
-    result = CliRunner().invoke(cli, ["data", "check", "cub", "--root", str(tmp_path)])
+def test_data_check_bad_layout_is_one_line_data_error(tmp_path, cli_runner):
+    result = cli_runner.invoke(["data", "check", "cub", "--root", str(tmp_path)])
     assert isinstance(result.exception, DataError)
     assert "expected layout" in str(result.exception) and "\n" not in str(result.exception)

@@ -87,13 +87,6 @@ EXPERIMENT = {
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def swept(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     marks = root / "marks"
@@ -180,7 +173,7 @@ def test_reproduce_only_reruns_reproductions_keeping_each_trial_once(swept):
     assert (after.loc[search, "started_at"] == before.loc[search, "started_at"]).all()
 
 
-def test_reproduce_all_reruns_every_grid_point_and_marks_the_best(ray_session, tmp_path):
+def test_reproduce_all_reruns_every_grid_point_and_marks_the_best(results_storage, ray_session, tmp_path):
     """search.reproduce: all (the AXBN paper's Figure 1): every grid configuration is
     reproduced on every seed; only the best one per compared value is marked best_config."""
     marks = tmp_path / "marks"
@@ -193,7 +186,7 @@ def test_reproduce_all_reruns_every_grid_point_and_marks_the_best(ray_session, t
         "reproduction_seeds": [1]}}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(doc))
-    plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
+    plan = prepare_sweep(str(path), storage=str(results_storage))
     outcome = run_sweep(plan, train_fn=FakeTraining(marks, epoch_seconds=0.05), render=False)
     trials = plan.store.trials()
     repro = trials[trials.phase == "reproduction"]
@@ -227,7 +220,7 @@ class FailingTraining:
     (ValueError("bad value for this config"), 0, 1),   # deterministic: not retried
     (RuntimeError("disk on fire"), 1, 2),              # may pass on retry: max_failures=1
 ])  # fmt: skip
-def test_failed_trials_say_why_and_fail_the_sweep(ray_session, tmp_path, error, epoch, calls):
+def test_failed_trials_say_why_and_fail_the_sweep(results_storage, ray_session, tmp_path, error, epoch, calls):
     from harness.errors import SweepFailedError
 
     marks = tmp_path / "marks"
@@ -237,7 +230,7 @@ def test_failed_trials_say_why_and_fail_the_sweep(ray_session, tmp_path, error, 
     doc["search"]["space"] = {"optim.lr": doc["search"]["space"]["optim.lr"]}
     path = tmp_path / "failing.yaml"
     path.write_text(yaml.safe_dump(doc))
-    plan = prepare_sweep(str(path), storage=str(tmp_path / "results"))
+    plan = prepare_sweep(str(path), storage=str(results_storage))
     reason = f"{type(error).__name__}: {error}"
     with pytest.raises(SweepFailedError, match=rf"all 1 search trials of 'failing' failed: {reason}"):
         run_sweep(plan, train_fn=FailingTraining(marks, error, epoch), render=False)

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures.harness_cli import run_cli
 from fixtures.user_data import make_folder, make_table, table_rows, write_png
 from harness.config import DataConfig
 from harness.data import create_datasets, read_dataset
@@ -124,9 +123,9 @@ def test_table_root_must_be_a_file(tmp_path):
         read_dataset("table", tmp_path)
 
 
-def test_data_check_table_counts_and_flags_single_image_classes(tmp_path, monkeypatch, capsys):
+def test_data_check_table_counts_and_flags_single_image_classes(tmp_path, harness_cli):
     path = make_table(tmp_path, "parquet", classes=8, per_class=4, protocol="query-gallery")
-    code, out, err = run_cli(["data", "check", "table", "--root", str(path)], monkeypatch, capsys)
+    code, out, err = harness_cli(["data", "check", "table", "--root", str(path)])
     assert code == 0, out + err
     assert "layout ok" in out and "val" in out and "gallery" in out
     df = pd.read_parquet(path)
@@ -134,20 +133,20 @@ def test_data_check_table_counts_and_flags_single_image_classes(tmp_path, monkey
     df = df.drop(df.index[(df.label == "item-7") & (df.role == "query")])
     df.loc[len(df)] = {"path": "images/missing.png", "label": "item-2", "split": "train", "role": ""}
     df.to_parquet(path)
-    code, out, err = run_cli(["data", "check", "table", "--root", str(path)], monkeypatch, capsys)
+    code, out, err = harness_cli(["data", "check", "table", "--root", str(path)])
     assert code == 1
     assert "1 missing" in out and "missing.png" in out
     assert "1 class(es) with a single image" in out and "train: item-1" in out
     assert "query label(s) without a gallery image" not in out  # item-7 lost its query only
     df = df.drop(df.index[(df.label == "item-6") & (df.role == "gallery")])
     df.to_parquet(path)
-    code, out, err = run_cli(["data", "check", "table", "--root", str(path)], monkeypatch, capsys)
+    code, out, err = harness_cli(["data", "check", "table", "--root", str(path)])
     assert "1 query label(s) without a gallery image" in out and "test: item-6" in out
 
 
-def test_data_check_folder_bad_layout_exit_2_one_line(tmp_path, monkeypatch, capsys):
+def test_data_check_folder_bad_layout_exit_2_one_line(tmp_path, harness_cli):
     make_folder(tmp_path, classes=4, splits=True)
     write_png(tmp_path / "test" / "class01" / "x.png", 1, seed=3)
-    code, out, err = run_cli(["data", "check", "folder", "--root", str(tmp_path)], monkeypatch, capsys)
+    code, out, err = harness_cli(["data", "check", "folder", "--root", str(tmp_path)])
     assert code == 2
     assert "appear in both train and test" in err and len(err.strip().splitlines()) == 1

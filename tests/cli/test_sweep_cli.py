@@ -49,8 +49,8 @@ def test_list_shows_experiments():
     assert "none, xbm, xbm+batch, xbn, axbn, none+xml" in proc.stdout
 
 
-def test_bad_inputs_fail_fast_and_touch_nothing(tmp_path):
-    storage = tmp_path / "results"
+def test_bad_inputs_fail_fast_and_touch_nothing(results_storage, tmp_path):
+    storage = results_storage
     # an existing sweep's files, which no failing call may change
     (storage / "tiny").mkdir(parents=True)
     (storage / "tiny" / "sweep.json").write_text('{"experiment": {}}')

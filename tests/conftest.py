@@ -1,0 +1,63 @@
+"""Fixtures shared by the whole suite (tests/ mirrors the package; see docs/architecture.md, "Tests").
+
+- ``tiny_config``: factory of the smallest real training run (tests/fixtures/configs.py).
+- ``ray_session``: one local Ray (2 CPUs, no dashboard) per test module, shut down after it,
+  for tests that only need *a* Ray; tests of clusters or CLI processes start their own.
+- ``cli_runner``: invoke the Typer app in-process -> ``click.testing.Result``.
+- ``results_storage``: where a sweep keeps its results (``--storage``), under the test's
+  tmp_path and not yet created.
+Helper modules the tests import by name live in tests/fixtures/ (on the path, pyproject.toml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fixtures.configs import tiny_config as _tiny_config
+from fixtures.harness_cli import run_cli
+from fixtures.local_ray import local_ray
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return _tiny_config
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    with local_ray():
+        yield
+
+
+class CliRunner:
+    """``cli_runner.invoke(["eval", ...])``: the ``harness`` Typer app, in-process."""
+
+    def __init__(self):
+        from typer.testing import CliRunner as TyperRunner
+
+        import harness.cli
+
+        harness.cli._register()  # every command group, as `harness` itself does
+        self._runner, self.app = TyperRunner(), harness.cli.app
+
+    def invoke(self, args, **kwargs):
+        return self._runner.invoke(self.app, [str(a) for a in args], **kwargs)
+
+
+@pytest.fixture
+def cli_runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def harness_cli(monkeypatch, capsys):
+    """``harness_cli(["train", ...]) -> (exit code, stdout, stderr)`` of the real entry point."""
+    return lambda args: run_cli(args, monkeypatch, capsys)
+
+
+@pytest.fixture
+def results_storage(tmp_path) -> Path:
+    # Not created: the harness creates it, and tests check what it writes there and when.
+    return tmp_path / "results"
