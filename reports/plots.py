@@ -22,8 +22,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
-from reports import stats  # noqa: E402
 from reports.load import ExperimentResults  # noqa: E402
+from reports.search_analysis import compare_values, objective, search_rows  # noqa: E402
+from reports.tables import best_reproductions, method_sort_key, setting_sort_key  # noqa: E402
 
 # Names come from configs: never let a "$" in them switch on mathtext. Fixed hash salt
 # and no date keep the SVG bytes identical between renders of the same tables.
@@ -58,7 +59,7 @@ def _panels(n: int, width: float = 4.2, height: float = 3.2):
 
 def method_colors(labels) -> dict[str, str]:
     """One colour per method label, the same in every panel and figure."""
-    ordered = sorted(set(labels), key=stats.method_sort_key)
+    ordered = sorted(set(labels), key=method_sort_key)
     return {label: f"C{k % 10}" for k, label in enumerate(ordered)}
 
 
@@ -67,8 +68,8 @@ def _panel_title(dataset: str, setting: str) -> str:
 
 
 def optimisation_history(exp: ExperimentResults, scale: float) -> Figure | None:
-    metric, mode = stats.objective(exp)
-    arms = [(cv, stats.search_rows(exp, cv)) for cv in stats.compare_values(exp)]
+    metric, mode = objective(exp)
+    arms = [(cv, search_rows(exp, cv)) for cv in compare_values(exp)]
     arms = [(cv, rows) for cv, rows in arms if not rows.empty]
     if not arms:
         return None
@@ -114,13 +115,13 @@ def epoch_curves(experiments: list[ExperimentResults], repro: pd.DataFrame, colu
     ep = ep[ep[column].notna()].copy()
     ep[column] = pd.to_numeric(ep[column], errors="coerce") * scale
     panels = sorted(ep.groupby(["dataset", "setting"]).groups,
-                    key=lambda p: (p[0], stats.setting_sort_key(p[1])))
+                    key=lambda p: (p[0], setting_sort_key(p[1])))
     colors = method_colors(ep["label"])
     with plt.rc_context(RC):
         fig, axes = _panels(len(panels))
         for ax, (dataset, setting) in zip(axes, panels):
             part = ep[(ep["dataset"] == dataset) & (ep["setting"] == setting)]
-            for label, g in sorted(part.groupby("label"), key=lambda kv: stats.method_sort_key(kv[0])):
+            for label, g in sorted(part.groupby("label"), key=lambda kv: method_sort_key(kv[0])):
                 agg = g.groupby("epoch")[column].agg(["mean", "std"]).fillna({"std": 0.0})
                 color = colors[label]
                 ax.plot(agg.index, agg["mean"], marker="o", ms=3, color=color, label=label)
@@ -172,7 +173,7 @@ def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
         fig, axes = _panels(len(varying))
         for ax, dataset in zip(axes, sorted(varying)):
             part = df[df["dataset"] == dataset]
-            for method, g in sorted(part.groupby("method"), key=lambda kv: stats.method_sort_key(kv[0])):
+            for method, g in sorted(part.groupby("method"), key=lambda kv: method_sort_key(kv[0])):
                 agg = g.groupby(column)["test.recall@1"].agg(["mean", "std"]).fillna({"std": 0.0})
                 ax.errorbar(agg.index, agg["mean"], yerr=agg["std"], marker="o", ms=4, capsize=3,
                             color=colors[method], label=method)
@@ -200,7 +201,7 @@ def _slug(text: str) -> str:
 def make_figures(experiments: list[ExperimentResults], repro: pd.DataFrame, scale: float) -> list[Figure]:
     figures: list[Figure | None] = [optimisation_history(e, scale) for e in experiments]
     # Figure 1 uses every reproduced configuration; the per-method curves only the best.
-    fig1_rows, repro = repro, stats.best_reproductions(repro)
+    fig1_rows, repro = repro, best_reproductions(repro)
     fixed: dict[str, Any] = {}
     for e in experiments:
         for key, value in ((e.space or {}).get("base_values") or {}).items():

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports import stats
 from reports.load import ExperimentResults
+from reports.search_analysis import objective
+from reports.tables import best_reproductions
 
 N_WORST = 4
 N_TYPICAL = 2
@@ -49,12 +50,12 @@ def find_run_files(exp_path: Path, trial_id: str) -> Path | None:
     return found[-1].parent if found else None
 
 
-def best_reproductions(exp: ExperimentResults) -> list[tuple[str, pd.Series, str]]:
+def best_reproduction_per_value(exp: ExperimentResults) -> list[tuple[str, pd.Series, str]]:
     """(label, row, test metric column) of each compared value's best reproduction."""
     t = exp.trials
     repro = t[(t["phase"] == "reproduction") & (t["status"] == "completed")]
-    repro = stats.best_reproductions(repro)
-    metric, mode = stats.objective(exp)
+    repro = best_reproductions(repro)
+    metric, mode = objective(exp)
     col = "test." + metric.removeprefix("val.")
     if repro.empty or col not in repro.columns:
         return []
@@ -78,7 +79,7 @@ def method_retrievals(experiments: list[ExperimentResults], n_worst: int = N_WOR
 
     out = []
     for exp in experiments:
-        for label, row, col in best_reproductions(exp):
+        for label, row, col in best_reproduction_per_value(exp):
             run_dir = find_run_files(exp.path, str(row["trial_id"]))
             if run_dir is None:
                 continue  # nothing saved (fake training, older sweep): no section entry

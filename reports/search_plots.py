@@ -20,9 +20,10 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from reports import stats  # noqa: E402
 from reports.load import ExperimentResults  # noqa: E402
 from reports.plots import RC, Figure, _slug, _to_svg  # noqa: E402
+from reports.search_analysis import (compare_values, distributions, objective, param_value,  # noqa: E402
+                                     search_rows, trial_params)
 
 MIN_TRIALS = 2  # fewer completed trials: nothing to plot
 
@@ -31,14 +32,14 @@ def search_study(exp: ExperimentResults, compare_value: str | None) -> optuna.St
     """An in-memory study holding the completed search trials of one compared value."""
     if not exp.space or not exp.space.get("params"):
         return None
-    dists = stats.distributions(exp.space)
-    metric, mode = stats.objective(exp)
+    dists = distributions(exp.space)
+    metric, mode = objective(exp)
     trials = []
-    for _, row in stats.search_rows(exp, compare_value).iterrows():
+    for _, row in search_rows(exp, compare_value).iterrows():
         params, used = {}, {}
-        for key, value in stats.trial_params(row, list(dists)).items():
+        for key, value in trial_params(row, list(dists)).items():
             try:
-                v = stats._param_value(dists[key], value)
+                v = param_value(dists[key], value)
             except (ValueError, TypeError):
                 continue
             if isinstance(v, (int, float)) and hasattr(dists[key], "low") and not dists[key].low <= v <= dists[key].high:
@@ -123,9 +124,9 @@ def _plain_log_ticks(fig) -> None:
 def search_figures(exp: ExperimentResults) -> list[Figure]:
     from optuna.visualization import matplotlib as ovm
 
-    metric, mode = stats.objective(exp)
+    metric, mode = objective(exp)
     out: list[Figure] = []
-    for cv in stats.compare_values(exp):
+    for cv in compare_values(exp):
         study = search_study(exp, cv)
         if study is None:
             continue
