@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from reports.load import ExperimentResults
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
+
 
 
 @dataclass

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from reports.load import ExperimentResults
+from harness.results_contract import (
+    COL_COMPARE_VALUE,
+    COL_PHASE,
+    COL_SEED,
+    COL_STATUS,
+    COL_TRIAL_ID,
+    PHASE_REPRODUCTION,
+    PHASE_SEARCH,
+    STATUS_COMPLETED,
+)
 from reports.search_analysis import compare_values, plain_value
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
 
 
 @dataclass
@@ -34,15 +47,15 @@ def progress(exp: ExperimentResults) -> Progress:
     (docs/architecture.md, "Results tables").
     """
     t = exp.trials
-    search = t[t["phase"] == "search"]
-    repro = t[t["phase"] == "reproduction"]
-    done = repro[repro["status"] == "completed"]
+    search = t[t[COL_PHASE] == PHASE_SEARCH]
+    repro = t[t[COL_PHASE] == PHASE_REPRODUCTION]
+    done = repro[repro[COL_STATUS] == STATUS_COMPLETED]
     p = Progress(exp.name, len(search), None, len(done), None)
-    for _, row in t[t["status"] != "completed"].iterrows():
-        p.unfinished.append({"trial_id": str(row["trial_id"]), "phase": str(row["phase"]),
-                             "status": str(row["status"]),
-                             "compare_value": "" if row["compare_value"] is None else str(row["compare_value"]),
-                             "seed": "" if pd.isna(row.get("seed")) else str(plain_value(row.get("seed")))})
+    for _, row in t[t[COL_STATUS] != STATUS_COMPLETED].iterrows():
+        p.unfinished.append({"trial_id": str(row[COL_TRIAL_ID]), "phase": str(row[COL_PHASE]),
+                             "status": str(row[COL_STATUS]),
+                             "compare_value": "" if row[COL_COMPARE_VALUE] is None else str(row[COL_COMPARE_VALUE]),
+                             "seed": "" if pd.isna(row.get(COL_SEED)) else str(plain_value(row.get(COL_SEED)))})
     if exp.space is None:
         p.notes.append("space.json is missing, so the planned trials are unknown")
         return p
@@ -56,13 +69,13 @@ def progress(exp: ExperimentResults) -> Progress:
             want = per_value.get(str(cv)) if per_value else p.search_planned // len(cvs)
             if want is None:
                 continue
-            have = int((search["compare_value"] == cv).sum()) if cv is not None else int(search["compare_value"].isna().sum())
+            have = int((search[COL_COMPARE_VALUE] == cv).sum()) if cv is not None else int(search[COL_COMPARE_VALUE].isna().sum())
             if have < int(want):
                 where = f" for {exp.compare_key}={cv}" if cv is not None else ""
                 p.missing.append(f"{int(want) - have} of {int(want)} search trials{where}")
     seeds = exp.space.get("reproduction_seeds") or []
     p.repro_planned = int(exp.space.get("reproductions_planned") or len(seeds) * len(cvs))
-    have_pairs = {(None if pd.isna(cv) else str(cv), int(s)) for cv, s in zip(repro["compare_value"], repro["seed"])
+    have_pairs = {(None if pd.isna(cv) else str(cv), int(s)) for cv, s in zip(repro[COL_COMPARE_VALUE], repro[COL_SEED])
                   if not pd.isna(s)}
     for cv in cvs:
         for s in seeds:

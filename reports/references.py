@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from reports.load import ExperimentResults
-from reports.statistics import Summary, summarize
+from harness.results_contract import COL_EXPERIMENT, COL_METHOD
+from reports.statistics import summarize
 from reports.tables import METRICS, method_sort_key, setting_sort_key
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
+    from reports.statistics import Summary
 
 
 @dataclass
@@ -63,7 +68,7 @@ def reference_tables(experiments: list[ExperimentResults], best: pd.DataFrame, s
         if not ref or not ref.get("values"):
             continue
         ref_scale = scale / 100.0
-        rows_exp = best[best["experiment"] == exp.name] if not best.empty else best
+        rows_exp = best[best[COL_EXPERIMENT] == exp.name] if not best.empty else best
         settings = sorted(rows_exp["setting"].unique(), key=setting_sort_key) if not rows_exp.empty else [""]
         rows = []
         for metric_col, methods in ref["values"].items():
@@ -73,7 +78,7 @@ def reference_tables(experiments: list[ExperimentResults], best: pd.DataFrame, s
                 for setting in settings:
                     ours = None
                     if not rows_exp.empty and metric_col in rows_exp.columns:
-                        sel = rows_exp[(rows_exp["setting"] == setting) & (rows_exp["method"] == method)]
+                        sel = rows_exp[(rows_exp["setting"] == setting) & (rows_exp[COL_METHOD] == method)]
                         vals = pd.to_numeric(sel[metric_col], errors="coerce").dropna() * scale
                         ours = summarize(vals) if len(vals) else None
                     std = value.get("std")

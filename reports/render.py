@@ -12,20 +12,26 @@ import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import jinja2
 
 from harness.errors import ConfigError, ResultsError
-from reports import plots, retrievals, search_plots
 from reports.environment import environment
-from reports.load import ExperimentResults, load_experiments
+from reports.load import load_experiments
+from reports.plots import make_figures
 from reports.progress import progress
 from reports.references import reference_tables
-from reports.search_analysis import (Importance, best_trials, compare_values, objective, param_importance,
-                                     param_keys)
-from reports.statistics import ALPHA, CONFIDENCE, Summary
+from reports.retrievals import method_retrievals
+from reports.search_analysis import best_trials, compare_values, objective, param_importance, param_keys
+from reports.search_plots import make_search_figures
+from reports.statistics import ALPHA, CONFIDENCE
 from reports.tables import METRICS, best_reproductions, is_fraction_scale, reproductions, summary_tables
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
+    from reports.search_analysis import Importance
+    from reports.statistics import Summary
 
 FORMATS = ("md", "html")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -121,8 +127,8 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
             "importance_params": sorted({k for imp in importances for k in (imp.values or {})}),
             "importance_omitted": _group_reasons(importances),
         })
-    figures = plots.make_figures(experiments, repro, scale)
-    figures += search_plots.make_search_figures(experiments)  # Optuna's own plots, per method
+    figures = make_figures(experiments, repro, scale)
+    figures += make_search_figures(experiments)  # Optuna's own plots, per method
     names = [e.name for e in experiments]
     return {
         "title": "Comparison report: " + ", ".join(names),
@@ -134,7 +140,7 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "confidence": CONFIDENCE,
         "environment": environment(experiments),
         "figures": figures,
-        "retrievals": retrievals.method_retrievals(experiments),
+        "retrievals": method_retrievals(experiments),
         "rendered_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
     }

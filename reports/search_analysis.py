@@ -6,14 +6,25 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import pandas as pd
 
-from reports.load import ExperimentResults
+from harness.best_trial import best_trials as select_best_trials
+from harness.results_contract import (
+    COL_COMPARE_VALUE,
+    COL_PHASE,
+    COL_STATUS,
+    COL_TRIAL_ID,
+    PHASE_SEARCH,
+    STATUS_COMPLETED,
+)
 from reports.tables import value_sort_key
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
 
 
 def objective(exp: ExperimentResults) -> tuple[str, str]:
@@ -28,18 +39,18 @@ def objective(exp: ExperimentResults) -> tuple[str, str]:
 
 def search_rows(exp: ExperimentResults, compare_value: str | None = ..., completed: bool = True) -> pd.DataFrame:
     t = exp.trials
-    rows = t[t["phase"] == "search"]
+    rows = t[t[COL_PHASE] == PHASE_SEARCH]
     if completed:
-        rows = rows[rows["status"] == "completed"]
+        rows = rows[rows[COL_STATUS] == STATUS_COMPLETED]
     if compare_value is not ...:
-        rows = rows[rows["compare_value"].isna()] if compare_value is None else rows[rows["compare_value"] == compare_value]
+        rows = rows[rows[COL_COMPARE_VALUE].isna()] if compare_value is None else rows[rows[COL_COMPARE_VALUE] == compare_value]
     metric, _ = objective(exp)
     if metric in rows.columns:
         rows = rows[pd.to_numeric(rows[metric], errors="coerce").notna()]
     else:
         rows = rows.iloc[0:0]
     if "started_at" in rows.columns:
-        rows = rows.sort_values(["started_at", "trial_id"], kind="stable")
+        rows = rows.sort_values(["started_at", COL_TRIAL_ID], kind="stable")
     return rows
 
 
@@ -48,7 +59,7 @@ def compare_values(exp: ExperimentResults) -> list[str | None]:
     values = space.get("compare_values")
     if values:
         return [str(v) for v in values]
-    seen = exp.trials["compare_value"].dropna().unique().tolist()
+    seen = exp.trials[COL_COMPARE_VALUE].dropna().unique().tolist()
     return sorted(seen, key=value_sort_key) if seen else [None]
 
 
@@ -102,18 +113,19 @@ class BestTrial:
 
 
 def best_trials(exp: ExperimentResults) -> list[BestTrial]:
+    """The best completed search trial of each compared value (the one the sweep reproduces)."""
     metric, mode = objective(exp)
     keys = param_keys(exp)
+    best = select_best_trials(exp.trials, metric, mode)
     out = []
     for cv in compare_values(exp):
-        rows = search_rows(exp, cv)
-        if rows.empty:
+        n_completed = len(search_rows(exp, cv))
+        if not n_completed:
             continue
-        vals = pd.to_numeric(rows[metric], errors="coerce")
-        best = rows.loc[vals.idxmax() if mode == "max" else vals.idxmin()]
-        params = trial_params(best, keys)
-        out.append(BestTrial(exp.name, cv, str(best["trial_id"]), float(vals.loc[best.name]),
-                             metric, params, len(rows)))
+        cvs = best[COL_COMPARE_VALUE]
+        row = best[cvs.isna() if cv is None else cvs == cv].iloc[0]
+        out.append(BestTrial(exp.name, cv, str(row[COL_TRIAL_ID]), float(pd.to_numeric(row[metric])),
+                             metric, trial_params(row, keys), n_completed))
     return out
 
 
@@ -135,7 +147,7 @@ def distributions(space: dict[str, Any]) -> dict[str, optuna.distributions.BaseD
     return out
 
 
-def param_value(dist: optuna.distributions.BaseDistribution, v: Any) -> Any:
+def _param_value(dist: optuna.distributions.BaseDistribution, v: Any) -> Any:
     v = plain_value(v)
     if isinstance(dist, optuna.distributions.IntDistribution):
         return int(v)
@@ -145,6 +157,26 @@ def param_value(dist: optuna.distributions.BaseDistribution, v: Any) -> Any:
         if choice == v or str(choice) == str(v):
             return choice
     raise ValueError(f"{v!r} is not one of {dist.choices}")
+
+
+def searched_params(row: pd.Series, dists: dict[str, optuna.distributions.BaseDistribution]
+                    ) -> tuple[dict[str, Any], dict[str, optuna.distributions.BaseDistribution]]:
+    """(params, their distributions) of one search row, ready for ``optuna.trial.create_trial``.
+
+    A conditional parameter the trial did not sample is absent; so is a value outside the
+    declared space (an edited space.json), which Optuna would reject.
+    """
+    params, used = {}, {}
+    for key, value in trial_params(row, list(dists)).items():
+        dist = dists[key]
+        try:
+            v = _param_value(dist, value)
+        except (ValueError, TypeError):
+            continue
+        if isinstance(v, (int, float)) and hasattr(dist, "low") and not dist.low <= v <= dist.high:
+            continue
+        params[key], used[key] = v, dist
+    return params, used
 
 
 @dataclass
@@ -167,19 +199,7 @@ def param_importance(exp: ExperimentResults, compare_value: str | None) -> Impor
     rows = search_rows(exp, compare_value)
     trials = []
     for _, row in rows.iterrows():
-        params, used = {}, {}
-        sampled = trial_params(row, list(dists))  # a conditional parameter may be absent
-        for key, dist in dists.items():
-            if key not in sampled:
-                continue
-            v = sampled[key]
-            try:
-                value = param_value(dist, v)
-            except (ValueError, TypeError):
-                continue  # not a value of the declared space (edited space.json?): leave it out
-            if isinstance(value, (int, float)) and hasattr(dist, "low") and not dist.low <= value <= dist.high:
-                continue
-            params[key], used[key] = value, dist
+        params, used = searched_params(row, dists)
         trials.append(optuna.trial.create_trial(params=params, distributions=used, value=float(row[metric])))
     result.n_trials = len(trials)
     if len(trials) < 2:

@@ -10,7 +10,7 @@ report needs neither the Optuna database nor a running sweep.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import matplotlib
 
@@ -20,10 +20,13 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from reports.load import ExperimentResults  # noqa: E402
+from harness.results_contract import COL_TRIAL_ID  # noqa: E402
 from reports.plots import RC, Figure, _slug, _to_svg  # noqa: E402
-from reports.search_analysis import (compare_values, distributions, objective, param_value,  # noqa: E402
-                                     search_rows, trial_params)
+from reports.search_analysis import (compare_values, distributions, objective,  # noqa: E402
+                                     search_rows, searched_params)
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
 
 MIN_TRIALS = 2  # fewer completed trials: nothing to plot
 
@@ -36,20 +39,12 @@ def search_study(exp: ExperimentResults, compare_value: str | None) -> optuna.St
     metric, mode = objective(exp)
     trials = []
     for _, row in search_rows(exp, compare_value).iterrows():
-        params, used = {}, {}
-        for key, value in trial_params(row, list(dists)).items():
-            try:
-                v = param_value(dists[key], value)
-            except (ValueError, TypeError):
-                continue
-            if isinstance(v, (int, float)) and hasattr(dists[key], "low") and not dists[key].low <= v <= dists[key].high:
-                continue
-            params[key], used[key] = v, dists[key]
+        params, used = searched_params(row, dists)
         value = float(row[metric])
         if not np.isfinite(value):
             continue
         trials.append(optuna.trial.create_trial(params=params, distributions=used, value=value,
-                                                user_attrs={"trial_id": str(row["trial_id"])}))
+                                                user_attrs={"trial_id": str(row[COL_TRIAL_ID])}))
     if len(trials) < MIN_TRIALS or not any(t.params for t in trials):
         return None
     verbosity = optuna.logging.get_verbosity()

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from harness.results_contract import MEMORY_KINDS
-from reports.load import ExperimentResults
-from reports.statistics import Comparison, Summary, summarize, welch
+from harness.results_contract import (
+    COL_COMPARE_VALUE,
+    COL_EXPERIMENT,
+    COL_METHOD,
+    COL_PHASE,
+    COL_STATUS,
+    MEMORY_KINDS,
+    PHASE_REPRODUCTION,
+    STATUS_COMPLETED,
+    split_method,
+)
+from reports.statistics import summarize, welch
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
+    from reports.statistics import Comparison, Summary
 
 # Test metrics of the summary table, in the AXBN paper's order (Tables 1 and 2).
 METRICS: dict[str, str] = {
@@ -25,7 +39,7 @@ METRICS: dict[str, str] = {
     "test.r_precision": "R-Precision",
 }
 # Compare axes that the ``method`` column already spells out (memory kind, "+xml").
-METHOD_KEYS = {"method", "memory.kind", "xml.enabled"}
+METHOD_KEYS = {COL_METHOD, "memory.kind", "xml.enabled"}
 
 
 def setting_label(compare_key: str | None, compare_value: str | None) -> str:
@@ -67,24 +81,24 @@ def reproductions(experiments: list[ExperimentResults]) -> pd.DataFrame:
     frames = []
     for exp in experiments:
         t = exp.trials
-        rows = t[(t["phase"] == "reproduction") & (t["status"] == "completed")].copy()
+        rows = t[(t[COL_PHASE] == PHASE_REPRODUCTION) & (t[COL_STATUS] == STATUS_COMPLETED)].copy()
         if rows.empty:
             continue
-        rows["experiment"] = exp.name
+        rows[COL_EXPERIMENT] = exp.name
         if "config.data.name" in rows:
             rows["dataset"] = rows["config.data.name"].fillna(exp.name).astype(str)
         else:
             rows["dataset"] = exp.name
         key = exp.compare_key
-        rows["setting"] = [setting_label(key, v) for v in rows["compare_value"]]
+        rows["setting"] = [setting_label(key, v) for v in rows[COL_COMPARE_VALUE]]
         frames.append(rows)
     if not frames:
-        return pd.DataFrame(columns=["experiment", "dataset", "setting", "method", "label"])
+        return pd.DataFrame(columns=[COL_EXPERIMENT, "dataset", "setting", COL_METHOD, "label"])
     df = pd.concat(frames, ignore_index=True)
     # A method that appears in two experiments of the same dataset and setting
     # gets the experiment name, so both rows stay apart.
-    n_exp = df.groupby(["dataset", "setting", "method"])["experiment"].transform("nunique")
-    df["label"] = np.where(n_exp > 1, df["method"] + " (" + df["experiment"] + ")", df["method"])
+    n_exp = df.groupby(["dataset", "setting", COL_METHOD])[COL_EXPERIMENT].transform("nunique")
+    df["label"] = np.where(n_exp > 1, df[COL_METHOD] + " (" + df[COL_EXPERIMENT] + ")", df[COL_METHOD])
     return df
 
 
@@ -139,7 +153,7 @@ METHOD_ORDER = MEMORY_KINDS
 
 def method_sort_key(label: str) -> tuple:
     method, _, rest = label.partition(" (")
-    kind, xml = method.removesuffix("+xml"), method.endswith("+xml")
+    kind, xml = split_method(method)
     rank = METHOD_ORDER.index(kind) if kind in METHOD_ORDER else len(METHOD_ORDER)
     return (rank, kind, xml, rest)
 
