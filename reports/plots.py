@@ -182,7 +182,7 @@ def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
         fig, axes = _panels(len(varying))
         for ax, dataset in zip(axes, sorted(varying)):
             part = df[df["dataset"] == dataset]
-            for method, g in sorted(part.groupby("method"), key=lambda kv: method_sort_key(kv[0])):
+            for method, g in sorted(part.groupby(COL_METHOD), key=lambda kv: method_sort_key(kv[0])):
                 agg = g.groupby(column)["test.recall@1"].agg(["mean", "std"]).fillna({"std": 0.0})
                 ax.errorbar(agg.index, agg["mean"], yerr=agg["std"], marker="o", ms=4, capsize=3,
                             color=colors[method], label=method)

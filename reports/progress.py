@@ -52,6 +52,7 @@ def progress(exp: ExperimentResults) -> Progress:
     done = repro[repro[COL_STATUS] == STATUS_COMPLETED]
     p = Progress(exp.name, len(search), None, len(done), None)
     for _, row in t[t[COL_STATUS] != STATUS_COMPLETED].iterrows():
+        # Keys: the field names the templates show (they match the columns today).
         p.unfinished.append({"trial_id": str(row[COL_TRIAL_ID]), "phase": str(row[COL_PHASE]),
                              "status": str(row[COL_STATUS]),
                              "compare_value": "" if row[COL_COMPARE_VALUE] is None else str(row[COL_COMPARE_VALUE]),

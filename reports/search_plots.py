@@ -44,7 +44,7 @@ def search_study(exp: ExperimentResults, compare_value: str | None) -> optuna.St
         if not np.isfinite(value):
             continue
         trials.append(optuna.trial.create_trial(params=params, distributions=used, value=value,
-                                                user_attrs={"trial_id": str(row[COL_TRIAL_ID])}))
+                                                user_attrs={COL_TRIAL_ID: str(row[COL_TRIAL_ID])}))
     if len(trials) < MIN_TRIALS or not any(t.params for t in trials):
         return None
     verbosity = optuna.logging.get_verbosity()
