@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.config import build_config, load_yaml
+from harness.errors import HarnessError
 from harness.results_contract import (
     COL_COMPARE_VALUE,
     COL_PHASE,
@@ -25,6 +27,7 @@ from harness.results_contract import (
     PHASE_REPRODUCTION,
     STATUS_COMPLETED,
 )
+from harness.retrieval_pictures import RETRIEVALS_FILE, Neighbours, draw_pictures
 from reports.search_analysis import objective
 from reports.tables import best_reproductions
 
@@ -55,8 +58,6 @@ def _slug(text: str) -> str:
 
 def find_run_files(exp_path: Path, trial_id: str) -> Path | None:
     """The newest Tune checkpoint folder of ``trial_id`` that holds ``retrievals.npz``."""
-    from harness.retrieval_pictures import RETRIEVALS_FILE
-
     found = sorted((Path(exp_path) / "tune" / PHASE_REPRODUCTION / trial_id).glob(f"checkpoint_*/{RETRIEVALS_FILE}"))
     return found[-1].parent if found else None
 
@@ -83,10 +84,8 @@ def best_reproduction_per_value(exp: ExperimentResults) -> list[tuple[str, pd.Se
 def method_retrievals(experiments: list[ExperimentResults], n_worst: int = N_WORST,
                       n_typical: int = N_TYPICAL, k: int = TOP_K) -> list[MethodRetrievals]:
     """Pictures of every experiment's best reproductions that saved their neighbours."""
-    from harness.config import build_config, load_yaml
+    # local: the dataset registry loads torch, which a report without pictures never needs
     from harness.data.registry import read_dataset
-    from harness.errors import HarnessError
-    from harness.retrieval_pictures import Neighbours, RETRIEVALS_FILE, draw_pictures
 
     out = []
     for exp in experiments:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from optuna.visualization import matplotlib as ovm  # noqa: E402
 
 from harness.results_contract import COL_TRIAL_ID  # noqa: E402
 from reports.plots import RC, Figure, _slug, _to_svg  # noqa: E402
@@ -117,8 +118,6 @@ def _plain_log_ticks(fig) -> None:
 
 
 def search_figures(exp: ExperimentResults) -> list[Figure]:
-    from optuna.visualization import matplotlib as ovm
-
     metric, mode = objective(exp)
     out: list[Figure] = []
     for cv in compare_values(exp):
