@@ -1,7 +1,9 @@
 """Comparison reports from a sweep's results tables (Markdown + self-contained HTML).
 
 ``render_report(experiment_dirs, out_dir, formats=("md", "html")) -> {format: path}``;
-modules: load (read + validate tables), stats (seeds, Welch, importance), plots, render.
+modules: load (read + validate tables), statistics (seeds, Welch), tables (comparison
+tables), references, search_analysis (best trials, importance), progress, environment,
+plots, search_plots, retrievals, render.
 """
 
 from reports.render import render_report

@@ -16,8 +16,21 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import ResultsError
-
-from harness.results_contract import EPOCH_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS
+from harness.results_contract import (
+    COL_COMPARE_KEY,
+    COL_COMPARE_VALUE,
+    COL_EXPERIMENT,
+    COL_METHOD,
+    COL_SCHEMA_VERSION,
+    COL_SEED,
+    EPOCH_COLUMNS,
+    EPOCHS_FILE,
+    SCHEMA_VERSION,
+    SPACE_FILE,
+    STATE_FILE,
+    TRIAL_COLUMNS,
+    TRIALS_FILE,
+)
 
 
 @dataclass
@@ -34,14 +47,14 @@ class ExperimentResults:
     def compare_key(self) -> str | None:
         if self.space and self.space.get("compare_key"):
             return self.space["compare_key"]
-        keys = self.trials["compare_key"].dropna().unique() if "compare_key" in self.trials else []
+        keys = self.trials[COL_COMPARE_KEY].dropna().unique() if COL_COMPARE_KEY in self.trials else []
         return str(keys[0]) if len(keys) else None
 
 
 def rebuild_advice(path: Path) -> str:
     """How to get a damaged table (or space.json) back: advice that works for this folder."""
     root = path.parent
-    if (root / "sweep.json").is_file() and (root / "tune").is_dir():
+    if (root / STATE_FILE).is_file() and (root / "tune").is_dir():
         return (f"`harness sweep {root.name} --resume --storage {root.parent}` rebuilds it "
                 "from the sweep's own state")
     return "this folder holds no sweep state to rebuild it from; copy it again from where the sweep ran"
@@ -64,7 +77,7 @@ def _read_parquet(path: Path, required: tuple[str, ...], what: str) -> pd.DataFr
         )
     if df.empty:
         raise ResultsError(f"{path}: the {what} table has no rows; wait for a trial to finish")
-    versions = sorted({int(v) for v in df["schema_version"].dropna().unique()})
+    versions = sorted({int(v) for v in df[COL_SCHEMA_VERSION].dropna().unique()})
     if versions != [SCHEMA_VERSION]:
         raise ResultsError(
             f"{path}: schema_version {versions or 'missing'} is not supported "
@@ -92,20 +105,20 @@ def load_experiment(path: str | Path) -> ExperimentResults:
         raise ResultsError(
             f"experiment directory not found: {root}; pass <storage>/<experiment>/ as written by `harness sweep`"
         )
-    trials_path = root / "trials.parquet"
+    trials_path = root / TRIALS_FILE
     if not trials_path.is_file():
         raise ResultsError(
-            f"{root}: no trials.parquet; no trial has finished yet, or this is not an experiment directory"
+            f"{root}: no {TRIALS_FILE}; no trial has finished yet, or this is not an experiment directory"
         )
     trials = _read_parquet(trials_path, TRIAL_COLUMNS, "trials")
-    for col in ("compare_key", "compare_value", "seed"):
+    for col in (COL_COMPARE_KEY, COL_COMPARE_VALUE, COL_SEED):
         if col not in trials.columns:
             trials[col] = None
     # Compare values are strings by contract; normalise so "64" and 64 group together.
-    trials["compare_value"] = trials["compare_value"].map(lambda v: None if pd.isna(v) else str(v))
-    trials["method"] = trials["method"].astype(str)
+    trials[COL_COMPARE_VALUE] = trials[COL_COMPARE_VALUE].map(lambda v: None if pd.isna(v) else str(v))
+    trials[COL_METHOD] = trials[COL_METHOD].astype(str)
 
-    epochs_path = root / "epochs.parquet"
+    epochs_path = root / EPOCHS_FILE
     epochs = None
     if epochs_path.is_file():
         try:
@@ -114,8 +127,8 @@ def load_experiment(path: str | Path) -> ExperimentResults:
             # An epochs table that is still empty is normal early on; a foreign one is not.
             if "has no rows" not in str(e):
                 raise
-    space = _read_space(root / "space.json")
-    names = sorted(trials["experiment"].astype(str).unique())
+    space = _read_space(root / SPACE_FILE)
+    names = sorted(trials[COL_EXPERIMENT].astype(str).unique())
     name = names[0] if len(names) == 1 else (space or {}).get("experiment") or root.name
     return ExperimentResults(name=str(name), path=root, trials=trials, epochs=epochs, space=space)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -22,8 +22,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
-from reports import stats  # noqa: E402
-from reports.load import ExperimentResults  # noqa: E402
+from harness.results_contract import (  # noqa: E402
+    COL_EXPERIMENT,
+    COL_METHOD,
+    COL_PHASE,
+    COL_TRIAL_ID,
+    PHASE_REPRODUCTION,
+)
+from reports.search_analysis import compare_values, objective, search_rows  # noqa: E402
+from reports.tables import best_reproductions, method_sort_key, setting_sort_key  # noqa: E402
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
 
 # Names come from configs: never let a "$" in them switch on mathtext. Fixed hash salt
 # and no date keep the SVG bytes identical between renders of the same tables.
@@ -58,7 +68,7 @@ def _panels(n: int, width: float = 4.2, height: float = 3.2):
 
 def method_colors(labels) -> dict[str, str]:
     """One colour per method label, the same in every panel and figure."""
-    ordered = sorted(set(labels), key=stats.method_sort_key)
+    ordered = sorted(set(labels), key=method_sort_key)
     return {label: f"C{k % 10}" for k, label in enumerate(ordered)}
 
 
@@ -67,8 +77,8 @@ def _panel_title(dataset: str, setting: str) -> str:
 
 
 def optimisation_history(exp: ExperimentResults, scale: float) -> Figure | None:
-    metric, mode = stats.objective(exp)
-    arms = [(cv, stats.search_rows(exp, cv)) for cv in stats.compare_values(exp)]
+    metric, mode = objective(exp)
+    arms = [(cv, search_rows(exp, cv)) for cv in compare_values(exp)]
     arms = [(cv, rows) for cv, rows in arms if not rows.empty]
     if not arms:
         return None
@@ -100,10 +110,10 @@ def _epoch_frame(experiments: list[ExperimentResults], repro: pd.DataFrame) -> p
     if not frames or repro.empty:
         return pd.DataFrame()
     ep = pd.concat(frames, ignore_index=True)
-    ep = ep[ep["phase"] == "reproduction"].drop(columns=["method"], errors="ignore")
-    ep["trial_id"] = ep["trial_id"].astype(str)
-    keys = repro[["experiment", "trial_id", "dataset", "setting", "label"]].astype({"trial_id": str})
-    return ep.merge(keys, on=["experiment", "trial_id"], how="inner")
+    ep = ep[ep[COL_PHASE] == PHASE_REPRODUCTION].drop(columns=[COL_METHOD], errors="ignore")
+    ep[COL_TRIAL_ID] = ep[COL_TRIAL_ID].astype(str)
+    keys = repro[[COL_EXPERIMENT, COL_TRIAL_ID, "dataset", "setting", "label"]].astype({COL_TRIAL_ID: str})
+    return ep.merge(keys, on=[COL_EXPERIMENT, COL_TRIAL_ID], how="inner")
 
 
 def epoch_curves(experiments: list[ExperimentResults], repro: pd.DataFrame, column: str,
@@ -114,13 +124,13 @@ def epoch_curves(experiments: list[ExperimentResults], repro: pd.DataFrame, colu
     ep = ep[ep[column].notna()].copy()
     ep[column] = pd.to_numeric(ep[column], errors="coerce") * scale
     panels = sorted(ep.groupby(["dataset", "setting"]).groups,
-                    key=lambda p: (p[0], stats.setting_sort_key(p[1])))
+                    key=lambda p: (p[0], setting_sort_key(p[1])))
     colors = method_colors(ep["label"])
     with plt.rc_context(RC):
         fig, axes = _panels(len(panels))
         for ax, (dataset, setting) in zip(axes, panels):
             part = ep[(ep["dataset"] == dataset) & (ep["setting"] == setting)]
-            for label, g in sorted(part.groupby("label"), key=lambda kv: stats.method_sort_key(kv[0])):
+            for label, g in sorted(part.groupby("label"), key=lambda kv: method_sort_key(kv[0])):
                 agg = g.groupby("epoch")[column].agg(["mean", "std"]).fillna({"std": 0.0})
                 color = colors[label]
                 ax.plot(agg.index, agg["mean"], marker="o", ms=3, color=color, label=label)
@@ -149,7 +159,7 @@ def recall_points(repro: pd.DataFrame, column: str, scale: float,
                 and repro[other].nunique(dropna=True) > 1:
             repro = repro[pd.to_numeric(repro[other], errors="coerce") == value]
             sliced_at.append(f"{other.removeprefix('config.')} = {value}")
-    df = repro[["dataset", "method", column, "test.recall@1"]].copy()
+    df = repro[["dataset", COL_METHOD, column, "test.recall@1"]].copy()
     df[column] = pd.to_numeric(df[column], errors="coerce")
     df["test.recall@1"] = pd.to_numeric(df["test.recall@1"], errors="coerce") * scale
     return df.dropna(), sliced_at
@@ -164,15 +174,15 @@ def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
     df, sliced_at = recall_points(repro, column, scale, fixed)
     # A curve needs one method at two or more values; methods tuned to different values
     # (e.g. each its own searched memory size) are not a sweep over that axis.
-    varying = sorted({d for (d, _), g in df.groupby(["dataset", "method"]) if g[column].nunique() > 1})
+    varying = sorted({d for (d, _), g in df.groupby(["dataset", COL_METHOD]) if g[column].nunique() > 1})
     if not varying:
         return None
-    colors = method_colors(df["method"])
+    colors = method_colors(df[COL_METHOD])
     with plt.rc_context(RC):
         fig, axes = _panels(len(varying))
         for ax, dataset in zip(axes, sorted(varying)):
             part = df[df["dataset"] == dataset]
-            for method, g in sorted(part.groupby("method"), key=lambda kv: stats.method_sort_key(kv[0])):
+            for method, g in sorted(part.groupby(COL_METHOD), key=lambda kv: method_sort_key(kv[0])):
                 agg = g.groupby(column)["test.recall@1"].agg(["mean", "std"]).fillna({"std": 0.0})
                 ax.errorbar(agg.index, agg["mean"], yerr=agg["std"], marker="o", ms=4, capsize=3,
                             color=colors[method], label=method)
@@ -200,7 +210,7 @@ def _slug(text: str) -> str:
 def make_figures(experiments: list[ExperimentResults], repro: pd.DataFrame, scale: float) -> list[Figure]:
     figures: list[Figure | None] = [optimisation_history(e, scale) for e in experiments]
     # Figure 1 uses every reproduced configuration; the per-method curves only the best.
-    fig1_rows, repro = repro, stats.best_reproductions(repro)
+    fig1_rows, repro = repro, best_reproductions(repro)
     fixed: dict[str, Any] = {}
     for e in experiments:
         for key, value in ((e.space or {}).get("base_values") or {}).items():

@@ -12,13 +12,26 @@ import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import jinja2
 
 from harness.errors import ConfigError, ResultsError
-from reports import plots, retrievals, search_plots, stats
-from reports.load import ExperimentResults, load_experiments
+from reports.environment import environment
+from reports.load import load_experiments
+from reports.plots import make_figures
+from reports.progress import progress
+from reports.references import reference_tables
+from reports.retrievals import method_retrievals
+from reports.search_analysis import best_trials, compare_values, objective, param_importance, param_keys
+from reports.search_plots import make_search_figures
+from reports.statistics import ALPHA, CONFIDENCE
+from reports.tables import METRICS, best_reproductions, is_fraction_scale, reproductions, summary_tables
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
+    from reports.search_analysis import Importance
+    from reports.statistics import Summary
 
 FORMATS = ("md", "html")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -44,7 +57,7 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def pm(summary: stats.Summary | None) -> str:
+def pm(summary: Summary | None) -> str:
     """"80.73 ± 0.30" (mean ± std over seeds); a single seed has no std."""
     if summary is None or summary.n == 0:
         return "–"
@@ -62,7 +75,7 @@ def signed(value: float | None) -> str:
     return "–" if value is None else f"{value:+.2f}"
 
 
-def ci(summary: stats.Summary | None) -> str:
+def ci(summary: Summary | None) -> str:
     if summary is None or summary.ci_low is None:
         return "–"
     return f"{summary.ci_low:.2f} to {summary.ci_high:.2f}"
@@ -92,48 +105,48 @@ def _environment(autoescape: bool, finalize=None) -> jinja2.Environment:
 
 def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
     """Everything both templates show, as plain data."""
-    repro = stats.reproductions(experiments)
-    metric_cols = [m for m in stats.METRICS if m in repro.columns]
-    percent = stats.is_fraction_scale(repro, metric_cols) if metric_cols else True
+    repro = reproductions(experiments)
+    metric_cols = [m for m in METRICS if m in repro.columns]
+    percent = is_fraction_scale(repro, metric_cols) if metric_cols else True
     scale = 100.0 if percent else 1.0
-    best = stats.best_reproductions(repro)
-    tables = stats.summary_tables(best, scale) if not best.empty else []
+    best = best_reproductions(repro)
+    tables = summary_tables(best, scale) if not best.empty else []
     per_experiment = []
     for exp in experiments:
-        importances = [stats.param_importance(exp, cv) for cv in stats.compare_values(exp)]
+        importances = [param_importance(exp, cv) for cv in compare_values(exp)]
         per_experiment.append({
             "name": exp.name,
             "path": str(exp.path),
             "compare_key": exp.compare_key,
-            "compare_values": [cv for cv in stats.compare_values(exp) if cv is not None],
-            "metric": "{} ({})".format(*stats.objective(exp)),
-            "progress": stats.progress(exp),
-            "best": stats.best_trials(exp),
-            "param_keys": stats.param_keys(exp),
+            "compare_values": [cv for cv in compare_values(exp) if cv is not None],
+            "metric": "{} ({})".format(*objective(exp)),
+            "progress": progress(exp),
+            "best": best_trials(exp),
+            "param_keys": param_keys(exp),
             "importances": importances,
             "importance_params": sorted({k for imp in importances for k in (imp.values or {})}),
             "importance_omitted": _group_reasons(importances),
         })
-    figures = plots.make_figures(experiments, repro, scale)
-    figures += search_plots.make_search_figures(experiments)  # Optuna's own plots, per method
+    figures = make_figures(experiments, repro, scale)
+    figures += make_search_figures(experiments)  # Optuna's own plots, per method
     names = [e.name for e in experiments]
     return {
         "title": "Comparison report: " + ", ".join(names),
         "experiments": per_experiment,
         "tables": tables,
-        "references": stats.reference_tables(experiments, best, scale),
+        "references": reference_tables(experiments, best, scale),
         "unit": "%" if percent else "metric units",
-        "alpha": stats.ALPHA,
-        "confidence": stats.CONFIDENCE,
-        "environment": stats.environment(experiments),
+        "alpha": ALPHA,
+        "confidence": CONFIDENCE,
+        "environment": environment(experiments),
         "figures": figures,
-        "retrievals": retrievals.method_retrievals(experiments),
+        "retrievals": method_retrievals(experiments),
         "rendered_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
     }
 
 
-def _group_reasons(importances: list[stats.Importance]) -> list[tuple[list[str], str]]:
+def _group_reasons(importances: list[Importance]) -> list[tuple[list[str], str]]:
     """(compare values, reason) for the omitted importances, one entry per reason."""
     groups: dict[str, list[str]] = {}
     for imp in importances:

@@ -13,11 +13,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from reports import stats
-from reports.load import ExperimentResults
+from harness.config import build_config, load_yaml
+from harness.errors import HarnessError
+from harness.results_contract import (
+    COL_COMPARE_VALUE,
+    COL_PHASE,
+    COL_STATUS,
+    COL_TRIAL_ID,
+    PHASE_REPRODUCTION,
+    STATUS_COMPLETED,
+)
+from harness.retrieval_pictures import RETRIEVALS_FILE, Neighbours, draw_pictures
+from reports.search_analysis import objective
+from reports.tables import best_reproductions
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
 
 N_WORST = 4
 N_TYPICAL = 2
@@ -43,23 +58,21 @@ def _slug(text: str) -> str:
 
 def find_run_files(exp_path: Path, trial_id: str) -> Path | None:
     """The newest Tune checkpoint folder of ``trial_id`` that holds ``retrievals.npz``."""
-    from harness.retrieval_pictures import RETRIEVALS_FILE
-
-    found = sorted((Path(exp_path) / "tune" / "reproduction" / trial_id).glob(f"checkpoint_*/{RETRIEVALS_FILE}"))
+    found = sorted((Path(exp_path) / "tune" / PHASE_REPRODUCTION / trial_id).glob(f"checkpoint_*/{RETRIEVALS_FILE}"))
     return found[-1].parent if found else None
 
 
-def best_reproductions(exp: ExperimentResults) -> list[tuple[str, pd.Series, str]]:
+def best_reproduction_per_value(exp: ExperimentResults) -> list[tuple[str, pd.Series, str]]:
     """(label, row, test metric column) of each compared value's best reproduction."""
     t = exp.trials
-    repro = t[(t["phase"] == "reproduction") & (t["status"] == "completed")]
-    repro = stats.best_reproductions(repro)
-    metric, mode = stats.objective(exp)
+    repro = t[(t[COL_PHASE] == PHASE_REPRODUCTION) & (t[COL_STATUS] == STATUS_COMPLETED)]
+    repro = best_reproductions(repro)
+    metric, mode = objective(exp)
     col = "test." + metric.removeprefix("val.")
     if repro.empty or col not in repro.columns:
         return []
     out = []
-    for value, rows in repro.groupby(repro["compare_value"].fillna("(all)"), sort=True):
+    for value, rows in repro.groupby(repro[COL_COMPARE_VALUE].fillna("(all)"), sort=True):
         rows = rows[rows[col].notna()]
         if rows.empty:
             continue
@@ -71,18 +84,16 @@ def best_reproductions(exp: ExperimentResults) -> list[tuple[str, pd.Series, str
 def method_retrievals(experiments: list[ExperimentResults], n_worst: int = N_WORST,
                       n_typical: int = N_TYPICAL, k: int = TOP_K) -> list[MethodRetrievals]:
     """Pictures of every experiment's best reproductions that saved their neighbours."""
-    from harness.config import build_config, load_yaml
+    # local: the dataset registry loads torch, which a report without pictures never needs
     from harness.data.registry import read_dataset
-    from harness.errors import HarnessError
-    from harness.retrieval_pictures import Neighbours, RETRIEVALS_FILE, draw_pictures
 
     out = []
     for exp in experiments:
-        for label, row, col in best_reproductions(exp):
-            run_dir = find_run_files(exp.path, str(row["trial_id"]))
+        for label, row, col in best_reproduction_per_value(exp):
+            run_dir = find_run_files(exp.path, str(row[COL_TRIAL_ID]))
             if run_dir is None:
                 continue  # nothing saved (fake training, older sweep): no section entry
-            item = MethodRetrievals(exp.name, label, str(row["trial_id"]), col, float(row[col]))
+            item = MethodRetrievals(exp.name, label, str(row[COL_TRIAL_ID]), col, float(row[col]))
             try:
                 config = build_config(load_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
                 test = read_dataset(config.data.name, config.data.root).test

@@ -10,7 +10,7 @@ report needs neither the Optuna database nor a running sweep.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import matplotlib
 
@@ -19,10 +19,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from optuna.visualization import matplotlib as ovm  # noqa: E402
 
-from reports import stats  # noqa: E402
-from reports.load import ExperimentResults  # noqa: E402
+from harness.results_contract import COL_TRIAL_ID  # noqa: E402
 from reports.plots import RC, Figure, _slug, _to_svg  # noqa: E402
+from reports.search_analysis import (compare_values, distributions, objective,  # noqa: E402
+                                     search_rows, searched_params)
+
+if TYPE_CHECKING:
+    from reports.load import ExperimentResults
 
 MIN_TRIALS = 2  # fewer completed trials: nothing to plot
 
@@ -31,24 +36,16 @@ def search_study(exp: ExperimentResults, compare_value: str | None) -> optuna.St
     """An in-memory study holding the completed search trials of one compared value."""
     if not exp.space or not exp.space.get("params"):
         return None
-    dists = stats.distributions(exp.space)
-    metric, mode = stats.objective(exp)
+    dists = distributions(exp.space)
+    metric, mode = objective(exp)
     trials = []
-    for _, row in stats.search_rows(exp, compare_value).iterrows():
-        params, used = {}, {}
-        for key, value in stats.trial_params(row, list(dists)).items():
-            try:
-                v = stats._param_value(dists[key], value)
-            except (ValueError, TypeError):
-                continue
-            if isinstance(v, (int, float)) and hasattr(dists[key], "low") and not dists[key].low <= v <= dists[key].high:
-                continue
-            params[key], used[key] = v, dists[key]
+    for _, row in search_rows(exp, compare_value).iterrows():
+        params, used = searched_params(row, dists)
         value = float(row[metric])
         if not np.isfinite(value):
             continue
         trials.append(optuna.trial.create_trial(params=params, distributions=used, value=value,
-                                                user_attrs={"trial_id": str(row["trial_id"])}))
+                                                user_attrs={COL_TRIAL_ID: str(row[COL_TRIAL_ID])}))
     if len(trials) < MIN_TRIALS or not any(t.params for t in trials):
         return None
     verbosity = optuna.logging.get_verbosity()
@@ -121,11 +118,9 @@ def _plain_log_ticks(fig) -> None:
 
 
 def search_figures(exp: ExperimentResults) -> list[Figure]:
-    from optuna.visualization import matplotlib as ovm
-
-    metric, mode = stats.objective(exp)
+    metric, mode = objective(exp)
     out: list[Figure] = []
-    for cv in stats.compare_values(exp):
+    for cv in compare_values(exp):
         study = search_study(exp, cv)
         if study is None:
             continue

@@ -16,8 +16,12 @@ import pytest
 from fixtures.report_tables import write_experiment
 from harness.errors import ResultsError
 from reports import render_report
-from reports import plots, stats
+from reports import plots
 from reports.load import load_experiment
+from reports.progress import progress
+from reports.search_analysis import best_trials, param_importance
+from reports.statistics import summarize, welch
+from reports.tables import best_reproductions, reproductions
 
 
 def table_row(md: str, label: str) -> list[str]:
@@ -60,29 +64,29 @@ def test_significance_sentences(full_report):
 
 
 def test_welch_not_testable_cases():
-    one = stats.welch("a", [0.8, 0.81], "b", [0.7], "Recall@1")
+    one = welch("a", [0.8, 0.81], "b", [0.7], "Recall@1")
     assert one.p is None and "1 seed for b" in one.sentence and "not testable" in one.sentence
-    flat = stats.welch("a", [0.8, 0.8], "b", [0.7, 0.7], "Recall@1")
+    flat = welch("a", [0.8, 0.8], "b", [0.7, 0.7], "Recall@1")
     assert flat.p is None and "zero variance" in flat.sentence
     # One side constant, the other not: Welch's test is still defined.
-    assert stats.welch("a", [0.8, 0.8], "b", [0.7, 0.72], "Recall@1").p is not None
+    assert welch("a", [0.8, 0.8], "b", [0.7, 0.72], "Recall@1").p is not None
 
 
 def test_summarize_single_and_constant_seeds():
-    s1 = stats.summarize([0.5])
+    s1 = summarize([0.5])
     assert (s1.n, s1.mean, s1.std, s1.ci_low) == (1, 0.5, None, None)
-    s2 = stats.summarize([2.0, 2.0, 2.0])
+    s2 = summarize([2.0, 2.0, 2.0])
     assert (s2.std, s2.ci_low, s2.ci_high) == (0.0, 2.0, 2.0)
 
 
 def test_best_hyperparameters_and_importance(full_report):
     exp_dir, written = full_report
     exp = load_experiment(exp_dir)
-    best = {b.compare_value: b for b in stats.best_trials(exp)}
+    best = {b.compare_value: b for b in best_trials(exp)}
     # The fixture's search trial k=2 (of 0..3) is best; its learning rate is 1e-5 * 10**(4/3).
     assert best["axbn"].value == pytest.approx(0.81)
     assert best["axbn"].params["optim.lr"] == pytest.approx(1e-5 * 10 ** (4 / 3))
-    imp = stats.param_importance(exp, "axbn")
+    imp = param_importance(exp, "axbn")
     assert imp.values is not None and set(imp.values) == {"optim.lr", "xml.weight", "train.samples_per_class"}
     assert sum(imp.values.values()) == pytest.approx(1.0)
     md = written["md"].read_text()
@@ -91,7 +95,7 @@ def test_best_hyperparameters_and_importance(full_report):
 
 def test_importance_omitted_with_one_trial(tmp_path):
     exp = load_experiment(write_experiment(tmp_path, "tiny", {"xbn": [0.5, 0.6]}, search_trials=1))
-    imp = stats.param_importance(exp, "xbn")
+    imp = param_importance(exp, "xbn")
     assert imp.values is None and "at least 2 completed search trials, has 1" in imp.reason
     md = render_report([exp.path], tmp_path / "out", formats=("md",))["md"].read_text()
     assert "Importance omitted for xbn: needs at least 2 completed search trials, has 1." in md
@@ -205,7 +209,7 @@ def test_space_json_contract_fields_are_used(tmp_path):
     space.update(trials_planned=10, trials_per_value={"xbn": 6, "axbn": 4}, reproduction_seeds=[0, 1, 2, 3],
                  reproductions_planned=8)
     (exp / "space.json").write_text(json.dumps(space))
-    p = stats.progress(load_experiment(exp))
+    p = progress(load_experiment(exp))
     assert (p.search_done, p.search_planned, p.repro_done, p.repro_planned) == (8, 10, 6, 8)
     assert p.missing == ["2 of 6 search trials for memory.kind=xbn", "reproduction memory.kind=xbn, seed 3",
                          "reproduction memory.kind=axbn, seed 3"]
@@ -213,7 +217,7 @@ def test_space_json_contract_fields_are_used(tmp_path):
     del space["trials_per_value"]
     space["trials_planned"] = 12
     (exp / "space.json").write_text(json.dumps(space))
-    p = stats.progress(load_experiment(exp))
+    p = progress(load_experiment(exp))
     assert p.missing[:2] == ["2 of 6 search trials for memory.kind=xbn", "2 of 6 search trials for memory.kind=axbn"]
 
 
@@ -224,9 +228,9 @@ def test_sampled_params_column_wins_over_config_columns(tmp_path):
     trials["params"] = [json.dumps({"optim.lr": lr}) for lr in trials["config.optim.lr"]]
     trials.to_parquet(exp_dir / "trials.parquet")
     exp = load_experiment(exp_dir)
-    (best,) = stats.best_trials(exp)
+    (best,) = best_trials(exp)
     assert set(best.params) == {"optim.lr"}
-    imp = stats.param_importance(exp, "xbn")
+    imp = param_importance(exp, "xbn")
     assert imp.values == {"optim.lr": pytest.approx(1.0)}
 
 
@@ -260,7 +264,7 @@ def test_reproduce_all_grid_summary_uses_best_and_figure_one_slices_at_base(tmp_
     assert "recall-batch-size.svg" in md and "recall-memory-size.svg" in md
     assert "At memory.fraction = 0.5 (the base config)" in md
     assert "At train.batch\\_size = 64 (the base config)" in md  # Markdown-escaped
-    rows = stats.reproductions([load_experiment(exp)])
+    rows = reproductions([load_experiment(exp)])
     fixed = {"config.train.batch_size": 64, "config.memory.fraction": 0.5}
     by_batch, _ = plots.recall_points(rows, "config.train.batch_size", 100.0, fixed)
     by_memory, _ = plots.recall_points(rows, "config.memory.fraction", 100.0, fixed)
@@ -268,8 +272,8 @@ def test_reproduce_all_grid_summary_uses_best_and_figure_one_slices_at_base(tmp_
     assert sorted(by_memory["config.memory.fraction"].unique()) == [0.5, 1.0]
     # the off-slice point (32, 1.0) is in neither curve
     assert (by_batch["test.recall@1"] > 20).all() and (by_memory["test.recall@1"] > 20).all()
-    rows = stats.reproductions([load_experiment(exp)])
-    assert len(stats.best_reproductions(rows)) == len(best)
+    rows = reproductions([load_experiment(exp)])
+    assert len(best_reproductions(rows)) == len(best)
 
 
 def _with_reference(exp_dir: Path, values: dict) -> Path:

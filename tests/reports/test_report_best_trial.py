@@ -1,0 +1,35 @@
+"""The report shows the best search trial the sweep reproduces: harness.best_trial's choice,
+ties included (earliest start, not the table's row order)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from harness.best_trial import best_trials as select_best_trials
+from reports.load import load_experiment
+from reports.search_analysis import best_trials
+
+
+def _row(trial_id: str, value: float | None, started: str, status: str = "completed") -> dict:
+    return {"schema_version": 1, "experiment": "ties", "trial_id": trial_id, "phase": "search",
+            "method": "xbn", "status": status, "compare_key": "memory.kind", "compare_value": "xbn",
+            "seed": 0, "val.recall@1": value, "started_at": started, "config.optim.lr": 0.001}
+
+
+def test_report_best_trial_is_the_shared_selection_on_ties(tmp_path):
+    exp_dir = tmp_path / "ties"
+    exp_dir.mkdir()
+    # Written in finishing order: the tie at 0.6 started first in s2, which finished last.
+    rows = [_row("s3", 0.6, "2025-01-01T00:30:00+00:00"), _row("s1", 0.4, "2025-01-01T00:00:00+00:00"),
+            _row("s4", 0.9, "2025-01-01T00:40:00+00:00", status="failed"),
+            _row("s2", 0.6, "2025-01-01T00:10:00+00:00")]
+    pd.DataFrame(rows).to_parquet(exp_dir / "trials.parquet")
+    (exp_dir / "space.json").write_text(json.dumps({"metric": "val.recall@1", "mode": "max",
+                                                    "compare_key": "memory.kind", "compare_values": ["xbn"]}))
+    exp = load_experiment(exp_dir)
+    (best,) = best_trials(exp)
+    assert (best.trial_id, best.value, best.n_completed) == ("s2", 0.6, 3)
+    shared = select_best_trials(exp.trials, "val.recall@1", "max")
+    assert shared["trial_id"].tolist() == [best.trial_id]
