@@ -37,7 +37,7 @@ import torch
 
 from harness.config import build_config
 from harness.core import xml as X
-from harness.core.train import Trainer
+from harness.core.trainer import Trainer
 from harness.doctor import tiny_config
 
 

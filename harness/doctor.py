@@ -319,7 +319,8 @@ def check_kill_resume(device: torch.device, root: Path) -> tuple[Check, Path | N
 
     from harness.config import build_config
     from harness.core.checkpoint import load_checkpoint
-    from harness.core.train import Trainer, run_training
+    from harness.core.train import run_training
+    from harness.core.trainer import Trainer
 
     raw = tiny_config("axbn", device.type)
     cfg_path = root / "resume.yaml"

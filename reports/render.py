@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import math
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 import jinja2
 
+from harness.clock import utc_display
 from harness.errors import ConfigError, ResultsError
 from reports import plots, retrievals, search_plots, stats
 from reports.load import ExperimentResults, load_experiments
@@ -128,7 +128,7 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "environment": stats.environment(experiments),
         "figures": figures,
         "retrievals": retrievals.method_retrievals(experiments),
-        "rendered_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "rendered_at": utc_display(),
         "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
     }
 

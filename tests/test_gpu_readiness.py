@@ -27,7 +27,8 @@ from harness.config import build_config
 from harness.core import device as D
 from harness.core import metrics as M
 from harness.core.checkpoint import load_checkpoint, save_checkpoint, set_rng_states, rng_states
-from harness.core.train import Trainer, load_scaler_state, run_training
+from harness.core.train import run_training
+from harness.core.trainer import Trainer, load_scaler_state
 from harness.doctor import misplaced_state, tensors_in, tie_heavy_embeddings, tiny_config
 from harness.errors import ConfigError
 
@@ -114,7 +115,7 @@ def test_scaler_less_checkpoint_resumes_with_fp16_loss_scaling(tmp_path, monkeyp
 
     run_training(build_config(tiny_config("xbm", "cpu", epochs=1)), tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"] == {}
-    import harness.core.train as T
+    import harness.core.trainer as T
 
     monkeypatch.setattr(T, "needs_grad_scaler", lambda dtype: True)  # as with fp16 on a T4
     result = run_training(build_config(tiny_config("xbm", "cpu", epochs=2)), tmp_path)

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.cli import app
+from harness.cli.application import app
 from harness.config import load_config
 from harness.paths import writable_folder
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.config import RunConfig
-from harness.core.train import StepCallback, Trainer
+from harness.core.trainer import StepCallback, Trainer
 from harness.errors import ConfigError, HarnessError
 
 __all__ = [
@@ -297,7 +297,7 @@ class RankBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 
 class DistributedTrainer(Trainer):
-    """A :class:`~harness.core.train.Trainer` for one rank of a data-parallel run.
+    """A :class:`~harness.core.trainer.Trainer` for one rank of a data-parallel run.
 
     Built by ``run_training`` when ``train.workers > 1``; the process group must already
     be initialised with that many ranks (Ray Train's TorchTrainer does it).
