@@ -13,14 +13,19 @@ moments of R follow from running sums of P and P², and the loss's cosine simila
 of the batch against R come from one matmul with ``P`` (the shift as a per-query bias)
 and R's row norms from one streaming pass over ``P`` through a cache-sized scratch
 block, never materialising R. The pending affine is folded into the buffer
-whenever the stored embeddings are read (``.embeddings``, ``state_dict()``), when it
+whenever the stored embeddings are read (``stored_embeddings()``, ``state_dict()``), when it
 leaves a safe numeric range, and every ``fold_interval`` steps, so what the API shows is
 exactly the persistent adaptation of METHODS.md (up to float rounding). Losses/miners
 whose distance is not cosine / normalised L2 take the plain path (R materialised).
+
+The shared-similarity path computes with *views* of the user's loss and miner (shallow
+copies sharing their parameters and submodules, with a :class:`SharedSimilarity` in place
+of the distance): the objects passed in are never modified.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -31,8 +36,9 @@ from pytorch_metric_learning.losses import CrossBatchMemory as _PMLCrossBatchMem
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import Tensor, nn
 
+from harness.core.losses import is_proxy_loss
 from harness.errors import ConfigError
-from harness.results_contract import MEMORY_KINDS
+from harness.results_contract import ADAPTIVE_MEMORY_KINDS, MEMORY_KINDS
 
 __all__ = ["batch_moments", "xbn_adapt", "KalmanMoments", "CrossBatchMemory", "MEMORY_KINDS"]
 
@@ -40,14 +46,15 @@ EPS = 1e-6
 
 # Losses / miners that use the reference embeddings only through ``self.distance``
 # (checked against pytorch-metric-learning 2.9's source), so a precomputed similarity
-# matrix can stand in for them. Anything else takes the plain, materialised path.
-_FAST_LOSSES = {
+# matrix can stand in for them (the shared-similarity path). Anything else takes the
+# plain, materialised path.
+_SHARED_SIMILARITY_LOSSES = {
     "CircleLoss", "ContrastiveLoss", "GeneralizedLiftedStructureLoss",
     "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss",
     "NCALoss", "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SupConLoss",
     "TripletMarginLoss", "TupletMarginLoss",
 }  # fmt: skip
-_FAST_MINERS = {
+_SHARED_SIMILARITY_MINERS = {
     "PairMarginMiner", "MultiSimilarityMiner", "TripletMarginMiner", "BatchHardMiner",
     "BatchEasyHardMiner", "HDCMiner", "UniformHistogramMiner", "DistanceWeightedMiner",
 }  # fmt: skip
@@ -120,7 +127,7 @@ class KalmanMoments:
         return f"KalmanMoments(p0={self.p0}, q={self.q}, r={self.r}, gain_interval={self.gain_interval})"
 
 
-class _SharedSimilarity(BaseDistance):
+class SharedSimilarity(BaseDistance):
     """Stands in for a loss's / miner's distance while the memory computes its loss.
 
     When called with the exact (query, reference) tensors the memory armed it with, it
@@ -155,8 +162,6 @@ class _SharedSimilarity(BaseDistance):
 
 
 def _shareable(distance: Any) -> bool:
-    if isinstance(distance, _SharedSimilarity):  # a loss reused by a second memory
-        distance = distance.inner
     if type(distance) is pml_distances.CosineSimilarity:
         return distance.power == 1
     if type(distance) is pml_distances.LpDistance:
@@ -164,8 +169,17 @@ def _shareable(distance: Any) -> bool:
     return False
 
 
-def _is_proxy(loss: nn.Module) -> bool:
-    return any(True for _ in loss.parameters())
+def _with_distance(module: nn.Module, distance: BaseDistance) -> nn.Module:
+    """A view of ``module`` that computes with ``distance``; ``module`` is unchanged.
+
+    A shallow copy: parameters, buffers and the other submodules are ``module``'s own
+    objects (one set of weights, moved by ``module.to``); only the submodule table is
+    the view's, so that its ``distance`` entry can differ.
+    """
+    view = copy.copy(module)
+    view._modules = dict(module._modules)
+    view.distance = distance
+    return view
 
 
 class CrossBatchMemory(nn.Module):
@@ -195,7 +209,7 @@ class CrossBatchMemory(nn.Module):
             raise ConfigError(f"memory.kind '{kind}' is unknown; choose one of {', '.join(MEMORY_KINDS)}")
         name = type(loss).__name__
         if kind != "none":
-            if _is_proxy(loss):
+            if is_proxy_loss(loss):
                 raise ConfigError(
                     f"loss {name} is proxy-based and has no reference set: use memory.kind=none with it"
                 )
@@ -215,17 +229,27 @@ class CrossBatchMemory(nn.Module):
         # this many adaptations; between checks it can move by a^interval, far from
         # float32's limits given the [1e-4, 1e4] window.
         self.range_check_interval = max(1, int(range_check_interval))
-        self.adaptive = kind in ("xbn", "axbn")
+        self.adaptive = kind in ADAPTIVE_MEMORY_KINDS
         # One shared similarity matmul for loss and miner when their distances allow it.
-        self._shared: list[_SharedSimilarity] = []
-        self.fast = kind != "none" and name in _FAST_LOSSES and _shareable(loss.distance)
-        if self.fast and miner is not None:
-            self.fast = type(miner).__name__ in _FAST_MINERS and _shareable(miner.distance)
-        if self.fast:
-            for module in (loss, miner) if miner is not None else (loss,):
-                if not isinstance(module.distance, _SharedSimilarity):
-                    module.distance = _SharedSimilarity(module.distance)
-                self._shared.append(module.distance)
+        self.shared_similarity = (
+            kind != "none" and name in _SHARED_SIMILARITY_LOSSES and _shareable(loss.distance)
+        )
+        if self.shared_similarity and miner is not None:
+            self.shared_similarity = (
+                type(miner).__name__ in _SHARED_SIMILARITY_MINERS and _shareable(miner.distance)
+            )
+        # What the steps compute with: the user's loss and miner, or views of them whose
+        # distance is a SharedSimilarity. Plain attributes, not submodules: the state dict
+        # keeps the user's loss and miner under "loss." / "miner." once.
+        self._shared: list[SharedSimilarity] = []
+        compute_loss, compute_miner = loss, miner
+        if self.shared_similarity:
+            self._shared.append(SharedSimilarity(loss.distance))
+            compute_loss = _with_distance(loss, self._shared[-1])
+            if miner is not None:
+                self._shared.append(SharedSimilarity(miner.distance))
+                compute_miner = _with_distance(miner, self._shared[-1])
+        self.__dict__["_compute_loss"], self.__dict__["_compute_miner"] = compute_loss, compute_miner
         cap = self.memory_size if kind != "none" else 0
         d = self.embedding_size
         # The checkpointed state (METHODS.md §1: a preallocated ring buffer).
@@ -242,7 +266,7 @@ class CrossBatchMemory(nn.Module):
         self.register_buffer("_sumsq", torch.zeros(d, dtype=torch.float64), persistent=False)
         self.register_buffer("_row_sq", torch.zeros(cap if not self.adaptive else 0), persistent=False)
         # scratch block for R's row norms, ~4 MiB: it stays in cache between the two passes
-        tmp_rows = min(cap, max(1, 2**20 // max(d, 1))) if self.adaptive and self.fast else 0
+        tmp_rows = min(cap, max(1, 2**20 // max(d, 1))) if self.adaptive and self.shared_similarity else 0
         self.register_buffer("_norm_tmp", torch.zeros(tmp_rows, d), persistent=False)
         self._pending = False  # (A, C) differ from (1, 0)
         self._since_fold = 0
@@ -255,10 +279,20 @@ class CrossBatchMemory(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, incompatible: module._rebuild())
 
     # ------------------------------------------------------------------ state
-    def __getattr__(self, name: str):
-        if name == "embeddings" and self.__dict__.get("_pending"):
-            self.fold()  # the stored embeddings as METHODS.md defines them
-        return super().__getattr__(name)
+    def stored_embeddings(self) -> Tensor:
+        """The whole buffer R as METHODS.md defines it: the pending adaptation folded in.
+
+        (The ``embeddings`` buffer itself holds pre-images while an adaptation is pending.)
+        """
+        self.fold()
+        return self._buffers["embeddings"]
+
+    def train(self, mode: bool = True) -> "CrossBatchMemory":
+        super().train(mode)
+        for view in (self._compute_loss, self._compute_miner):  # not submodules: set here
+            if view is not None:
+                view.train(mode)
+        return self
 
     @property
     def fill(self) -> int:
@@ -288,7 +322,7 @@ class CrossBatchMemory(nn.Module):
         n = self._fill
         rows = self._buffers["embeddings"][:n]
         torch.addcmul(self._shift, rows, self._scale, out=rows)
-        if self.fast or self._since_fold >= self.fold_interval:
+        if self.shared_similarity or self._since_fold >= self.fold_interval:
             self._rebuild()  # exact sums (and P² for the shared similarity)
             return
         # the plain path folds every step: move the sums through the affine map in O(d)
@@ -335,7 +369,7 @@ class CrossBatchMemory(nn.Module):
         self._pending = True
         self._since_fold += 1
         if (
-            not self.fast  # the plain path reads R itself
+            not self.shared_similarity  # the plain path reads R itself
             or self._since_fold >= self.fold_interval
             or (self._since_fold % self.range_check_interval == 0 and not self._scale_in_range())
         ):
@@ -411,8 +445,8 @@ class CrossBatchMemory(nn.Module):
         return norm
 
     def _indices(self, embeddings, labels, ref_emb, ref_labels, slots):
-        if self.miner is not None:
-            t = self.miner(embeddings, labels, ref_emb, ref_labels)
+        if self._compute_miner is not None:
+            t = self._compute_miner(embeddings, labels, ref_emb, ref_labels)
         else:
             t = lmu.get_all_pairs_indices(labels, ref_labels)
         # drop each query's comparison with its own stored copy (slot `slots[a]`)
@@ -425,9 +459,10 @@ class CrossBatchMemory(nn.Module):
         n = self._fill
         ref_labels = self._buffers["labels"][:n]
         ref_emb = self._buffers["embeddings"][:n]
-        if not self.fast:
+        if not self.shared_similarity:
             self.fold()
-            return self.loss(embeddings, labels, self._indices(embeddings, labels, ref_emb, ref_labels, slots), ref_emb, ref_labels)
+            indices = self._indices(embeddings, labels, ref_emb, ref_labels, slots)
+            return self._compute_loss(embeddings, labels, indices, ref_emb, ref_labels)
         cache: list[Tensor] = []
 
         def sim() -> Tensor:
@@ -440,14 +475,15 @@ class CrossBatchMemory(nn.Module):
             dist._armed = (embeddings, ref_emb, sim)
         try:
             indices = self._indices(embeddings, labels, ref_emb, ref_labels, slots)
-            return self.loss(embeddings, labels, indices, ref_emb, ref_labels)
+            return self._compute_loss(embeddings, labels, indices, ref_emb, ref_labels)
         finally:
             for dist in self._shared:
                 dist._armed = None
 
     def _batch_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        indices = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, indices)
+        miner = self._compute_miner
+        indices = miner(embeddings, labels) if miner is not None else None
+        return self._compute_loss(embeddings, labels, indices)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         labels = labels.to(embeddings.device)
@@ -493,5 +529,5 @@ class CrossBatchMemory(nn.Module):
         return (
             f"kind={self.kind!r}, embedding_size={self.embedding_size}, memory_size={self.memory_size}, "
             f"start_iteration={self.start_iteration}, batch_loss_weight={self.batch_loss_weight}, "
-            f"kalman={self.kalman!r}, shared_similarity={self.fast}"
+            f"kalman={self.kalman!r}, shared_similarity={self.shared_similarity}"
         )
