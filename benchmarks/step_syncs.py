@@ -38,7 +38,7 @@ import torch
 from harness.config import build_config
 from harness.core import xml as X
 from harness.core.trainer import Trainer
-from harness.doctor import tiny_config
+from harness.doctor_fixtures import tiny_config
 
 
 def old_train_step(self, images, labels, optimizer, halves=None):

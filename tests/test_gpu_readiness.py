@@ -29,7 +29,7 @@ from harness.core import metrics as M
 from harness.core.checkpoint import load_checkpoint, save_checkpoint, set_rng_states, rng_states
 from harness.core.train import run_training
 from harness.core.trainer import Trainer, load_scaler_state
-from harness.doctor import misplaced_state, tensors_in, tie_heavy_embeddings, tiny_config
+from harness.doctor_fixtures import misplaced_state, tensors_in, tie_heavy_embeddings, tiny_config
 from harness.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
