@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from harness.core.memory import CrossBatchMemory, KalmanMoments, xbn_adapt
+from harness.core.memory import CrossBatchMemory
+from harness.core.moments import KalmanMoments, xbn_adapt
 from harness.errors import ConfigError
 
 

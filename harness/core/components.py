@@ -15,7 +15,8 @@ from torch import nn
 
 from harness.config import RunConfig
 from harness.core.losses import create_loss, is_proxy_loss
-from harness.core.memory import CrossBatchMemory, KalmanMoments
+from harness.core.memory import CrossBatchMemory
+from harness.core.moments import KalmanMoments
 from harness.core.model import create_model
 from harness.core.pairs import positive_pair_problem
 from harness.core.xml import XMLLoss

@@ -25,161 +25,25 @@ of the distance): the objects passed in are never modified.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import distances as pml_distances
-from pytorch_metric_learning.distances import BaseDistance
 from pytorch_metric_learning.losses import CrossBatchMemory as _PMLCrossBatchMemory
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import Tensor, nn
 
 from harness.core.losses import is_proxy_loss
+from harness.core.moments import EPS, KalmanMoments, batch_moments
+from harness.core.shared_similarity import (
+    SHARED_SIMILARITY_LOSSES,
+    SHARED_SIMILARITY_MINERS,
+    SharedSimilarity,
+    shareable,
+    with_distance,
+)
 from harness.errors import ConfigError
 from harness.results_contract import ADAPTIVE_MEMORY_KINDS, MEMORY_KINDS
-
-__all__ = ["batch_moments", "xbn_adapt", "KalmanMoments", "CrossBatchMemory", "MEMORY_KINDS"]
-
-EPS = 1e-6
-
-# Losses / miners that use the reference embeddings only through ``self.distance``
-# (checked against pytorch-metric-learning 2.9's source), so a precomputed similarity
-# matrix can stand in for them (the shared-similarity path). Anything else takes the
-# plain, materialised path.
-_SHARED_SIMILARITY_LOSSES = {
-    "CircleLoss", "ContrastiveLoss", "GeneralizedLiftedStructureLoss",
-    "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss",
-    "NCALoss", "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SupConLoss",
-    "TripletMarginLoss", "TupletMarginLoss",
-}  # fmt: skip
-_SHARED_SIMILARITY_MINERS = {
-    "PairMarginMiner", "MultiSimilarityMiner", "TripletMarginMiner", "BatchHardMiner",
-    "BatchEasyHardMiner", "HDCMiner", "UniformHistogramMiner", "DistanceWeightedMiner",
-}  # fmt: skip
-
-
-def batch_moments(z: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-dimension mean and population std of ``z`` [N, d] in one fused pass."""
-    var, mean = torch.var_mean(z, dim=0, correction=0)
-    return mean, var.sqrt()
-
-
-def xbn_adapt(memory: Tensor, batch: Tensor, eps: float = EPS) -> Tensor:
-    """METHODS.md §1 eq. 6: ``(z - mean(R)) / (std(R) + eps) * std(B) + mean(B)``."""
-    r_mean, r_std = batch_moments(memory)
-    b_mean, b_std = batch_moments(batch)
-    return (memory - r_mean) / (r_std + eps) * b_std + b_mean
-
-
-class KalmanMoments:
-    """Kalman-filtered dataset mean/std per dimension (METHODS.md §1, AXBN).
-
-    Two scalar-per-dimension filters (mean and std) with a static state model. Both
-    see the same p0, q, r and |B| every step, so their covariance P and gain K are
-    identical and kept once. ``update`` is called once per iteration; the counter is 1
-    on the first call.
-    """
-
-    def __init__(self, p0: float = 1.0, q: float = 1.0, r: float = 0.01, gain_interval: int = 100):
-        if gain_interval < 1:
-            raise ConfigError(f"Kalman gain_interval must be >= 1, got {gain_interval}")
-        self.p0, self.q, self.r, self.gain_interval = float(p0), float(q), float(r), int(gain_interval)
-        self.iteration = 0
-        self.mean: Tensor | None = None
-        self.std: Tensor | None = None
-        self.P = float(p0)
-        self.K: float | None = None
-
-    def update(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        v_mean, v_std = batch_moments(batch.detach())
-        self.iteration += 1
-        if self.mean is None or self.std is None:
-            self.mean, self.std, self.P = v_mean.clone(), v_std.clone(), self.p0
-            return self.mean, self.std
-        self.P += self.q
-        if self.K is None or self.iteration % self.gain_interval == 0:
-            denom = self.P + self.r / batch.shape[0]
-            self.K = self.P / denom if denom > 0 else 0.0
-        # lerp is exact at K = 1 (returns v), so r = 0 reproduces XBN bit for bit.
-        self.mean = torch.lerp(self.mean.to(v_mean), v_mean, self.K)
-        self.std = torch.lerp(self.std.to(v_std), v_std, self.K)
-        self.P = (1.0 - self.K) * self.P
-        return self.mean, self.std
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "p0": self.p0, "q": self.q, "r": self.r, "gain_interval": self.gain_interval,
-            "iteration": self.iteration, "mean": self.mean, "std": self.std,
-            "P": self.P, "K": self.K,
-        }  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("p0", "q", "r", "P"):
-            setattr(self, key, float(state[key]))
-        self.gain_interval = int(state["gain_interval"])
-        self.iteration = int(state["iteration"])
-        self.mean, self.std = state["mean"], state["std"]
-        self.K = None if state["K"] is None else float(state["K"])
-
-    def __repr__(self) -> str:
-        return f"KalmanMoments(p0={self.p0}, q={self.q}, r={self.r}, gain_interval={self.gain_interval})"
-
-
-class SharedSimilarity(BaseDistance):
-    """Stands in for a loss's / miner's distance while the memory computes its loss.
-
-    When called with the exact (query, reference) tensors the memory armed it with, it
-    returns the matrix derived from the memory's one similarity matmul; any other call
-    is delegated to the wrapped distance unchanged.
-    """
-
-    def __init__(self, inner: BaseDistance):
-        super().__init__(
-            normalize_embeddings=inner.normalize_embeddings, p=inner.p,
-            power=inner.power, is_inverted=inner.is_inverted,
-        )  # fmt: skip
-        self.inner = inner
-        self.cosine = isinstance(inner, pml_distances.CosineSimilarity)
-        self._armed: tuple[Tensor, Tensor, Any] | None = None
-
-    def forward(self, query_emb, ref_emb=None):
-        armed = self._armed
-        if armed is not None and query_emb is armed[0] and ref_emb is armed[1]:
-            sim = armed[2]()
-            if self.cosine:
-                return sim
-            # normalised L2 distance of unit vectors, as torch.cdist's mm path computes it
-            return (2.0 - 2.0 * sim).clamp_min(0.0).sqrt()
-        return self.inner(query_emb, ref_emb)
-
-    def compute_mat(self, query_emb, ref_emb):
-        return self.inner.compute_mat(query_emb, ref_emb)
-
-    def pairwise_distance(self, query_emb, ref_emb):
-        return self.inner.pairwise_distance(query_emb, ref_emb)
-
-
-def _shareable(distance: Any) -> bool:
-    if type(distance) is pml_distances.CosineSimilarity:
-        return distance.power == 1
-    if type(distance) is pml_distances.LpDistance:
-        return distance.normalize_embeddings and distance.p == 2 and distance.power == 1
-    return False
-
-
-def _with_distance(module: nn.Module, distance: BaseDistance) -> nn.Module:
-    """A view of ``module`` that computes with ``distance``; ``module`` is unchanged.
-
-    A shallow copy: parameters, buffers and the other submodules are ``module``'s own
-    objects (one set of weights, moved by ``module.to``); only the submodule table is
-    the view's, so that its ``distance`` entry can differ.
-    """
-    view = copy.copy(module)
-    view._modules = dict(module._modules)
-    view.distance = distance
-    return view
 
 
 class CrossBatchMemory(nn.Module):
@@ -232,11 +96,11 @@ class CrossBatchMemory(nn.Module):
         self.adaptive = kind in ADAPTIVE_MEMORY_KINDS
         # One shared similarity matmul for loss and miner when their distances allow it.
         self.shared_similarity = (
-            kind != "none" and name in _SHARED_SIMILARITY_LOSSES and _shareable(loss.distance)
+            kind != "none" and name in SHARED_SIMILARITY_LOSSES and shareable(loss.distance)
         )
         if self.shared_similarity and miner is not None:
             self.shared_similarity = (
-                type(miner).__name__ in _SHARED_SIMILARITY_MINERS and _shareable(miner.distance)
+                type(miner).__name__ in SHARED_SIMILARITY_MINERS and shareable(miner.distance)
             )
         # What the steps compute with: the user's loss and miner, or views of them whose
         # distance is a SharedSimilarity. Plain attributes, not submodules: the state dict
@@ -245,10 +109,10 @@ class CrossBatchMemory(nn.Module):
         compute_loss, compute_miner = loss, miner
         if self.shared_similarity:
             self._shared.append(SharedSimilarity(loss.distance))
-            compute_loss = _with_distance(loss, self._shared[-1])
+            compute_loss = with_distance(loss, self._shared[-1])
             if miner is not None:
                 self._shared.append(SharedSimilarity(miner.distance))
-                compute_miner = _with_distance(miner, self._shared[-1])
+                compute_miner = with_distance(miner, self._shared[-1])
         self.__dict__["_compute_loss"], self.__dict__["_compute_miner"] = compute_loss, compute_miner
         cap = self.memory_size if kind != "none" else 0
         d = self.embedding_size

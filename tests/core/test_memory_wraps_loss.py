@@ -5,7 +5,8 @@ import torch
 from pytorch_metric_learning import distances, losses, miners
 
 from harness.core.losses import is_proxy_loss
-from harness.core.memory import CrossBatchMemory, SharedSimilarity
+from harness.core.memory import CrossBatchMemory
+from harness.core.shared_similarity import SharedSimilarity
 
 
 def _batch(seed: int = 0):
