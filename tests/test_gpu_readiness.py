@@ -253,7 +253,7 @@ def test_torch_search_matches_faiss_including_ties(one_set):
     torch_path = M.retrieval_metrics(*args, ks=(1, 2, 8), device="cpu", use_gpu=True)
     assert cpu == torch_path and cpu["recall@1"] > 0
     # exact ties: the same neighbours in the same order (ascending gallery index)
-    q = M._normalised(x)
+    q = M.normalised(x)
     ours = M.knn(q[:200], M.TorchExactSearch(q, "cpu", block_bytes=4 * 1500 * 7), 12, self_index=np.arange(200))
     ref = M.knn(q[:200], M.ExactCosineSearch(q), 12, self_index=np.arange(200))
     assert np.array_equal(ours[1], ref[1]) and np.array_equal(ours[0], ref[0])

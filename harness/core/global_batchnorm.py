@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from harness.core.collectives import is_distributed
+from harness.errors import ConfigError
 
 
 class _AllReduceSum(torch.autograd.Function):
