@@ -43,7 +43,7 @@ from harness.core.shared_similarity import (
     with_distance,
 )
 from harness.errors import ConfigError
-from harness.results_contract import ADAPTIVE_MEMORY_KINDS, MEMORY_KINDS
+from harness.results_contract import ADAPTIVE_MEMORY_KINDS, MEMORY_KINDS, MemoryKind
 
 
 class CrossBatchMemory(nn.Module):
@@ -60,7 +60,7 @@ class CrossBatchMemory(nn.Module):
         loss: nn.Module,
         embedding_size: int,
         memory_size: int,
-        kind: str = "xbn",
+        kind: MemoryKind = "xbn",
         miner: nn.Module | None = None,
         start_iteration: int = 0,
         batch_loss_weight: float = 1.0,
