@@ -355,7 +355,7 @@ def test_train_step_reads_the_host_once(tmp_path):
     trainer.train_step(images, labels, trainer.optimizer, halves)  # prototypes initialised
     with host_reads_from(str(ROOT / "harness")) as reads:
         parts = trainer.train_step(images, labels, trainer.optimizer, halves)
-    assert reads == [r for r in reads if "train.py" in r] and len(reads) == 1, reads
+    assert reads == [r for r in reads if "trainer.py" in r] and len(reads) == 1, reads
     assert set(parts) == {"loss", "loss.batch", "loss.memory", "loss.xml"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in parts.values())
     trainer.close()

@@ -322,13 +322,3 @@ def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> No
             log.info("checkpoint has no grad-scaler state (saved without fp16): starting from a fresh scale")
         return
     scaler.load_state_dict(state)
-
-
-def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
-    """Restore a GradScaler; a run saved without loss scaling (fp32, bf16: an empty
-    state) resumed with fp16 starts from a fresh scale instead of failing."""
-    if not state:
-        if scaler.is_enabled():
-            log.info("checkpoint has no grad-scaler state (saved without fp16): starting from a fresh scale")
-        return
-    scaler.load_state_dict(state)
