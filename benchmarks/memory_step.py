@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 
 from harness.core.memory import CrossBatchMemory
+from interleaved import rounds, timed  # benchmarks/interleaved.py (this script's folder)
 
 
 def make_loss(name: str):
@@ -82,11 +82,14 @@ def build(kind: str, loss_name: str, dim: int, memory: int, R: torch.Tensor, Ry:
 def step(mem, z: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(CPU ms of this process, wall ms) of one step."""
     e = z.clone().requires_grad_()
-    c0, t0 = time.process_time(), time.perf_counter()
-    loss = mem(e, y)
-    if loss.requires_grad:
-        loss.backward()
-    return (time.process_time() - c0) * 1000.0, (time.perf_counter() - t0) * 1000.0
+
+    def run() -> None:
+        loss = mem(e, y)
+        if loss.requires_grad:
+            loss.backward()
+
+    wall, cpu = timed(run)
+    return cpu * 1000.0, wall * 1000.0
 
 
 def main(argv=None) -> dict[str, float]:
@@ -132,14 +135,14 @@ def main(argv=None) -> dict[str, float]:
 
     times: dict[str, list[float]] = {k: [] for k in kinds}
     walls: dict[str, list[float]] = {k: [] for k in kinds}
-    for r in range(args.warmup + args.repeats):
-        z, y = data.batch(args.batch)
-        order = kinds if r % 2 == 0 else kinds[::-1]  # interleaved, alternating order
-        for k in order:
-            cpu_ms, wall_ms = step(mems[k], z, y)
-            if r >= args.warmup:
-                times[k].append(cpu_ms)
-                walls[k].append(wall_ms)
+    batch_round = None
+    for r, k, record in rounds(kinds, args.warmup, args.repeats):
+        if r != batch_round:  # one batch per round, the same for every variant
+            (z, y), batch_round = data.batch(args.batch), r
+        cpu_ms, wall_ms = step(mems[k], z, y)
+        if record:
+            times[k].append(cpu_ms)
+            walls[k].append(wall_ms)
 
     # CPU time of the process: on a shared machine it excludes the time other
     # processes hold the cores (wall time is printed too).

@@ -29,7 +29,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,8 +36,9 @@ import torch
 
 from harness.config import build_config
 from harness.core import xml as X
-from harness.core.train import Trainer
-from harness.doctor import tiny_config
+from harness.core.trainer import Trainer
+from harness.doctor_fixtures import tiny_config
+from interleaved import rounds, timed  # benchmarks/interleaved.py (this script's folder)
 
 
 def old_train_step(self, images, labels, optimizer, halves=None):
@@ -157,19 +157,14 @@ def main(argv=None) -> int:
             with (old_sync_points(trainer) if variant == "before" else _nothing()) as step:
                 step = step or new_step
                 with counting_host_reads(counted) as calls:
-                    sync()
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    step(images, labels, trainer.optimizer, halves)
-                    sync()
-                    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                    dt, dc = timed(lambda: step(images, labels, trainer.optimizer, halves), sync)
             if record:
                 times[variant].append(dt)
                 cpu_times[variant].append(dc)
                 reads[variant].append(calls[0])
 
-        for r in range(args.warmup + args.rounds):
-            for variant in ("before", "now") if r % 2 == 0 else ("now", "before"):
-                one(variant, r, record=r >= args.warmup)
+        for r, variant, record in rounds(("before", "now"), args.warmup, args.rounds):
+            one(variant, r, record=record)
         trainer.close()
 
     print(f"train step: {args.memory} + XML, tiny_cnn_small at {args.image_size}px, batch {args.batch}, "

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, config_error
 from harness.results_contract import MemoryKind
 
 
@@ -267,13 +267,7 @@ def build_config(
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-        loc = loc or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        raise ConfigError(f"{source}: {loc}: {msg}") from None
+        raise config_error(e, source) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

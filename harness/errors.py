@@ -1,5 +1,12 @@
 """User-facing errors: each is printed as one line by the CLI, which exits with code 2."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class HarnessError(Exception):
     """A problem the user can fix (bad config, missing data, ...). Message: one line, with the fix."""
@@ -35,3 +42,18 @@ class SweepInterrupted(HarnessError):
 
     exit_code = 130
     prefix = "[yellow]interrupted:[/yellow]"
+
+
+def validation_error_message(error: ValidationError, source: str) -> str:
+    """One line from pydantic's first error: ``source: dotted.key: what is wrong``."""
+    err = error.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{source}: {loc or '(top level)'}: {msg}"
+
+
+def config_error(error: ValidationError, source: str) -> ConfigError:
+    """The ConfigError to raise (``from None``) for a config that failed validation."""
+    return ConfigError(validation_error_message(error, source))

@@ -58,11 +58,11 @@ def nearest_neighbours(query: np.ndarray, query_labels, gallery: np.ndarray | No
                        gallery_labels=None, k: int = SAVED_K, query_positions=None,
                        gallery_positions=None) -> Neighbours:
     """Exact cosine top-``k`` (``gallery=None``: one-set, each query's own row excluded)."""
-    from harness.core.metrics import ExactCosineSearch, TorchExactSearch, _normalised, gpu_available
+    from harness.core.exact_search import ExactCosineSearch, TorchExactSearch, gpu_available, normalised
 
     one_set = gallery is None
-    q = _normalised(query)
-    g = q if one_set else _normalised(gallery)
+    q = normalised(query)
+    g = q if one_set else normalised(gallery)
     ql = np.asarray(query_labels, np.int64)
     gl = ql if one_set else np.asarray(gallery_labels, np.int64)
     n_q, n_g = len(q), len(g)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import math
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import jinja2
 
+from harness.clock import utc_display
 from harness.errors import ConfigError, ResultsError
 from reports.environment import environment
 from reports.load import load_experiments
@@ -141,7 +141,7 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "environment": environment(experiments),
         "figures": figures,
         "retrievals": method_retrievals(experiments),
-        "rendered_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "rendered_at": utc_display(),
         "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
     }
 

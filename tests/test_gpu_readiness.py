@@ -28,8 +28,9 @@ from harness.config import build_config
 from harness.core import device as D
 from harness.core import metrics as M
 from harness.core.checkpoint import load_checkpoint, save_checkpoint, set_rng_states, rng_states
-from harness.core.train import Trainer, load_scaler_state, run_training
-from harness.doctor import misplaced_state, tensors_in, tie_heavy_embeddings, tiny_config
+from harness.core.train import run_training
+from harness.core.trainer import Trainer, load_scaler_state
+from harness.doctor_fixtures import misplaced_state, tensors_in, tie_heavy_embeddings, tiny_config
 from harness.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def test_scaler_less_checkpoint_resumes_with_fp16_loss_scaling(tmp_path, monkeyp
 
     run_training(build_config(tiny_config("xbm", "cpu", epochs=1)), tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"] == {}
-    import harness.core.train as T
+    import harness.core.trainer as T
 
     monkeypatch.setattr(T, "needs_grad_scaler", lambda dtype: True)  # as with fp16 on a T4
     result = run_training(build_config(tiny_config("xbm", "cpu", epochs=2)), tmp_path)
@@ -250,7 +251,7 @@ def test_torch_search_matches_faiss_including_ties(one_set):
     torch_path = M.retrieval_metrics(*args, ks=(1, 2, 8), device="cpu", use_gpu=True)
     assert cpu == torch_path and cpu["recall@1"] > 0
     # exact ties: the same neighbours in the same order (ascending gallery index)
-    q = M._normalised(x)
+    q = M.normalised(x)
     ours = M.knn(q[:200], M.TorchExactSearch(q, "cpu", block_bytes=4 * 1500 * 7), 12, self_index=np.arange(200))
     ref = M.knn(q[:200], M.ExactCosineSearch(q), 12, self_index=np.arange(200))
     assert np.array_equal(ours[1], ref[1]) and np.array_equal(ours[0], ref[0])
@@ -352,7 +353,7 @@ def test_train_step_reads_the_host_once(tmp_path):
     trainer.train_step(images, labels, trainer.optimizer, halves)  # prototypes initialised
     with host_reads_from(str(ROOT / "harness")) as reads:
         parts = trainer.train_step(images, labels, trainer.optimizer, halves)
-    assert reads == [r for r in reads if "train.py" in r] and len(reads) == 1, reads
+    assert reads == [r for r in reads if "trainer.py" in r] and len(reads) == 1, reads
     assert set(parts) == {"loss", "loss.batch", "loss.memory", "loss.xml"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in parts.values())
     trainer.close()

@@ -14,7 +14,6 @@ the experiment's base config arrives through ``tune.with_parameters``.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.clock import utc_iso
 from harness.config import build_config
 from harness.results_contract import OBJECTIVE_KEY
 
@@ -35,10 +35,6 @@ TRIAL_META = "trial.json"
 # after it had already finished (the driver died before Tune's experiment snapshot
 # recorded the end) reports it again instead of running anything.
 FINAL_REPORT = "final.json"
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def worst(mode: str) -> float:
@@ -143,7 +139,7 @@ def _report_failure(error: BaseException, mode: str, epochs_run: int,
     from harness.sweep.failures import one_line
 
     report({OBJECTIVE: worst(mode), "epoch": int(epochs_run), "final": True,
-            "status": "failed", "error": one_line(error), "started_at": utc_now()}, None)
+            "status": "failed", "error": one_line(error), "started_at": utc_iso()}, None)
 
 
 def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
@@ -159,7 +155,7 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
         return
     meta_path = out_dir / TRIAL_META
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    meta.setdefault("started_at", utc_now())
+    meta.setdefault("started_at", utc_iso())
     meta["restarts"] = int(meta.get("restarts", -1)) + 1
     meta_path.write_text(json.dumps(meta))
 
@@ -219,7 +215,7 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
         "wall_seconds": float(result.wall_seconds),
         "device": str(result.device),
         "started_at": meta["started_at"],
-        "finished_at": utc_now(),
+        "finished_at": utc_iso(),
         "restarts": meta["restarts"],
         "versions": library_versions(),
         "host": socket.gethostname(),

@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
+from harness.cli.application import app
 from harness.errors import HarnessError
 
-app = typer.Typer(
-    name="harness",
-    help="Train, sweep and benchmark cross-batch metric learning methods; render reports.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+__all__ = ["app", "main"]
 
 
 def _register() -> None:
-    # Imported for their side effect of adding commands to ``app``.
+    # Imported for their side effect of adding commands to ``app``; here rather than at
+    # module level so that importing one command module does not load all (start-up time).
     from harness.cli import train_cmd, data_cmd, sweep_cmd, report_cmd, eval_cmd  # noqa: F401
     from harness.cli import doctor_cmd  # noqa: F401
     from harness.cli import export_cmd, index_cmd  # noqa: F401

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.cli import app
+from harness.cli.application import app
 
 data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

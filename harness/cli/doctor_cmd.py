@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.cli import app
+from harness.cli.application import app
 
 STYLE = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow", "INFO": "cyan"}
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.cli import app
+from harness.cli.application import app
 from harness.errors import ConfigError
 from harness.paths import readable_file, readable_folder, writable_file
 

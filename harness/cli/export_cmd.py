@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from harness.cli import app
+from harness.cli.application import app
 
 
 @app.command("export")

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.cli import app
+from harness.cli.application import app
 
 index_app = typer.Typer(help="A searchable faiss index of a dataset's gallery embeddings.", no_args_is_help=True)
 app.add_typer(index_app, name="index")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from harness.cli import app
+from harness.cli.application import app
 
 
 def default_out_dir(experiment_dirs: list[Path]) -> Path:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.cli import app
+from harness.cli.application import app
 from harness.errors import ConfigError
 
 

@@ -17,9 +17,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.cli import app
+from harness.cli.application import app
 from harness.config import load_config
 from harness.paths import writable_folder
+from harness.results_contract import STATUS_COMPLETED, STATUS_FAILED
 
 # Metrics shown in the per-epoch line, in this order, when present.
 EPOCH_LINE_KEYS = (
@@ -127,14 +128,14 @@ def train(
             )
         except BaseException:
             if tracker is not None:
-                tracker.finish({}, "failed")
+                tracker.finish({}, STATUS_FAILED)
             raise
     summary = result.summary()
     if tracker is not None:
         tracker.finish(summary, result.status)
     console.print(f"run directory: {out_dir}", highlight=False)
     print(json.dumps(summary, default=str), flush=True)
-    if result.status != "completed":
+    if result.status != STATUS_COMPLETED:
         console.print(
             f"[red]run {result.status}[/red] at epoch {result.epochs_run + 1} (non-finite loss, weights or embeddings); "
             "lower optim.lr or check the loss parameters",

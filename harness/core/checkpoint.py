@@ -8,10 +8,8 @@ of the best validation epoch and the config, which is all ``load_model`` needs.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.atomic import atomic_write
 from harness.config import RunConfig, build_config
+from harness.core.components import build_model
 from harness.errors import HarnessError
 
 
@@ -28,22 +28,9 @@ class CheckpointError(HarnessError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same directory, then ``os.replace``.
-
-    A crash mid-write leaves the previous checkpoint intact, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` atomically: a crash mid-write leaves the previous checkpoint intact,
+    never a truncated one."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -109,8 +96,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     Used by ``harness eval``. Pretrained weights are not fetched again: the model is
     built from the architecture and the stored weights are loaded over it.
     """
-    from harness.core.train import build_model  # train imports this module
-
     state = load_checkpoint(path, map_location)
     config = config_from_checkpoint(state, path)
     arch = config.model_copy(

@@ -44,34 +44,26 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from harness.config import RunConfig
-from harness.core.train import StepCallback, Trainer
+from harness.core.collectives import (
+    average_gradients,
+    broadcast_module,
+    gather_labels,
+    gather_rows,
+    rank,
+    world_size,
+)
+from harness.core.global_batchnorm import sync_batchnorm
+from harness.core.trainer import StepCallback, Trainer
 from harness.errors import ConfigError, HarnessError
 
-__all__ = [
-    "WorkerStateError", "is_distributed", "rank", "world_size", "gather_rows", "gather_labels",
-    "broadcast_module", "average_gradients", "sync_batchnorm", "GlobalBatchNorm2d",
-    "RankBatchSampler", "DistributedTrainer", "check_workers",
-]  # fmt: skip
+__all__ = ["WorkerStateError", "RankBatchSampler", "DistributedTrainer", "check_workers"]
 
 
 class WorkerStateError(HarnessError):
     """Ranks of one data-parallel run disagree (different epochs or configs)."""
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def check_workers(config: RunConfig, world: int) -> None:
@@ -84,187 +76,6 @@ def check_workers(config: RunConfig, world: int) -> None:
             f"class blocks of train.samples_per_class={t.samples_per_class}; use a batch size "
             f"divisible by {world * t.samples_per_class} or another worker count"
         )
-
-
-# ---------------------------------------------------------------------------- collectives
-
-
-class _GatherRows(torch.autograd.Function):
-    """All-gather of ``[n_r, ...]`` rows (each rank's padded to ``capacity``); backward:
-    the gradient of each rank's rows summed over all ranks."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, capacity: int, sizes: tuple[int, ...]):
-        ctx.n, ctx.capacity, ctx.sizes = x.shape[0], capacity, sizes
-        padded = x.new_zeros((capacity, *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        cap = ctx.capacity
-        full = grad.new_zeros((len(ctx.sizes) * cap, *grad.shape[1:]))
-        offset = 0
-        for i, s in enumerate(ctx.sizes):
-            full[i * cap: i * cap + s] = grad[offset: offset + s]
-            offset += s
-        dist.all_reduce(full)  # a reduce-scatter would move W times less; these are tiny
-        start = rank() * cap
-        return full[start: start + ctx.n], None, None
-
-
-def gather_labels(labels: Tensor, capacity: int) -> tuple[Tensor, tuple[int, ...]]:
-    """All ranks' labels in rank order and the number of rows of every rank.
-
-    Every rank holds at most ``capacity`` rows (its share of the global batch; fewer
-    when images were skipped as corrupt). Labels are class indices >= 0, so -1 pads.
-    """
-    if not is_distributed():
-        return labels, (len(labels),)
-    padded = labels.new_full((capacity,), -1)
-    padded[: len(labels)] = labels
-    parts = [torch.empty_like(padded) for _ in range(world_size())]
-    dist.all_gather(parts, padded)
-    stacked = torch.stack(parts)
-    sizes = tuple(int(s) for s in (stacked >= 0).sum(1).tolist())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
-
-
-def gather_rows(x: Tensor, capacity: int, sizes: tuple[int, ...]) -> Tensor:
-    """Differentiable all-gather of every rank's ``[n_r, ...]`` rows, in rank order."""
-    if not is_distributed():
-        return x
-    return _GatherRows.apply(x, capacity, sizes)
-
-
-@torch.no_grad()
-def broadcast_module(module: nn.Module, src: int = 0) -> None:
-    """Parameters and buffers of rank ``src`` on every rank (as DDP does at start)."""
-    if not is_distributed():
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src)
-
-
-@torch.no_grad()
-def average_gradients(params: list[nn.Parameter]) -> None:
-    """Mean of the gradients over ranks: one flat all-reduce of every present gradient.
-
-    Every rank runs the same graph, so the set of parameters with a gradient (and its
-    order) is the same everywhere.
-    """
-    if not is_distributed():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for g in grads:
-        by_dtype.setdefault(g.dtype, []).append(g)
-    w = world_size()
-    for group in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in group])
-        dist.all_reduce(flat)
-        flat.div_(w)
-        offset = 0
-        for g in group:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-
-# ---------------------------------------------------------------------------- batch norm
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Differentiable sum over ranks; backward: the gradients of all ranks summed."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
-
-
-def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    """Training-mode batch norm with the statistics of all ranks' rows (differentiable)."""
-    dims = [0] + list(range(2, x.dim()))
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    xf = x.float()
-    n_local = xf.new_tensor([x.numel() // x.shape[1]])
-    # one all-reduce for the sums and the count, a second for the centred squares
-    # (a one-pass E[x²] - E[x]² would lose digits where the mean is large)
-    summed = _AllReduceSum.apply(torch.cat([xf.sum(dims), n_local]))
-    count = summed[-1].detach()
-    mean = summed[:-1] / count
-    centred = xf - mean.view(shape)
-    var = _AllReduceSum.apply(centred.pow(2).sum(dims)) / count
-    y = centred * torch.rsqrt(var + bn.eps).view(shape)
-    if bn.affine:
-        y = y * bn.weight.view(shape) + bn.bias.view(shape)
-    if bn.track_running_stats and bn.running_mean is not None:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            momentum = (1.0 / float(bn.num_batches_tracked)) if bn.momentum is None else bn.momentum
-            unbiased = var.detach() * count / (count - 1).clamp_min(1)
-            bn.running_mean.lerp_(mean.detach().to(bn.running_mean), momentum)
-            bn.running_var.lerp_(unbiased.to(bn.running_var), momentum)
-    return y.to(x.dtype)
-
-
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """``BatchNorm2d`` whose training statistics are those of the global batch (any
-    device; torch's SyncBatchNorm needs a GPU). Same parameters and buffers, so its
-    state dict loads into a plain ``BatchNorm2d``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and is_distributed()):
-            return super().forward(x)
-        return _global_batch_norm(self, x)
-
-
-def _global_bn_act_class():
-    try:
-        from timm.layers import BatchNormAct2d
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return None, None
-
-    class GlobalBatchNormAct2d(BatchNormAct2d):
-        """timm's BatchNormAct2d with global batch statistics (see GlobalBatchNorm2d)."""
-
-        def forward(self, x: Tensor) -> Tensor:
-            if not (self.training and is_distributed()):
-                return super().forward(x)
-            return self.act(self.drop(_global_batch_norm(self, x)))
-
-    return BatchNormAct2d, GlobalBatchNormAct2d
-
-
-def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Make every BatchNorm of ``model`` use global batch statistics while training."""
-    if device.type == "cuda":
-        from timm.layers import convert_sync_batchnorm
-
-        return convert_sync_batchnorm(model)
-    bn_act, global_bn_act = _global_bn_act_class()
-    for m in model.modules():
-        if bn_act is not None and type(m) is bn_act:
-            m.__class__ = global_bn_act
-        elif type(m) is nn.BatchNorm2d:
-            m.__class__ = GlobalBatchNorm2d
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in (GlobalBatchNorm2d, global_bn_act):
-            raise ConfigError(
-                f"data-parallel training on CPU cannot synchronise {type(m).__name__}; "
-                "use a backbone with BatchNorm2d, set model.freeze_bn: true, or train.workers: 1"
-            )
-    return model
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -297,7 +108,7 @@ class RankBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 
 class DistributedTrainer(Trainer):
-    """A :class:`~harness.core.train.Trainer` for one rank of a data-parallel run.
+    """A :class:`~harness.core.trainer.Trainer` for one rank of a data-parallel run.
 
     Built by ``run_training`` when ``train.workers > 1``; the process group must already
     be initialised with that many ranks (Ray Train's TorchTrainer does it).

@@ -19,7 +19,7 @@ import torch
 
 from harness.core.finite import check_embeddings
 from harness.core.metrics import retrieval_metrics
-from harness.data.registry import collate_skip_corrupt
+from harness.data.datasets import collate_skip_corrupt
 from harness.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from harness.data.registry import collate_skip_corrupt
+from harness.data.datasets import collate_skip_corrupt
 
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:

@@ -56,12 +56,25 @@ def _lookup(kind: str, name: str, names: list[str], module) -> type:
     return getattr(module, name)
 
 
-def is_proxy_loss(name: str) -> bool:
-    """True for losses with learnable proxies / class weights (they need ``memory.kind=none``)."""
-    cls = getattr(pml_losses, name, None)
+def is_proxy_loss(loss: str | torch.nn.Module) -> bool:
+    """The one definition of a proxy loss: a loss that learns parameters of its own
+    (proxies, class weights), so it has no reference set for a memory and needs
+    ``memory.kind=none``.
+
+    By name (configs): the pytorch-metric-learning classes that carry them
+    (``WeightRegularizerMixin`` subclasses, plus P2SGrad and Manifold). An instance
+    (what the memory is given) also counts when it has any parameters, e.g.
+    ``MarginLoss(learn_beta=True)``.
+    """
+    if isinstance(loss, torch.nn.Module):
+        cls: type | None = type(loss)
+        if any(True for _ in loss.parameters()):
+            return True
+    else:
+        cls = getattr(pml_losses, loss, None)
     if cls is None:
         return False
-    return issubclass(cls, WeightRegularizerMixin) or name in _EXTRA_PROXY
+    return issubclass(cls, WeightRegularizerMixin) or cls.__name__ in _EXTRA_PROXY
 
 
 def _instantiate(kind: str, cls: type, params: dict[str, Any]):

@@ -13,10 +13,14 @@ moments of R follow from running sums of P and P², and the loss's cosine simila
 of the batch against R come from one matmul with ``P`` (the shift as a per-query bias)
 and R's row norms from one streaming pass over ``P`` through a cache-sized scratch
 block, never materialising R. The pending affine is folded into the buffer
-whenever the stored embeddings are read (``.embeddings``, ``state_dict()``), when it
+whenever the stored embeddings are read (``stored_embeddings()``, ``state_dict()``), when it
 leaves a safe numeric range, and every ``fold_interval`` steps, so what the API shows is
 exactly the persistent adaptation of METHODS.md (up to float rounding). Losses/miners
 whose distance is not cosine / normalised L2 take the plain path (R materialised).
+
+The shared-similarity path computes with *views* of the user's loss and miner (shallow
+copies sharing their parameters and submodules, with a :class:`SharedSimilarity` in place
+of the distance): the objects passed in are never modified.
 """
 
 from __future__ import annotations
@@ -25,147 +29,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import distances as pml_distances
-from pytorch_metric_learning.distances import BaseDistance
 from pytorch_metric_learning.losses import CrossBatchMemory as _PMLCrossBatchMemory
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import Tensor, nn
 
+from harness.core.losses import is_proxy_loss
+from harness.core.moments import EPS, KalmanMoments, batch_moments
+from harness.core.shared_similarity import (
+    SHARED_SIMILARITY_LOSSES,
+    SHARED_SIMILARITY_MINERS,
+    SharedSimilarity,
+    shareable,
+    with_distance,
+)
 from harness.errors import ConfigError
-from harness.results_contract import MEMORY_KINDS
-
-__all__ = ["batch_moments", "xbn_adapt", "KalmanMoments", "CrossBatchMemory", "MEMORY_KINDS"]
-
-EPS = 1e-6
-
-# Losses / miners that use the reference embeddings only through ``self.distance``
-# (checked against pytorch-metric-learning 2.9's source), so a precomputed similarity
-# matrix can stand in for them. Anything else takes the plain, materialised path.
-_FAST_LOSSES = {
-    "CircleLoss", "ContrastiveLoss", "GeneralizedLiftedStructureLoss",
-    "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss",
-    "NCALoss", "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SupConLoss",
-    "TripletMarginLoss", "TupletMarginLoss",
-}  # fmt: skip
-_FAST_MINERS = {
-    "PairMarginMiner", "MultiSimilarityMiner", "TripletMarginMiner", "BatchHardMiner",
-    "BatchEasyHardMiner", "HDCMiner", "UniformHistogramMiner", "DistanceWeightedMiner",
-}  # fmt: skip
-
-
-def batch_moments(z: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-dimension mean and population std of ``z`` [N, d] in one fused pass."""
-    var, mean = torch.var_mean(z, dim=0, correction=0)
-    return mean, var.sqrt()
-
-
-def xbn_adapt(memory: Tensor, batch: Tensor, eps: float = EPS) -> Tensor:
-    """METHODS.md §1 eq. 6: ``(z - mean(R)) / (std(R) + eps) * std(B) + mean(B)``."""
-    r_mean, r_std = batch_moments(memory)
-    b_mean, b_std = batch_moments(batch)
-    return (memory - r_mean) / (r_std + eps) * b_std + b_mean
-
-
-class KalmanMoments:
-    """Kalman-filtered dataset mean/std per dimension (METHODS.md §1, AXBN).
-
-    Two scalar-per-dimension filters (mean and std) with a static state model. Both
-    see the same p0, q, r and |B| every step, so their covariance P and gain K are
-    identical and kept once. ``update`` is called once per iteration; the counter is 1
-    on the first call.
-    """
-
-    def __init__(self, p0: float = 1.0, q: float = 1.0, r: float = 0.01, gain_interval: int = 100):
-        if gain_interval < 1:
-            raise ConfigError(f"Kalman gain_interval must be >= 1, got {gain_interval}")
-        self.p0, self.q, self.r, self.gain_interval = float(p0), float(q), float(r), int(gain_interval)
-        self.iteration = 0
-        self.mean: Tensor | None = None
-        self.std: Tensor | None = None
-        self.P = float(p0)
-        self.K: float | None = None
-
-    def update(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        v_mean, v_std = batch_moments(batch.detach())
-        self.iteration += 1
-        if self.mean is None or self.std is None:
-            self.mean, self.std, self.P = v_mean.clone(), v_std.clone(), self.p0
-            return self.mean, self.std
-        self.P += self.q
-        if self.K is None or self.iteration % self.gain_interval == 0:
-            denom = self.P + self.r / batch.shape[0]
-            self.K = self.P / denom if denom > 0 else 0.0
-        # lerp is exact at K = 1 (returns v), so r = 0 reproduces XBN bit for bit.
-        self.mean = torch.lerp(self.mean.to(v_mean), v_mean, self.K)
-        self.std = torch.lerp(self.std.to(v_std), v_std, self.K)
-        self.P = (1.0 - self.K) * self.P
-        return self.mean, self.std
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "p0": self.p0, "q": self.q, "r": self.r, "gain_interval": self.gain_interval,
-            "iteration": self.iteration, "mean": self.mean, "std": self.std,
-            "P": self.P, "K": self.K,
-        }  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("p0", "q", "r", "P"):
-            setattr(self, key, float(state[key]))
-        self.gain_interval = int(state["gain_interval"])
-        self.iteration = int(state["iteration"])
-        self.mean, self.std = state["mean"], state["std"]
-        self.K = None if state["K"] is None else float(state["K"])
-
-    def __repr__(self) -> str:
-        return f"KalmanMoments(p0={self.p0}, q={self.q}, r={self.r}, gain_interval={self.gain_interval})"
-
-
-class _SharedSimilarity(BaseDistance):
-    """Stands in for a loss's / miner's distance while the memory computes its loss.
-
-    When called with the exact (query, reference) tensors the memory armed it with, it
-    returns the matrix derived from the memory's one similarity matmul; any other call
-    is delegated to the wrapped distance unchanged.
-    """
-
-    def __init__(self, inner: BaseDistance):
-        super().__init__(
-            normalize_embeddings=inner.normalize_embeddings, p=inner.p,
-            power=inner.power, is_inverted=inner.is_inverted,
-        )  # fmt: skip
-        self.inner = inner
-        self.cosine = isinstance(inner, pml_distances.CosineSimilarity)
-        self._armed: tuple[Tensor, Tensor, Any] | None = None
-
-    def forward(self, query_emb, ref_emb=None):
-        armed = self._armed
-        if armed is not None and query_emb is armed[0] and ref_emb is armed[1]:
-            sim = armed[2]()
-            if self.cosine:
-                return sim
-            # normalised L2 distance of unit vectors, as torch.cdist's mm path computes it
-            return (2.0 - 2.0 * sim).clamp_min(0.0).sqrt()
-        return self.inner(query_emb, ref_emb)
-
-    def compute_mat(self, query_emb, ref_emb):
-        return self.inner.compute_mat(query_emb, ref_emb)
-
-    def pairwise_distance(self, query_emb, ref_emb):
-        return self.inner.pairwise_distance(query_emb, ref_emb)
-
-
-def _shareable(distance: Any) -> bool:
-    if isinstance(distance, _SharedSimilarity):  # a loss reused by a second memory
-        distance = distance.inner
-    if type(distance) is pml_distances.CosineSimilarity:
-        return distance.power == 1
-    if type(distance) is pml_distances.LpDistance:
-        return distance.normalize_embeddings and distance.p == 2 and distance.power == 1
-    return False
-
-
-def _is_proxy(loss: nn.Module) -> bool:
-    return any(True for _ in loss.parameters())
+from harness.results_contract import ADAPTIVE_MEMORY_KINDS, MEMORY_KINDS, MemoryKind
 
 
 class CrossBatchMemory(nn.Module):
@@ -182,7 +60,7 @@ class CrossBatchMemory(nn.Module):
         loss: nn.Module,
         embedding_size: int,
         memory_size: int,
-        kind: str = "xbn",
+        kind: MemoryKind = "xbn",
         miner: nn.Module | None = None,
         start_iteration: int = 0,
         batch_loss_weight: float = 1.0,
@@ -195,7 +73,7 @@ class CrossBatchMemory(nn.Module):
             raise ConfigError(f"memory.kind '{kind}' is unknown; choose one of {', '.join(MEMORY_KINDS)}")
         name = type(loss).__name__
         if kind != "none":
-            if _is_proxy(loss):
+            if is_proxy_loss(loss):
                 raise ConfigError(
                     f"loss {name} is proxy-based and has no reference set: use memory.kind=none with it"
                 )
@@ -215,17 +93,27 @@ class CrossBatchMemory(nn.Module):
         # this many adaptations; between checks it can move by a^interval, far from
         # float32's limits given the [1e-4, 1e4] window.
         self.range_check_interval = max(1, int(range_check_interval))
-        self.adaptive = kind in ("xbn", "axbn")
+        self.adaptive = kind in ADAPTIVE_MEMORY_KINDS
         # One shared similarity matmul for loss and miner when their distances allow it.
-        self._shared: list[_SharedSimilarity] = []
-        self.fast = kind != "none" and name in _FAST_LOSSES and _shareable(loss.distance)
-        if self.fast and miner is not None:
-            self.fast = type(miner).__name__ in _FAST_MINERS and _shareable(miner.distance)
-        if self.fast:
-            for module in (loss, miner) if miner is not None else (loss,):
-                if not isinstance(module.distance, _SharedSimilarity):
-                    module.distance = _SharedSimilarity(module.distance)
-                self._shared.append(module.distance)
+        self.shared_similarity = (
+            kind != "none" and name in SHARED_SIMILARITY_LOSSES and shareable(loss.distance)
+        )
+        if self.shared_similarity and miner is not None:
+            self.shared_similarity = (
+                type(miner).__name__ in SHARED_SIMILARITY_MINERS and shareable(miner.distance)
+            )
+        # What the steps compute with: the user's loss and miner, or views of them whose
+        # distance is a SharedSimilarity. Plain attributes, not submodules: the state dict
+        # keeps the user's loss and miner under "loss." / "miner." once.
+        self._shared: list[SharedSimilarity] = []
+        compute_loss, compute_miner = loss, miner
+        if self.shared_similarity:
+            self._shared.append(SharedSimilarity(loss.distance))
+            compute_loss = with_distance(loss, self._shared[-1])
+            if miner is not None:
+                self._shared.append(SharedSimilarity(miner.distance))
+                compute_miner = with_distance(miner, self._shared[-1])
+        self.__dict__["_compute_loss"], self.__dict__["_compute_miner"] = compute_loss, compute_miner
         cap = self.memory_size if kind != "none" else 0
         d = self.embedding_size
         # The checkpointed state (METHODS.md §1: a preallocated ring buffer).
@@ -242,7 +130,7 @@ class CrossBatchMemory(nn.Module):
         self.register_buffer("_sumsq", torch.zeros(d, dtype=torch.float64), persistent=False)
         self.register_buffer("_row_sq", torch.zeros(cap if not self.adaptive else 0), persistent=False)
         # scratch block for R's row norms, ~4 MiB: it stays in cache between the two passes
-        tmp_rows = min(cap, max(1, 2**20 // max(d, 1))) if self.adaptive and self.fast else 0
+        tmp_rows = min(cap, max(1, 2**20 // max(d, 1))) if self.adaptive and self.shared_similarity else 0
         self.register_buffer("_norm_tmp", torch.zeros(tmp_rows, d), persistent=False)
         self._pending = False  # (A, C) differ from (1, 0)
         self._since_fold = 0
@@ -255,10 +143,20 @@ class CrossBatchMemory(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, incompatible: module._rebuild())
 
     # ------------------------------------------------------------------ state
-    def __getattr__(self, name: str):
-        if name == "embeddings" and self.__dict__.get("_pending"):
-            self.fold()  # the stored embeddings as METHODS.md defines them
-        return super().__getattr__(name)
+    def stored_embeddings(self) -> Tensor:
+        """The whole buffer R as METHODS.md defines it: the pending adaptation folded in.
+
+        (The ``embeddings`` buffer itself holds pre-images while an adaptation is pending.)
+        """
+        self.fold()
+        return self._buffers["embeddings"]
+
+    def train(self, mode: bool = True) -> "CrossBatchMemory":
+        super().train(mode)
+        for view in (self._compute_loss, self._compute_miner):  # not submodules: set here
+            if view is not None:
+                view.train(mode)
+        return self
 
     @property
     def fill(self) -> int:
@@ -288,7 +186,7 @@ class CrossBatchMemory(nn.Module):
         n = self._fill
         rows = self._buffers["embeddings"][:n]
         torch.addcmul(self._shift, rows, self._scale, out=rows)
-        if self.fast or self._since_fold >= self.fold_interval:
+        if self.shared_similarity or self._since_fold >= self.fold_interval:
             self._rebuild()  # exact sums (and P² for the shared similarity)
             return
         # the plain path folds every step: move the sums through the affine map in O(d)
@@ -335,7 +233,7 @@ class CrossBatchMemory(nn.Module):
         self._pending = True
         self._since_fold += 1
         if (
-            not self.fast  # the plain path reads R itself
+            not self.shared_similarity  # the plain path reads R itself
             or self._since_fold >= self.fold_interval
             or (self._since_fold % self.range_check_interval == 0 and not self._scale_in_range())
         ):
@@ -411,8 +309,8 @@ class CrossBatchMemory(nn.Module):
         return norm
 
     def _indices(self, embeddings, labels, ref_emb, ref_labels, slots):
-        if self.miner is not None:
-            t = self.miner(embeddings, labels, ref_emb, ref_labels)
+        if self._compute_miner is not None:
+            t = self._compute_miner(embeddings, labels, ref_emb, ref_labels)
         else:
             t = lmu.get_all_pairs_indices(labels, ref_labels)
         # drop each query's comparison with its own stored copy (slot `slots[a]`)
@@ -425,9 +323,10 @@ class CrossBatchMemory(nn.Module):
         n = self._fill
         ref_labels = self._buffers["labels"][:n]
         ref_emb = self._buffers["embeddings"][:n]
-        if not self.fast:
+        if not self.shared_similarity:
             self.fold()
-            return self.loss(embeddings, labels, self._indices(embeddings, labels, ref_emb, ref_labels, slots), ref_emb, ref_labels)
+            indices = self._indices(embeddings, labels, ref_emb, ref_labels, slots)
+            return self._compute_loss(embeddings, labels, indices, ref_emb, ref_labels)
         cache: list[Tensor] = []
 
         def sim() -> Tensor:
@@ -440,14 +339,15 @@ class CrossBatchMemory(nn.Module):
             dist._armed = (embeddings, ref_emb, sim)
         try:
             indices = self._indices(embeddings, labels, ref_emb, ref_labels, slots)
-            return self.loss(embeddings, labels, indices, ref_emb, ref_labels)
+            return self._compute_loss(embeddings, labels, indices, ref_emb, ref_labels)
         finally:
             for dist in self._shared:
                 dist._armed = None
 
     def _batch_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        indices = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, indices)
+        miner = self._compute_miner
+        indices = miner(embeddings, labels) if miner is not None else None
+        return self._compute_loss(embeddings, labels, indices)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         labels = labels.to(embeddings.device)
@@ -493,5 +393,5 @@ class CrossBatchMemory(nn.Module):
         return (
             f"kind={self.kind!r}, embedding_size={self.embedding_size}, memory_size={self.memory_size}, "
             f"start_iteration={self.start_iteration}, batch_loss_weight={self.batch_loss_weight}, "
-            f"kalman={self.kalman!r}, shared_similarity={self.fast}"
+            f"kalman={self.kalman!r}, shared_similarity={self.shared_similarity}"
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.registry import DatasetParts, ImageFileDataset, RetrievalSplit, register_dataset
+from harness.data.datasets import DatasetParts, ImageFileDataset, RetrievalSplit, register_dataset
 from harness.errors import DataError
 
 LAYOUT = "root/cars_annos.mat (struct 'annotations': relative_im_path, class, ...), root/car_ims/<NNNNNN>.jpg"

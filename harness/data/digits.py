@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.registry import ArrayImageDataset, DatasetParts, RetrievalSplit, register_dataset
+from harness.data.datasets import ArrayImageDataset, DatasetParts, RetrievalSplit, register_dataset
 
 
 @register_dataset("digits", layout="(none: scikit-learn's embedded load_digits)", needs_root=False, crop_pct=1.0)

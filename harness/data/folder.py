@@ -14,7 +14,7 @@ from pathlib import Path
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from harness.data.labeled_files import LabeledFiles, build_parts
-from harness.data.registry import DatasetParts, register_dataset
+from harness.data.datasets import DatasetParts, register_dataset
 from harness.errors import DataError
 
 LAYOUT = (

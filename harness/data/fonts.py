@@ -158,10 +158,31 @@ def _merge(groups: list[list[FontFace]]) -> list[FontFace]:
     return sorted(kept, key=lambda f: (f.path, f.index))
 
 
+# ---------------------------------------------------------------- rendering
+
+GLYPH_SCALE = 0.875  # font size / canvas: CJK ink spans ~90% of the em, this leaves a margin
+
+
+def load_font(face: FontFace, size: int):
+    from PIL import ImageFont
+
+    return ImageFont.truetype(face.path, size=max(1, int(round(GLYPH_SCALE * size))), index=face.index)
+
+
+def render_glyph(font, char: str, size: int):
+    """``char`` in ``font`` on a white ``size``² grey canvas, its ink box centred."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (size, size), 255)
+    x0, y0, x1, y1 = font.getbbox(char)
+    if x1 <= x0 or y1 <= y0:
+        return image
+    ImageDraw.Draw(image).text(((size - x0 - x1) // 2, (size - y0 - y1) // 2), char, font=font, fill=0)
+    return image
+
+
 def probe_renders(face: FontFace, size: int = PROBE_SIZE) -> dict[int, bytes]:
     """Rendered probe characters of ``face`` (character -> raw 8-bit pixels)."""
-    from harness.data.glyphs import render_glyph, load_font
-
     font = load_font(face, size)
     return {ord(c): render_glyph(font, c, size).tobytes()
             for c in PROBE_CHARACTERS if ord(c) in face.characters}

@@ -38,13 +38,13 @@ from typing import Callable
 import numpy as np
 
 from harness.data import fonts as fontscan
-from harness.data.registry import ArrayImageDataset, DatasetParts, RetrievalSplit, register_dataset
+from harness.data.fonts import GLYPH_SCALE, load_font, render_glyph
+from harness.data.datasets import ArrayImageDataset, DatasetParts, RetrievalSplit, register_dataset
 from harness.errors import DataError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 IMAGES = "images.npy"
-GLYPH_SCALE = 0.875  # font size / canvas: CJK ink spans ~90% of the em, this leaves a margin
 LAYOUT = "root/manifest.json and root/images.npy as written by `harness data build glyphs --out DIR`"
 DEBIAN_PACKAGES = (
     "fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming fonts-wqy-zenhei fonts-wqy-microhei "
@@ -63,27 +63,6 @@ class GlyphSettings:
     test_fraction: float = 0.5  # of the classes, class-disjoint (SOP: ~0.5)
     seed: int = 0
     min_face_ideographs: int = fontscan.MIN_FACE_IDEOGRAPHS  # smaller faces are supplements
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def load_font(face: fontscan.FontFace, size: int):
-    from PIL import ImageFont
-
-    return ImageFont.truetype(face.path, size=max(1, int(round(GLYPH_SCALE * size))), index=face.index)
-
-
-def render_glyph(font, char: str, size: int):
-    """``char`` in ``font`` on a white ``size``² grey canvas, its ink box centred."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("L", (size, size), 255)
-    x0, y0, x1, y1 = font.getbbox(char)
-    if x1 <= x0 or y1 <= y0:
-        return image
-    ImageDraw.Draw(image).text(((size - x0 - x1) // 2, (size - y0 - y1) // 2), char, font=font, fill=0)
-    return image
 
 
 # ---------------------------------------------------------------- building

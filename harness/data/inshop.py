@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.registry import DatasetParts, ImageFileDataset, RetrievalSplit, register_dataset
+from harness.data.datasets import DatasetParts, ImageFileDataset, RetrievalSplit, register_dataset
 from harness.errors import DataError
 
 LAYOUT = (

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from harness.data.registry import DatasetParts, ImageFileDataset, RetrievalSplit
+from harness.data.datasets import DatasetParts, ImageFileDataset, RetrievalSplit
 from harness.errors import DataError
 
 SPLITS = ("train", "test", "val")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.data.labeled_files import ROLES, SPLITS, LabeledFiles, build_parts
-from harness.data.registry import DatasetParts, register_dataset
+from harness.data.datasets import DatasetParts, register_dataset
 from harness.errors import DataError
 
 LAYOUT = (

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from harness.config import MemoryKind, RunConfig, build_config, load_yaml, parse_overrides
 from harness.core.pairs import positive_pair_problem
-from harness.errors import ConfigError
+from harness.errors import ConfigError, config_error
 from harness.results_contract import COL_METHOD, XML_SUFFIX, method_name
 from harness.tracking.config import TrackingSpec
 
@@ -377,12 +377,7 @@ def parse_experiment(raw: dict[str, Any], source: str) -> Experiment:
     try:
         return Experiment.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        raise ConfigError(f"{source}: {loc or '(top level)'}: {msg}") from None
+        raise config_error(e, source) from None
 
 
 def _config_has(key: str, flat: dict[str, Any]) -> bool:

@@ -15,7 +15,6 @@ but not two started in the same instant (README, "Reliability").
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import fcntl
 import json
@@ -25,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.clock import utc_iso
 from harness.errors import HarnessError
 
 LOCK = "sweep.lock"
@@ -38,7 +38,7 @@ def holder_info() -> dict[str, Any]:
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": utc_iso(),
         "command": " ".join(["harness", *sys.argv[1:]])[:300],
     }
 

@@ -10,10 +10,10 @@ any trial runs; trials that had not finished are simply run by the resume.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any, Callable
 
+from harness.clock import utc_stamp
 from harness.errors import ResultsError
 from harness.sweep.results import EPOCHS, TRIALS, ResultsStore
 
@@ -33,7 +33,7 @@ def damaged_tables(store: ResultsStore) -> dict[str, str]:
 
 def set_aside(store: ResultsStore, name: str) -> str:
     """Rename a damaged table out of the way (kept for inspection); -> its new name."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     new = f"{name}.damaged-{stamp}"
     if store._fs is not None:
         store._fs.move(f"{store._root_path}/{name}", f"{store._root_path}/{new}")

@@ -19,12 +19,12 @@ import fcntl
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
+from harness.atomic import atomic_write_bytes
 from harness.errors import ResultsError
 
 from harness.results_contract import (  # noqa: F401  (re-exported for the sweep modules)
@@ -81,18 +81,7 @@ class ResultsStore:
             with self._fs.open_output_stream(f"{self._root_path}/{name}") as f:
                 f.write(data)
             return
-        folder = Path(self.root)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(Path(self.root) / name, data)
 
     def _read_bytes(self, name: str) -> bytes:
         if self._fs is None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from harness.results_contract import STATUS_COMPLETED
 from harness.tracking.config import MlflowSpec
 from harness.tracking.runs import TrackedRun, clean_metrics, result_metrics, sweep_trial_run
 
@@ -118,4 +119,4 @@ class MLflowRun:
         step = int(summary.get("epochs_run") or 0)
         final = {k: v for k, v in summary.items() if k.startswith(("test.", "test_untrained."))}
         _log_metrics(self.client, self.run_id, clean_metrics(final), step)
-        self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED")
+        self.client.set_terminated(self.run_id, "FINISHED" if status == STATUS_COMPLETED else "FAILED")

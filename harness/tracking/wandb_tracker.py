@@ -15,6 +15,7 @@ from typing import Any
 from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.wandb import WandbLoggerCallback
 
+from harness.results_contract import STATUS_COMPLETED
 from harness.tracking.config import WandbSpec
 from harness.tracking.runs import TrackedRun, clean_metrics, result_metrics, sweep_trial_run
 
@@ -85,4 +86,4 @@ class WandbRun:
         metrics = clean_metrics(final)
         if metrics:
             self.run.log(metrics, step=step)
-        self.run.finish(exit_code=0 if status == "completed" else 1)
+        self.run.finish(exit_code=0 if status == STATUS_COMPLETED else 1)

@@ -11,7 +11,7 @@ import pytest
 from harness.config import build_config
 from harness.core.checkpoint import save_checkpoint
 from harness.core.evaluate import embed, evaluate_split, load_embeddings, metrics_of, save_embeddings
-from harness.core.train import build_model
+from harness.core.components import build_model
 from harness.data import create_datasets
 from harness.errors import HarnessError
 

@@ -80,7 +80,7 @@ def test_rng_states_round_trip():
 
 
 def test_load_model_rebuilds_and_loads_weights(tmp_path):
-    from harness.core.train import build_model
+    from harness.core.components import build_model
 
     cfg = build_config(TINY)
     torch.manual_seed(3)
@@ -97,7 +97,7 @@ def test_load_model_rebuilds_and_loads_weights(tmp_path):
 
 
 def test_load_model_with_mismatched_weights(tmp_path):
-    from harness.core.train import build_model
+    from harness.core.components import build_model
 
     cfg = build_config(TINY)
     other = build_config({"model": {**TINY["model"], "embedding_size": 8}})

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from harness.core.memory import CrossBatchMemory, KalmanMoments, xbn_adapt
+from harness.core.memory import CrossBatchMemory
+from harness.core.moments import KalmanMoments, xbn_adapt
 from harness.errors import ConfigError
 
 
@@ -90,7 +91,7 @@ def test_axbn_with_r0_equals_xbn():
     for z, y in _batches(8, drift=0.2):
         la, lb = xbn(z, y), axbn(z, y)
         assert torch.equal(la, lb)
-        assert torch.equal(xbn.embeddings, axbn.embeddings)
+        assert torch.equal(xbn.stored_embeddings(), axbn.stored_embeddings())
     assert axbn.fill == xbn.fill == 30 and float(la) > 0
 
 
@@ -106,9 +107,9 @@ def test_ring_buffer_keeps_exactly_the_newest_entries():
     newest_y = torch.cat(seen_y)[-30:]
     order = torch.roll(torch.arange(30), -int(mem.pointer))  # oldest slot first
     assert int(mem.pointer) == 56 % 30
-    assert torch.equal(mem.embeddings[order], newest_z)
+    assert torch.equal(mem.stored_embeddings()[order], newest_z)
     assert torch.equal(mem.labels[order], newest_y)
-    assert mem.embeddings.shape == (30, 6)  # preallocated, never grown
+    assert mem.stored_embeddings().shape == (30, 6)  # preallocated, never grown
 
 
 def _reference_xbn_losses(batches, loss_fn, miner, M, adaptive):
@@ -151,14 +152,14 @@ def test_memory_matches_literal_reference(make, kind):
     kw = {"kalman": KalmanMoments(r=0.0)} if kind == "axbn-r0" else {}
     plain_path = isinstance(loss.distance, distances.DotProductSimilarity) and not loss.distance.normalize_embeddings
     mem = CrossBatchMemory(loss, 5, 24, kind=kind.split("-")[0], miner=miner, fold_interval=4, **kw)
-    assert mem.fast is not plain_path  # both code paths are covered
+    assert mem.shared_similarity is not plain_path  # both code paths are covered
     for (z, y), (exp_loss, exp_grad) in zip(batches, expected):
         e = z.clone().requires_grad_()
         got = mem(e, y)
         torch.testing.assert_close(got.detach(), exp_loss, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(_grad(got, e), exp_grad, rtol=1e-4, atol=1e-5)
         assert float(mem.last_parts["loss.memory"]) == pytest.approx(float(exp_loss), rel=1e-5, abs=1e-5)
-    torch.testing.assert_close(mem.embeddings, R, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mem.stored_embeddings(), R, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,7 @@ def test_xbm_matches_pytorch_metric_learning_cross_batch_memory(make):
         torch.testing.assert_close(_grad(a, e1), _grad(b, e2), rtol=1e-4, atol=1e-6)
         nonzero += float(b.detach()) > 0
     assert nonzero >= 4  # the comparison exercised real losses
-    assert torch.equal(ours.embeddings, theirs.embedding_memory)
+    assert torch.equal(ours.stored_embeddings(), theirs.embedding_memory)
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -204,7 +205,7 @@ def test_state_dict_round_trip_continues_identically():
     assert b.fill == a.fill == 30 and int(b.iteration) == 6
     for z, y in batches[6:]:
         assert torch.equal(a(z, y), b(z, y))
-    assert torch.equal(a.embeddings, b.embeddings)
+    assert torch.equal(a.stored_embeddings(), b.stored_embeddings())
 
 
 def test_kinds_parts_start_iteration_and_skipped_adaptation():
@@ -214,7 +215,7 @@ def test_kinds_parts_start_iteration_and_skipped_adaptation():
     z1 = batches[0][0][:1]
     mem(z1, torch.tensor([0]))
     mem(batches[1][0][:3], batches[1][1][:3])
-    assert torch.equal(mem.embeddings[0], z1[0])
+    assert torch.equal(mem.stored_embeddings()[0], z1[0])
     # before start_iteration: the batch loss only
     mem = CrossBatchMemory(losses.ContrastiveLoss(), 6, 30, kind="xbm", start_iteration=2)
     plain = losses.ContrastiveLoss()
@@ -248,6 +249,6 @@ def test_a_loss_reused_by_a_second_memory_keeps_the_shared_path():
     loss, miner = losses.SupConLoss(), miners.PairMarginMiner(0.2, 0.8)
     first = CrossBatchMemory(loss, 6, 30, kind="xbm", miner=miner)
     second = CrossBatchMemory(loss, 6, 30, kind="xbm", miner=miner)  # e.g. a resumed run
-    assert first.fast and second.fast
+    assert first.shared_similarity and second.shared_similarity
     z, y = _batches(1)[0]
     torch.testing.assert_close(second(z, y), losses.CrossBatchMemory(losses.SupConLoss(), 6, 30, miner=miners.PairMarginMiner(0.2, 0.8))(z, y))

@@ -11,7 +11,8 @@ import torch
 from fixtures.configs import tiny_config
 from harness.config import build_config
 from harness.core.checkpoint import load_checkpoint
-from harness.core.train import RunResult, build_model, build_optimizers, run_training, seed_everything
+from harness.core.components import build_model, build_optimizers, seed_everything
+from harness.core.train import RunResult, run_training
 
 EPOCH_KEYS = {
     "loss", "loss.batch", "loss.memory", "val.recall@1", "val.recall@10", "val.map@r",

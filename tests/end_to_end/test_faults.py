@@ -442,7 +442,7 @@ def test_trial_budget_that_does_not_divide_is_announced(tmp_path):
 
 def test_positive_pairs_checked_by_training_too(tmp_path):
     from harness.config import build_config
-    from harness.core.train import build_losses
+    from harness.core.components import build_losses
     from harness.errors import ConfigError
 
     cfg = build_config(TRAIN_CFG, {"train.samples_per_class": 1})

@@ -1,0 +1,108 @@
+"""The collectives of a data-parallel run (:mod:`harness.core.distributed`): this
+process's rank and the world size, the differentiable gather of the global batch, the
+broadcast of a module's state from rank 0 and the one flat gradient all-reduce. Outside
+a process group they are the single-process identities.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of ``[n_r, ...]`` rows (each rank's padded to ``capacity``); backward:
+    the gradient of each rank's rows summed over all ranks."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, capacity: int, sizes: tuple[int, ...]):
+        ctx.n, ctx.capacity, ctx.sizes = x.shape[0], capacity, sizes
+        padded = x.new_zeros((capacity, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cap = ctx.capacity
+        full = grad.new_zeros((len(ctx.sizes) * cap, *grad.shape[1:]))
+        offset = 0
+        for i, s in enumerate(ctx.sizes):
+            full[i * cap: i * cap + s] = grad[offset: offset + s]
+            offset += s
+        dist.all_reduce(full)  # a reduce-scatter would move W times less; these are tiny
+        start = rank() * cap
+        return full[start: start + ctx.n], None, None
+
+
+def gather_labels(labels: Tensor, capacity: int) -> tuple[Tensor, tuple[int, ...]]:
+    """All ranks' labels in rank order and the number of rows of every rank.
+
+    Every rank holds at most ``capacity`` rows (its share of the global batch; fewer
+    when images were skipped as corrupt). Labels are class indices >= 0, so -1 pads.
+    """
+    if not is_distributed():
+        return labels, (len(labels),)
+    padded = labels.new_full((capacity,), -1)
+    padded[: len(labels)] = labels
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    stacked = torch.stack(parts)
+    sizes = tuple(int(s) for s in (stacked >= 0).sum(1).tolist())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
+
+
+def gather_rows(x: Tensor, capacity: int, sizes: tuple[int, ...]) -> Tensor:
+    """Differentiable all-gather of every rank's ``[n_r, ...]`` rows, in rank order."""
+    if not is_distributed():
+        return x
+    return _GatherRows.apply(x, capacity, sizes)
+
+
+@torch.no_grad()
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Parameters and buffers of rank ``src`` on every rank (as DDP does at start)."""
+    if not is_distributed():
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src)
+
+
+@torch.no_grad()
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Mean of the gradients over ranks: one flat all-reduce of every present gradient.
+
+    Every rank runs the same graph, so the set of parameters with a gradient (and its
+    order) is the same everywhere.
+    """
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    w = world_size()
+    for group in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat)
+        flat.div_(w)
+        offset = 0
+        for g in group:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()

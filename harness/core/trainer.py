@@ -1,0 +1,324 @@
+"""The Trainer: the state of one run and its steps (train an epoch, validate, probe,
+checkpoint). The loop over epochs, resumption and the run's files are in
+:mod:`harness.core.train`; the components it holds are built by
+:mod:`harness.core.components`. Conventions: see :mod:`harness.core.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from harness.config import RunConfig
+from harness.core.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from harness.core.components import (
+    build_losses,
+    build_model,
+    build_optimizers,
+    probe_indices,
+    seed_everything,
+    unique_parameters,
+)
+from harness.core.device import amp_dtype, needs_grad_scaler, pick_device
+from harness.core.evaluate import embed, evaluate_split
+from harness.core.loaders import EvalLoaders, training_loader
+from harness.core.xml import split_halves, xml_total_loss
+from harness.data.registry import create_datasets
+from harness.data.sampler import ClassBalancedBatchSampler
+from harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]
+
+
+def select_key(config: RunConfig) -> str:
+    return f"val.{config.train.select_metric}"
+
+
+def prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
+    return {f"{prefix}.{k}": float(v) for k, v in metrics.items()}
+
+
+class Trainer:
+    """The state of one run and its steps: train an epoch, validate, probe, checkpoint."""
+
+    def __init__(self, config: RunConfig, out_dir: Path, on_step: StepCallback | None = None):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.on_step = on_step
+        self.device = pick_device(config.train.device)
+        self.amp = amp_dtype(self.device, config.train.amp)
+
+        seed_everything(config.seed)
+        model = build_model(config)
+        self.data = create_datasets(config.data, config.seed, model.mean, model.std)
+        self.model = model.to(self.device)
+        train_labels = self.data.train.labels
+        # Class ids -> 0..C-1 for the losses (proxy losses index their proxies by label).
+        self.classes = torch.as_tensor(np.unique(train_labels), device=self.device)
+        self.memory, self.xml_loss = build_losses(config, len(train_labels), len(self.classes))
+        self.memory.to(self.device)
+        if self.xml_loss is not None:
+            self.xml_loss.to(self.device)
+        loss_params = unique_parameters(
+            list(self.memory.parameters())
+            + ([] if self.xml_loss is None else list(self.xml_loss.parameters()))
+        )
+        self.optimizer, self.warmup_optimizer, self.scheduler = build_optimizers(
+            config, self.model, loss_params
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.amp))
+        self.sampler = self._build_sampler()
+        cuda = self.device.type == "cuda"
+        self.train_loader = training_loader(
+            self.data.train, self.sampler, config.seed, config.data.workers, pin_memory=cuda
+        )
+        # validation runs every epoch: its loader keeps its workers between epochs
+        self.eval_loaders = EvalLoaders(config.train.eval_batch_size, config.data.workers, cuda)
+        eval_tf = self.data.test.query.transform
+        self.probe = self.data.train.subset(
+            probe_indices(len(train_labels), config.train.probe_size, config.seed)
+        ).with_transform(eval_tf)
+
+        # Run state (checkpointed).
+        self.epoch = 0
+        self.best_epoch: int | None = None
+        self.best_value = -math.inf
+        self.best_val: dict[str, float] = {}
+        self.test_untrained: dict[str, float] = {}
+        self.probe_prev: torch.Tensor | None = None
+        self.wall_before = 0.0  # seconds spent before a resumption
+
+    # -- components
+
+    def _build_sampler(self):
+        t = self.config.train
+        return ClassBalancedBatchSampler(
+            self.data.train.labels, t.batch_size, t.samples_per_class,
+            seed=self.config.seed, iters_per_epoch=t.iters_per_epoch,
+        )
+
+    def close(self) -> None:
+        """Stop the persistent loader workers."""
+        self.eval_loaders.close()
+        self.train_loader = None
+
+    def _eval_kwargs(self) -> dict[str, Any]:
+        return dict(
+            ks=tuple(self.config.eval.ks),
+            batch_size=self.config.train.eval_batch_size,
+            device=self.device,
+            workers=self.config.data.workers,
+            amp_dtype=self.amp,
+        )
+
+    # -- stages
+
+    def is_warmup(self, epoch: int) -> bool:
+        return epoch <= self.config.optim.warmup_epochs
+
+    def _set_stage(self, warmup: bool) -> None:
+        """Warm-up: only the new layers get gradients and the backbone's BN stays frozen."""
+        new = {id(p) for p in self.model.new_parameters()}
+        for p in self.model.parameters():
+            p.requires_grad_(not warmup or id(p) in new)
+        self.model.train()
+        if warmup:
+            self.model.backbone.eval()
+
+    def current_lr(self, epoch: int) -> float:
+        opt = self.warmup_optimizer if self.is_warmup(epoch) else self.optimizer
+        return float(opt.param_groups[0]["lr"])
+
+    # -- one epoch
+
+    def train_epoch(self, epoch: int) -> dict[str, float] | None:
+        """Mean loss parts over the epoch, or None when the loss became non-finite."""
+        warmup = self.is_warmup(epoch)
+        optimizer = self.warmup_optimizer if warmup else self.optimizer
+        self._set_stage(warmup)
+        loader = self.train_loader
+        loader.batch_sampler.set_epoch(epoch)  # sampler order and per-batch worker seeds
+        total_steps = len(loader)
+        sums: dict[str, float] = defaultdict(float)
+        steps = skipped = 0
+        for images, labels, n_skipped in loader:
+            skipped += n_skipped
+            if len(labels) < 2:
+                continue
+            halves = None
+            if self.xml_loss is not None:  # on the CPU labels: no wait for the GPU
+                halves = tuple(h.to(self.device, non_blocking=True) for h in split_halves(labels))
+            labels = torch.searchsorted(self.classes, labels.to(self.device, non_blocking=True))
+            parts = self.train_step(images.to(self.device, non_blocking=True), labels, optimizer, halves)
+            if parts is None:
+                return None
+            for k, v in parts.items():
+                sums[k] += v
+            steps += 1
+            if self.on_step is not None:
+                self.on_step(steps, total_steps)
+        if not warmup:
+            self.scheduler.step()
+        out = {k: v / max(steps, 1) for k, v in sums.items()}
+        out["skipped_images"] = float(skipped)
+        return out
+
+    def train_step(self, images, labels, optimizer, halves=None) -> dict[str, float] | None:
+        """One optimizer step; its loss parts, or None when the loss is not finite.
+
+        The parts are read on the host once, after the step is queued: a non-finite
+        step has then been applied, which is harmless, as the run ends without
+        checkpointing this epoch.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            out = self.model(images)
+        # The losses run in fp32: similarities and the closed-form XML fit are
+        # sensitive to half precision.
+        out = type(out)(*(None if t is None else t.float() for t in out))
+        out, labels = self.gather_batch(out, labels)
+        plain = self.memory(out.embeddings, labels)
+        parts = {f"loss.{k}" if not k.startswith("loss") else k: v
+                 for k, v in getattr(self.memory, "last_parts", {}).items()}
+        total = plain
+        if self.xml_loss is not None:
+            xml = self.xml_loss(out, labels, self.model.prototypes, self.model.embed_pooled, halves)
+            parts["loss.xml"] = xml.detach()
+            total = xml_total_loss(plain, xml, self.config.xml.weight)
+        parts["loss"] = total.detach()
+        if total.requires_grad:
+            self.scaler.scale(total).backward()
+            self.reduce_gradients()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        # The step's one host read: all parts in one copy.
+        values = torch.stack([torch.as_tensor(v, device=self.device).float() for v in parts.values()]).tolist()
+        host = dict(zip(parts, values))
+        if not math.isfinite(host["loss"]):
+            return None
+        return host
+
+    # Data-parallel hooks (harness/core/distributed.py): one process is the whole batch.
+    def gather_batch(self, out, labels):
+        """The model outputs and labels of the global batch (here: this batch)."""
+        return out, labels
+
+    def reduce_gradients(self) -> None:
+        """Combine the gradients of all ranks (here: nothing to combine)."""
+
+    # -- evaluation
+
+    def evaluate(self, split, persistent: bool = False) -> dict[str, float]:
+        """``persistent``: a split evaluated every epoch (validation) keeps its loader."""
+        kw = self._eval_kwargs()
+        return evaluate_split(self.model, split, loader_for=self.eval_loaders if persistent else None, **kw)
+
+    def has_validation(self) -> bool:
+        return len(self.data.val.query) > 0
+
+    def embed_probe(self) -> torch.Tensor:
+        kw = self._eval_kwargs()
+        kw.pop("ks")
+        # embedded every epoch: a persistent loader, like validation
+        return embed(self.model, self.probe, loader_for=self.eval_loaders, **kw)[0].float().cpu()
+
+    def drift(self) -> dict[str, float]:
+        """Per-image L2 distance of the probe embeddings to the previous epoch's."""
+        if len(self.probe) == 0:
+            return {}
+        current = self.embed_probe()
+        prev = self.probe_prev
+        self.probe_prev = current
+        if prev is None:
+            return {"drift_mean": float("nan"), "drift_max": float("nan")}
+        d = (current - prev.to(current.device)).norm(dim=1)
+        return {"drift_mean": float(d.mean()), "drift_max": float(d.max())}
+
+    def update_best(self, epoch: int, val: dict[str, float]) -> bool:
+        """Keep best.pt by the selection metric; without validation, the last epoch."""
+        key = select_key(self.config)
+        if self.has_validation():
+            if key not in val:
+                raise ConfigError(
+                    f"train.select_metric: '{self.config.train.select_metric}' is not a "
+                    f"validation metric (have: {', '.join(sorted(k[4:] for k in val))})"
+                )
+            value = val[key]
+            if not (value > self.best_value):
+                return False
+            self.best_value = value
+        self.best_epoch, self.best_val = epoch, dict(val)
+        save_checkpoint(
+            {"model": self.model.state_dict(), "config": self.config.model_dump(mode="json"),
+             "epoch": epoch, "val": dict(val)},
+            self.out_dir / "checkpoints" / "best.pt",
+        )
+        return True
+
+    def test_best(self) -> dict[str, float]:
+        best = self.out_dir / "checkpoints" / "best.pt"
+        if best.is_file():
+            self.model.load_state_dict(load_checkpoint(best)["model"])
+        return prefixed("test", self.evaluate(self.data.test))
+
+    # -- checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "warmup_optimizer": None if self.warmup_optimizer is None else self.warmup_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "memory": self.memory.state_dict(),
+            "xml_loss": None if self.xml_loss is None else self.xml_loss.state_dict(),
+            "rng": rng_states(),
+            "epoch": self.epoch,
+            "best": {"epoch": self.best_epoch, "value": self.best_value, "val": self.best_val},
+            "test_untrained": self.test_untrained,
+            "probe_prev": self.probe_prev,
+            "wall_seconds": self.wall_before,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.warmup_optimizer is not None and state.get("warmup_optimizer") is not None:
+            self.warmup_optimizer.load_state_dict(state["warmup_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        load_scaler_state(self.scaler, state.get("scaler") or {})
+        self.memory.load_state_dict(state["memory"])
+        if self.xml_loss is not None and state.get("xml_loss") is not None:
+            self.xml_loss.load_state_dict(state["xml_loss"])
+        self.epoch = int(state["epoch"])
+        best = state["best"]
+        self.best_epoch, self.best_value, self.best_val = best["epoch"], best["value"], best["val"]
+        self.test_untrained = state.get("test_untrained", {})
+        probe = state.get("probe_prev")
+        self.probe_prev = None if probe is None else probe.cpu()  # where embed_probe keeps it
+        self.wall_before = float(state.get("wall_seconds", 0.0))
+        set_rng_states(state["rng"])
+
+    def save_last(self, wall_seconds: float) -> None:
+        state = self.state_dict()
+        state["wall_seconds"] = wall_seconds
+        save_checkpoint(state, self.out_dir / "checkpoints" / "last.pt")
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Restore a GradScaler; a run saved without loss scaling (fp32, bf16: an empty
+    state) resumed with fp16 starts from a fresh scale instead of failing."""
+    if not state:
+        if scaler.is_enabled():
+            log.info("checkpoint has no grad-scaler state (saved without fp16): starting from a fresh scale")
+        return
+    scaler.load_state_dict(state)

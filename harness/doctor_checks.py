@@ -1,0 +1,322 @@
+"""The checks of ``harness doctor`` (:mod:`harness.doctor` runs them in order and
+prints the verdict table): one function per row, each returning a :class:`Check`.
+
+Node checks (driver, torch CUDA, Ray GPU isolation, faiss, AMP) and the tiny-run checks
+(every memory kind + XML, SIGKILL + resume, evaluation, throughput). One concept: what
+one verdict row verifies and how.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.doctor_fixtures import misplaced_state, tie_heavy_embeddings, tiny_config
+from harness.results_contract import MEMORY_KINDS, STATUS_COMPLETED
+
+PASS, FAIL, SKIP, INFO = "PASS", "FAIL", "SKIP", "INFO"
+
+
+@dataclass
+class Check:
+    name: str
+    verdict: str
+    detail: str
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+# ------------------------------------------------------------------ checks
+
+
+def check_driver() -> tuple[Check, int]:
+    """-> (check, GPUs the driver sees)."""
+    from harness.core.device import nvidia_devices
+
+    try:
+        import pynvml
+    except ImportError:
+        pynvml = None
+    if pynvml is not None:
+        try:
+            pynvml.nvmlInit()
+            try:
+                n = pynvml.nvmlDeviceGetCount()
+                names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(n)]
+                driver = pynvml.nvmlSystemGetDriverVersion()
+                cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+            finally:
+                pynvml.nvmlShutdown()
+            names = [x.decode() if isinstance(x, bytes) else x for x in names]
+            cuda_s = f"{cuda // 1000}.{cuda % 1000 // 10}"
+            return Check("NVIDIA driver", PASS if n else INFO,
+                         f"driver {driver}, supports CUDA <= {cuda_s}; {n} GPU(s): {', '.join(names) or 'none'}"), n
+        except pynvml.NVMLError as e:
+            if nvidia_devices():
+                return Check("NVIDIA driver", FAIL, f"/dev/nvidia* exist but NVML fails: {e}"), len(nvidia_devices())
+    devs = nvidia_devices()
+    if devs:
+        smi = _nvidia_smi()
+        return Check("NVIDIA driver", PASS if smi else FAIL,
+                     smi or f"{len(devs)} GPU device file(s) but no nvidia-smi / NVML to query the driver"), len(devs)
+    return Check("NVIDIA driver", INFO, "no NVIDIA GPU on this machine: CPU-only, checking the CPU path"), 0
+
+
+def _nvidia_smi() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return "; ".join(out.stdout.strip().splitlines()) if out.returncode == 0 else None
+
+
+def check_torch(driver_gpus: int, require_gpu: bool) -> tuple[Check, torch.device | None]:
+    """torch's build and the device a `device: auto` run picks (None: it would refuse)."""
+    from harness.core.device import describe_device, pick_device
+    from harness.errors import HarnessError
+
+    build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU-only wheel)'}"
+    try:
+        device = pick_device("auto")
+    except HarnessError as e:
+        return Check("torch CUDA", FAIL, f"{build}; {e}"), None
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        caps = {f"sm_{''.join(map(str, torch.cuda.get_device_capability(i)))}" for i in range(n)}
+        archs = torch.cuda.get_arch_list()
+        missing = [c for c in caps if c not in archs and not any(a.startswith("compute_") for a in archs)]
+        verdict = FAIL if missing or (driver_gpus and n != driver_gpus) else PASS
+        detail = f"{build}; {n} GPU(s) usable, {describe_device(device)}; capability {', '.join(sorted(caps))}"
+        if missing:
+            detail += f"; torch has no kernels for {', '.join(missing)} (has {' '.join(archs)})"
+        if driver_gpus and n != driver_gpus:
+            detail += f"; but the driver sees {driver_gpus}"
+        return Check("torch CUDA", verdict, detail), device
+    if require_gpu:
+        return Check("torch CUDA", FAIL, f"{build}; no GPU visible but --require-gpu was given"), None
+    return Check("torch CUDA", INFO, f"{build}; no GPU: `device: auto` trains on the CPU"), device
+
+
+def _ray_probe() -> dict[str, Any]:
+    """Runs inside a Ray task: isolate to the assigned GPUs, report what torch sees."""
+    import ray
+
+    from harness.core.device import isolate_gpus
+
+    ids = [str(i) for i in ray.get_gpu_ids()]
+    isolate_gpus(ids)
+    return {"assigned": ids, "visible_env": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "torch_count": torch.cuda.device_count()}
+
+
+def check_ray_gpus(gpus: int) -> Check:
+    """A zero-GPU task sees no CUDA device; a one-GPU task sees exactly its GPU."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", _node_ip_address="127.0.0.1")
+    try:
+        ray_gpus = int(ray.cluster_resources().get("GPU", 0))
+        probe = ray.remote(_ray_probe)
+        zero = ray.get(probe.options(num_cpus=1, num_gpus=0).remote(), timeout=120)
+        problems, seen = [], [f"gpus=0 task: CUDA_VISIBLE_DEVICES={zero['visible_env']!r}, torch sees {zero['torch_count']}"]
+        if zero["torch_count"] != 0:
+            problems.append("a zero-GPU task sees a GPU")
+        if gpus:
+            one = ray.get(probe.options(num_cpus=1, num_gpus=1).remote(), timeout=120)
+            seen.append(f"gpus=1 task: assigned {one['assigned']}, torch sees {one['torch_count']}")
+            if one["torch_count"] != len(one["assigned"]) or len(one["assigned"]) != 1:
+                problems.append("a one-GPU task does not see exactly its GPU")
+            if ray_gpus != gpus:
+                problems.append(f"Ray counts {ray_gpus} GPU(s), torch {gpus}")
+        verdict = FAIL if problems else PASS
+        return Check("Ray GPU assignment", verdict, "; ".join(problems + seen))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def check_faiss(device: torch.device) -> Check:
+    """One faiss distribution; the exact search on the training device == the CPU one."""
+    import logging
+
+    from harness.core import metrics as M
+    from harness.core.install import faiss_report
+
+    report = faiss_report()
+    dists = report["distributions"]
+    problems = []
+    if len(dists) != 1:
+        problems.append(f"{len(dists)} faiss distributions installed ({', '.join(dists) or 'none'}); "
+                        "keep faiss-cpu only: pip uninstall the others, then pip install --force-reinstall faiss-cpu")
+    x, y = tie_heavy_embeddings(3000, 24)
+    cpu = M.retrieval_metrics(x, y, ks=(1, 4), use_gpu=False)
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    M.log.addHandler(handler)
+    try:
+        on_device = M.retrieval_metrics(x, y, ks=(1, 4), device=device, use_gpu=True)
+    finally:
+        M.log.removeHandler(handler)
+    if warnings:
+        problems.append(f"GPU search fell back to the CPU ({warnings[0]})")
+    if on_device != cpu:
+        problems.append(f"search on {device.type} disagrees with faiss on the CPU")
+    where = "torch exact top-k on " + (str(device) if device.type == "cuda" else "cpu (as on a GPU)")
+    detail = (f"faiss {report['version']} from {', '.join(dists) or 'nothing'} (faiss GPUs: {report['gpus']}); "
+              f"{where} == faiss CPU: {'yes' if on_device == cpu else 'no'} (recall@1 {cpu['recall@1']:.4f})")
+    return Check("faiss / retrieval search", FAIL if problems else PASS, "; ".join(problems + [detail]))
+
+
+def check_amp(device: torch.device) -> Check:
+    from harness.core.device import amp_dtype, native_bf16, needs_grad_scaler
+
+    dtype = amp_dtype(device, "auto")
+    if device.type != "cuda":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = torch.ones(8, 8) @ torch.ones(8, 8)
+        ok = out.dtype == torch.bfloat16
+        return Check("mixed precision", PASS if ok else FAIL,
+                     "CPU: amp auto = off (fp32); `amp: on` = bf16 autocast " + ("works" if ok else "failed"))
+    a = torch.randn(64, 64, device=device, requires_grad=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(dtype))
+    opt = torch.optim.SGD([a], lr=0.1)
+    with torch.autocast("cuda", dtype=dtype):
+        loss = (a @ a).float().pow(2).mean()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    ok = bool(torch.isfinite(a).all())
+    name = str(dtype).removeprefix("torch.")
+    return Check("mixed precision", PASS if ok else FAIL,
+                 f"bf16 native: {'yes' if native_bf16(device) else 'no (emulated)'}; amp auto = {name}"
+                 + (" + GradScaler" if scaler.is_enabled() else "") + f"; autocast step {'finite' if ok else 'NOT finite'}")
+
+
+def check_memory_kinds(device: torch.device, root: Path) -> Check:
+    """Two epochs on the device for every memory kind, each with XML."""
+    from harness.config import build_config
+    from harness.core.train import run_training
+
+    done, problems = [], []
+    for kind in MEMORY_KINDS:
+        cfg = build_config(tiny_config(kind, device.type))
+        result = run_training(cfg, root / f"kind-{kind.replace('+', '_')}")
+        if result.status != STATUS_COMPLETED or not math.isfinite(result.test.get("test.recall@1", math.nan)):
+            problems.append(f"{kind}: {result.status}")
+        else:
+            done.append(f"{kind} {result.test['test.recall@1']:.2f}")
+    detail = f"2 epochs + XML on {device.type}, test recall@1: " + ", ".join(done)
+    return Check("train: every memory kind + XML", FAIL if problems else PASS, "; ".join(problems + [detail]))
+
+
+_KILL_AFTER_EPOCH_1 = """
+import os, signal, sys, yaml
+from harness.config import build_config
+from harness.core.train import run_training
+cfg = build_config(yaml.safe_load(open(sys.argv[1])))
+def on_epoch(epoch, metrics):
+    if epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+run_training(cfg, sys.argv[2], on_epoch=on_epoch)
+"""
+
+
+def check_kill_resume(device: torch.device, root: Path) -> tuple[Check, Path | None]:
+    """SIGKILL a run after epoch 1, resume it: state on the device, epoch 2 matches."""
+    import yaml
+
+    from harness.config import build_config
+    from harness.core.checkpoint import load_checkpoint
+    from harness.core.train import run_training
+    from harness.core.trainer import Trainer
+
+    raw = tiny_config("axbn", device.type)
+    cfg_path = root / "resume.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    cfg = build_config(raw)
+    full: dict[int, dict] = {}
+    run_training(cfg, root / "uninterrupted", on_epoch=lambda e, m: full.__setitem__(e, m))
+    out = root / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")] if p)}
+    proc = subprocess.run([sys.executable, "-c", _KILL_AFTER_EPOCH_1, str(cfg_path), str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != -signal.SIGKILL:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return Check("kill + resume", FAIL, f"the child run was not killed as planned (exit {proc.returncode}: {tail})"), None
+    trainer = Trainer(cfg, out)
+    trainer.load_state_dict(load_checkpoint(out / "checkpoints" / "last.pt"))
+    misplaced = misplaced_state(trainer, trainer.device)
+    trainer.close()
+    resumed: dict[int, dict] = {}
+    result = run_training(cfg, out, on_epoch=lambda e, m: resumed.__setitem__(e, m))
+    problems = []
+    if misplaced:
+        problems.append(f"after loading last.pt, off the training device: {', '.join(misplaced[:4])}")
+    if result.status != STATUS_COMPLETED or list(resumed) != [2]:
+        problems.append(f"resume ran epochs {list(resumed)} ({result.status}), expected [2]")
+    diff = abs(resumed.get(2, {}).get("loss", math.nan) - full[2]["loss"]) / max(abs(full[2]["loss"]), 1e-12)
+    drift = resumed.get(2, {}).get("drift_mean", math.nan)
+    if not math.isfinite(drift):
+        problems.append("drift after resume is not finite")
+    # CPU runs are bit-reproducible; GPU kernels (atomics) may differ in the last bits.
+    tol = 1e-6 if device.type == "cpu" else 1e-2
+    if not diff <= tol:
+        problems.append(f"epoch 2 loss differs from the uninterrupted run by {diff:.2e} (> {tol:g})")
+    detail = (f"SIGKILL after epoch 1, resumed on {device.type}: state on the device, "
+              f"epoch 2 loss rel. diff {diff:.1e}, drift {drift:.4f}")
+    return Check("kill + resume", FAIL if problems else PASS, "; ".join(problems + [detail])), out
+
+
+def check_evaluate(device: torch.device, run_dir: Path | None) -> Check:
+    from harness.core.checkpoint import load_model
+    from harness.core.evaluate import evaluate_split
+    from harness.data.registry import create_datasets
+
+    if run_dir is None:
+        return Check("evaluate best.pt", SKIP, "no resumed run to evaluate")
+    model, cfg = load_model(run_dir / "checkpoints" / "best.pt", map_location=device)
+    model.to(device)
+    data = create_datasets(cfg.data, cfg.seed, model.mean, model.std)
+    m = evaluate_split(model, data.test, ks=(1, 4), device=device, batch_size=128)
+    ok = all(math.isfinite(m[k]) for k in ("recall@1", "map@r"))
+    return Check("evaluate best.pt", PASS if ok else FAIL,
+                 f"on {device.type}: recall@1 {m['recall@1']:.4f}, map@r {m['map@r']:.4f} ({m['n_queries']} queries)")
+
+
+def check_throughput(device: torch.device) -> Check:
+    """Loader images/s per CPU (224 px, RandAugment) and, on a GPU, the shipped ResNet-50's
+    training images/s: how many vCPUs a GPU trial needs to keep its GPU busy."""
+    from harness.throughput import gpu_step_images_per_s, per_cpu_loader_rate, vcpus_needed
+
+    per_cpu = per_cpu_loader_rate()
+    loader = f"loader {per_cpu:.0f} images/s per CPU (224 px, RandAugment)"
+    if device.type != "cuda":
+        return Check("throughput", INFO, f"{loader}; no GPU to size for")
+    gpu = gpu_step_images_per_s(device)
+    need = vcpus_needed(gpu, per_cpu)
+    have = (os.cpu_count() or 1) / max(torch.cuda.device_count(), 1)
+    short = have < need
+    return Check("throughput", INFO,
+                 f"resnet50 224 px batch 64: {gpu:.0f} images/s; {loader} -> a GPU trial needs {need} vCPUs "
+                 f"(cpus: {need}, data.workers: {need - 1}); this node has {have:.0f} per GPU"
+                 + ("; SHORT: the GPU will wait for data" if short else ""))
