@@ -15,6 +15,9 @@ import json
 from typing import Any, Callable
 
 from harness.errors import ResultsError
+from ray.tune.experiment import Trial
+
+from harness.sweep.recorder import epoch_of_result, trial_error_reason
 from harness.sweep.results import EPOCHS, TRIALS, ResultsStore
 
 
@@ -74,10 +77,6 @@ def _results_history(trial) -> list[dict[str, Any]]:
 def rebuild_tables(store: ResultsStore, phase_dirs: list[str],
                    make_recorder: Callable[[], Any]) -> int:
     """Write the rows of every finished trial found under ``phase_dirs``; -> rows written."""
-    from ray.tune.experiment import Trial
-
-    from harness.sweep.runner import _epoch_of_result, trial_error_reason
-
     recorder = make_recorder()
     written = 0
     for path in phase_dirs:
@@ -87,7 +86,7 @@ def rebuild_tables(store: ResultsStore, phase_dirs: list[str],
                 continue
             history = _results_history(trial)
             recorder._epochs[trial.trial_id] = {
-                int(r["epoch"]): _epoch_of_result(r) for r in history
+                int(r["epoch"]): epoch_of_result(r) for r in history
                 if not r.get("final") and "epoch" in r}
             last = trial.last_result or (history[-1] if history else None)
             error = trial.status == Trial.ERROR
