@@ -17,7 +17,8 @@ import ray
 import ray.cloudpickle
 import yaml
 
-from harness.sweep.runner import _git_commit, prepare_sweep, run_search
+from harness.sweep.recorder import git_commit as _git_commit
+from harness.sweep.runner import prepare_sweep, run_search
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -45,7 +45,7 @@ def reproductions_table(experiment: str, store: ResultsStore, metric: str) -> Ta
 
 def run_counts(exp: Experiment) -> str:
     """``harness list``'s runs column: planned search trials + reproduction runs."""
-    return f"{sum(exp.trial_budget().values())} + {len(exp.compare_labels) * len(exp.search.reproduction_seeds)} repro"
+    return f"{sum(exp.trial_budget().values())} + {exp.reproductions_planned()} repro"
 
 
 def experiments_table() -> Table:
