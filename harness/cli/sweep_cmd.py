@@ -48,6 +48,7 @@ def sweep(
     """Tune an experiment with Optuna on Ray Tune, then reproduce the best settings."""
     if resume and reproduce_only:
         raise ConfigError("give --resume or --reproduce-only, not both")
+    # the imports below are inside: the checks before them run without Ray (start-up time)
     from harness.sweep.experiment import find_experiment
 
     if not (resume or reproduce_only):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from typing import Any, Callable
 
-from harness.errors import ResultsError
+from ray import tune
 from ray.tune.experiment import Trial
 
+from harness.errors import ResultsError
 from harness.sweep.recorder import epoch_of_result, trial_error_reason
 from harness.sweep.results import EPOCHS, TRIALS, ResultsStore
 
@@ -41,16 +43,12 @@ def set_aside(store: ResultsStore, name: str) -> str:
     if store._fs is not None:
         store._fs.move(f"{store._root_path}/{name}", f"{store._root_path}/{new}")
     else:
-        import os
-
         os.replace(store.path(name), store.path(new))
     return new
 
 
 def tune_trials(path: str) -> list[Any]:
     """The trials Tune recorded under one phase folder (none when there is no state)."""
-    from ray import tune
-
     if not tune.Tuner.can_restore(path):
         return []
     return list(tune.ExperimentAnalysis(path).trials)

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment
 
 
+def completed_search_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search phase's completed rows of a trials table."""
+    return trials[(trials[COL_PHASE] == PHASE_SEARCH) & (trials[COL_STATUS] == STATUS_COMPLETED)]
+
+
 def best_search_trials(exp: Experiment, trials: pd.DataFrame) -> dict[str | None, dict[str, Any]]:
     """The best completed search trial of every compared value, by the experiment's
     metric and mode (its trials-table row as a dict; a value with none is left out).
@@ -37,7 +42,7 @@ def best_search_trials(exp: Experiment, trials: pd.DataFrame) -> dict[str | None
     """
     if trials.empty:
         return {}
-    df = trials[(trials[COL_PHASE] == PHASE_SEARCH) & (trials[COL_STATUS] == STATUS_COMPLETED)]
+    df = completed_search_trials(trials)
     metric = exp.search.metric
     if metric not in df.columns:
         return {}
@@ -64,7 +69,7 @@ def configurations_to_reproduce(exp: Experiment, trials: pd.DataFrame
     best = best_search_trials(exp, trials)
     if exp.search.reproduce == "best":
         return [(label, row, True) for label, row in best.items()]
-    df = trials[(trials[COL_PHASE] == PHASE_SEARCH) & (trials[COL_STATUS] == STATUS_COMPLETED)]
+    df = completed_search_trials(trials)
     out = []
     for label, best_row in best.items():
         rows = df[df[COL_COMPARE_VALUE] == label] if label is not None else df
