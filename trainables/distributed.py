@@ -59,7 +59,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
         isolate_gpus([])
     elif torch.cuda.is_available():
-        import ray.train.torch
+        import ray.train.torch  # torch: in the ranks only, as above
 
         # Ray Train shows a node's workers all their GPUs (NCCL peer access); this
         # rank's is the current device, which train.device "auto" ("cuda") then uses.
@@ -115,10 +115,7 @@ def train_retrieval_distributed(
     train_fn: Callable[..., Any] | None = None,
 ) -> None:
     """The Tune function trainable of an N-worker trial (see the module docstring)."""
-    import ray.train
-    from ray import tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.train.torch import TorchTrainer  # imports torch: only in the trial, not the driver
 
     run_config = trial_run_config(base, config["spec"], **{"train.workers": int(workers)})
     ctx = tune.get_context()
