@@ -26,7 +26,16 @@ import ray
 from ray import tune
 
 from harness.core.install import library_versions
-from harness.results_contract import OBJECTIVE_KEY, PHASE_REPRODUCTION, STATUS_COMPLETED, STATUS_FAILED
+from harness.results_contract import (
+    COL_EPOCH,
+    COL_ERROR,
+    COL_PHASE,
+    COL_STATUS,
+    OBJECTIVE_KEY,
+    PHASE_REPRODUCTION,
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+)
 from harness.sweep.failures import is_deterministic, one_line
 from trainables.trial_setup import run_folder, trial_run_config
 
@@ -97,7 +106,7 @@ def train_retrieval(
 
     # The best configurations' reproductions keep their test-set neighbours for the
     # report's retrieval pictures.
-    pictures = spec.get("phase") == PHASE_REPRODUCTION and spec.get("best_config") is not False
+    pictures = spec.get(COL_PHASE) == PHASE_REPRODUCTION and spec.get("best_config") is not False
     with run_folder(tune.get_context().get_trial_id(), tune.get_checkpoint()) as out_dir:
         _run_trial(run_config, out_dir, metric, mode, train_fn, save_retrievals=pictures)
 
@@ -111,8 +120,8 @@ def tune_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> 
 def _report_failure(error: BaseException, mode: str, epochs_run: int,
                     report: Callable[[dict[str, Any], Path | None], None] = tune_report) -> None:
     """End the trial as ``failed`` with its reason (a final report, no retry)."""
-    report({OBJECTIVE_KEY: worst(mode), "epoch": int(epochs_run), "final": True,
-            "status": STATUS_FAILED, "error": one_line(error), "started_at": utc_now()}, None)
+    report({OBJECTIVE_KEY: worst(mode), COL_EPOCH: int(epochs_run), "final": True,
+            COL_STATUS: STATUS_FAILED, COL_ERROR: one_line(error), "started_at": utc_now()}, None)
 
 
 def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
@@ -175,7 +184,7 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
     if result.status != STATUS_COMPLETED or objective is None or not math.isfinite(objective):
         objective = worst(mode)
     summary = {
-        "status": result.status,
+        COL_STATUS: result.status,
         "epochs_run": int(result.epochs_run),
         "best_epoch": result.best_epoch,
         "best_val": best_val,
@@ -194,9 +203,9 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
     }
     final = {
         OBJECTIVE_KEY: objective,
-        "epoch": int(result.epochs_run),
+        COL_EPOCH: int(result.epochs_run),
         "final": True,
-        "status": result.status,
+        COL_STATUS: result.status,
         "started_at": meta["started_at"],
         "summary_json": json.dumps(summary, default=_json_default),
     }
