@@ -59,11 +59,13 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
         isolate_gpus([])
     elif torch.cuda.is_available():
-        import ray.train.torch  # torch: in the ranks only, as above
+        # torch: in the ranks only, as above (a `from` import: `import ray.train.torch`
+        # would make `ray` a local name of this whole function)
+        from ray.train.torch import get_device
 
         # Ray Train shows a node's workers all their GPUs (NCCL peer access); this
         # rank's is the current device, which train.device "auto" ("cuda") then uses.
-        torch.cuda.set_device(ray.train.torch.get_device())
+        torch.cuda.set_device(get_device())
     run_config = build_config(loop_config["run_config"], source="data-parallel trial")
     train_fn = loop_config.get("train_fn")
     if train_fn is None:
