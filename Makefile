@@ -59,6 +59,7 @@ test-fast: system-deps install
 
 bench: install
 	$(PY) benchmarks/memory_step.py
+	$(PY) benchmarks/step_syncs.py
 	$(PY) benchmarks/eval_speed.py
 	$(PY) benchmarks/loader_speed.py
 	$(PY) benchmarks/sweep_overhead.py

@@ -57,9 +57,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000, help="sampled queries (0: every image)")
     ap.add_argument("--repeat", type=int, default=2, help="search runs per index; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss default)")
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128])
-    ap.add_argument("--ef-search", type=int, nargs="*", default=[],
-                    help="also HNSW (M=32) at these efSearch values (its build is slow on few cores)")
+    ap.add_argument("--nprobe", type=int, nargs="*", default=[32, 64, 128],
+                    help="IVF (harness index build's default nlist) at these nprobe values")
+    ap.add_argument("--ef-search", type=int, nargs="*", default=[16, 32, 64, 128],
+                    help="HNSW at these efSearch values (none: skip HNSW, whose build takes minutes on 2 cores)")
+    ap.add_argument("--hnsw-m", type=int, default=IndexParams.hnsw_m, help="HNSW graph links per node")
     args = ap.parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -84,7 +86,7 @@ def main() -> None:
 
     configs = [IndexParams("exact")]
     configs += [IndexParams("ivf", nprobe=p) for p in args.nprobe]
-    configs += [IndexParams("hnsw", ef_search=e) for e in args.ef_search]
+    configs += [IndexParams("hnsw", hnsw_m=args.hnsw_m, ef_search=e) for e in args.ef_search]
     rows, exact = [], None
     built: dict[tuple, tuple] = {}
     for params in configs:

@@ -38,7 +38,9 @@ class IndexParams:
     nprobe: int | None = None  # ivf: cells searched (default nlist / 16, at least 1)
     hnsw_m: int = 32
     ef_construction: int = 200
-    ef_search: int = 128
+    # 32: within 0.1 point of exact Recall@1 at ~4x its speed on SOP-sized embeddings
+    # (benchmarks/index_speed.py, README); raise it where `recall_vs_exact` says so.
+    ef_search: int = 32
 
     def resolved(self, n: int) -> "IndexParams":
         if self.kind not in KINDS:

@@ -149,11 +149,11 @@ def test_demo_and_glyphs_benchmarks_run_on_glyphs_with_an_unsaturated_objective(
     assert memory.compare_labels == ["none", "xbm", "xbm+batch", "xbn", "axbn", "none+xml"]
     assert memory.run_config().memory.fraction == 0.5
     # Every method gets the same search budget.
-    assert set(memory.trial_budget().values()) == {3}
+    assert set(memory.trial_budget().values()) == {4} and memory.search.reproduction_seeds == [1, 2, 3]
     grid = load_experiment("glyphs-memory-grid")
     assert grid.search.reproduce == "all" and grid.compare_labels == ["xbm", "xbn"]
     assert space_description(grid)["base_values"] == {"train.batch_size": 32, "memory.fraction": 0.5}
-    assert sum(grid.trial_budget().values()) == 12 and len(grid.search.reproduction_seeds) == 2
+    assert sum(grid.trial_budget().values()) == 12 and len(grid.search.reproduction_seeds) == 3
 
 
 def test_reference_section_is_validated(tmp_path):

@@ -26,14 +26,16 @@ def build(
     kind: str = typer.Option("exact", "--kind", help="exact (default), ivf or hnsw (approximate, faster)."),
     nlist: Optional[int] = typer.Option(None, "--nlist", help="ivf: k-means cells (default ~4 sqrt(n))."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="ivf: cells searched per query (default nlist/16)."),
-    hnsw_m: int = typer.Option(32, "--hnsw-m", help="hnsw: links per node."),
-    ef_search: int = typer.Option(128, "--ef-search", help="hnsw: search breadth."),
+    hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="hnsw: links per node (default 32)."),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", help="hnsw: search breadth (default 32)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Embed the gallery with CHECKPOINT; write index.faiss, items.parquet, model.pt, meta.json."""
     from harness.index import IndexParams, build_index
 
-    params = IndexParams(kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+    # Unset options keep IndexParams' defaults (one home for them).
+    hnsw = {k: v for k, v in {"hnsw_m": hnsw_m, "ef_search": ef_search}.items() if v is not None}
+    params = IndexParams(kind=kind, nlist=nlist, nprobe=nprobe, **hnsw)
     gi = build_index(checkpoint, out, dataset=dataset, root=str(root) if root else None, split=split,
                      params=params, device=device)
     console = Console()
