@@ -60,8 +60,8 @@ from reports import render_report
 # The entry points (`harness sweep`, tests, benchmarks). Sweeps started by earlier
 # versions pickled these classes under this module's name: Tuner.restore (--resume)
 # finds them here.
-from harness.sweep.scheduler import AshaFactory as _AshaFactory, PerValueScheduler  # noqa: E402,F401
-from harness.sweep.searcher import CompareSearcher  # noqa: E402,F401
+from harness.sweep.scheduler import AshaFactory as _AshaFactory, PerValueScheduler  # noqa: F401
+from harness.sweep.searcher import CompareSearcher  # noqa: F401
 
 __all__ = ["SweepOutcome", "prepare_sweep", "run_sweep", "run_search", "run_reproductions"]
 
