@@ -94,10 +94,12 @@ def main() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # as `harness sweep`: no Tune console box
     import ray
 
+    from harness.results_contract import SPACE_FILE
     from harness.sweep import runner
+    from harness.sweep.space import space_description
 
     plan = runner.prepare_sweep(str(exp_path), storage=str(work / "results"))
-    plan.store.write_json(runner.SPACE, runner.space_description(plan.experiment))
+    plan.store.write_json(SPACE_FILE, space_description(plan.experiment))
     t = time.perf_counter()
     ray.init(address="local", num_cpus=args.slots, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1", logging_level="ERROR")

@@ -21,13 +21,18 @@ that wrote it (``train.workers`` is part of the stored config).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import ray.train
+from ray import tune
+from ray.train import ScalingConfig
+from ray.tune.integration.ray_train import TuneReportCallback
+
 from harness.config import build_config
+from harness.sweep.failures import is_deterministic
+from trainables.retrieval import FINAL_REPORT, TRIAL_META, _run_trial
+from trainables.trial_setup import run_folder, trial_run_config
 
 # Resources of the Tune trial itself, a driver that only waits on its TorchTrainer: no
 # CPU (the workers hold the real resources, so a 4-GPU node fits 4 workers with all its
@@ -37,45 +42,36 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
 
 
 def ray_train_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-    import ray.train
-
     checkpoint = None if checkpoint_dir is None else ray.train.Checkpoint.from_directory(str(checkpoint_dir))
     ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """One rank: restore the run folder, train, report (rank 0) or follow (the rest)."""
-    import ray.train
-    import torch
-
-    from trainables.retrieval import FINAL_REPORT, TRIAL_META, _run_trial
+    import torch  # here, not at the top: the driver imports this module, only ranks need torch
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(loop_config["cpus"])))
     if not loop_config["gpus"]:
         # CPU workers on a GPU node: no GPU (Ray >= 2.50 leaves CUDA_VISIBLE_DEVICES set)
-        from harness.core.device import isolate_gpus
+        from harness.core.device import isolate_gpus  # torch: in the ranks only, as above
 
         isolate_gpus([])
     elif torch.cuda.is_available():
-        import ray.train.torch
+        # torch: in the ranks only, as above (a `from` import: `import ray.train.torch`
+        # would make `ray` a local name of this whole function)
+        from ray.train.torch import get_device
 
         # Ray Train shows a node's workers all their GPUs (NCCL peer access); this
         # rank's is the current device, which train.device "auto" ("cuda") then uses.
-        torch.cuda.set_device(ray.train.torch.get_device())
+        torch.cuda.set_device(get_device())
     run_config = build_config(loop_config["run_config"], source="data-parallel trial")
     train_fn = loop_config.get("train_fn")
     if train_fn is None:
-        from harness.core.train import run_training as train_fn
+        from harness.core.train import run_training as train_fn  # torch: as above
 
-    out_dir = Path(tempfile.gettempdir()) / "harness-trials" / f"{loop_config['name']}-rank{rank}-{os.getpid()}"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        checkpoint.to_directory(str(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with run_folder(f"{loop_config['name']}-rank{rank}", ray.train.get_checkpoint()) as out_dir:
         if rank == 0:
             _run_trial(run_config, out_dir, loop_config["metric"], loop_config["mode"], train_fn,
                        report=ray_train_report)
@@ -84,8 +80,6 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         if (out_dir / FINAL_REPORT).is_file():
             ray_train_report({"rank": rank})
             return
-        from harness.sweep.failures import is_deterministic
-
         epochs_seen = 0
 
         def follow(epoch: int, metrics: dict[str, float]) -> None:
@@ -101,13 +95,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
             if not is_deterministic(e, started_training=epochs_seen > 0 or restarted):
                 raise
         ray_train_report({"rank": rank, "final": True})
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float):
-    from ray.train import ScalingConfig
-
     resources = {"CPU": float(cpus_per_worker)}
     if gpus_per_worker:
         resources["GPU"] = float(gpus_per_worker)
@@ -127,16 +117,9 @@ def train_retrieval_distributed(
     train_fn: Callable[..., Any] | None = None,
 ) -> None:
     """The Tune function trainable of an N-worker trial (see the module docstring)."""
-    import ray.train
-    from ray import tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.train.torch import TorchTrainer  # imports torch: only in the trial, not the driver
 
-    spec = config["spec"]
-    overrides = dict(spec.get("overrides") or {})
-    overrides["seed"] = int(spec["seed"])
-    overrides["train.workers"] = int(workers)
-    run_config = build_config(base or {}, overrides, source=f"trial {spec.get('phase')}")
+    run_config = trial_run_config(base, config["spec"], **{"train.workers": int(workers)})
     ctx = tune.get_context()
     # Stable across restarts of this trial (Tune keeps its id), new for a new Tuner.
     trial_name, trial_id = ctx.get_trial_name(), ctx.get_trial_id()

@@ -15,21 +15,32 @@ the experiment's base config arrives through ``tune.with_parameters``.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.clock import utc_iso
-from harness.config import build_config
-from harness.results_contract import OBJECTIVE_KEY
+import ray
+from ray import tune
 
-# The key every trial reports its objective under (Optuna and ASHA read it): the
+from harness.clock import utc_iso
+from harness.core.install import library_versions
+from harness.results_contract import (
+    COL_EPOCH,
+    COL_ERROR,
+    COL_PHASE,
+    COL_STATUS,
+    OBJECTIVE_KEY,
+    PHASE_REPRODUCTION,
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+)
+from harness.sweep.failures import is_deterministic, one_line
+from trainables.trial_setup import run_folder, trial_run_config
+
+# Every trial reports its objective under OBJECTIVE_KEY (Optuna and ASHA read it): the
 # experiment's metric, best so far on validation; the worst value before one exists.
-OBJECTIVE = OBJECTIVE_KEY
 TRIAL_META = "trial.json"
 # The trial's final report, kept in its last checkpoint: a trial that Tune restarts
 # after it had already finished (the driver died before Tune's experiment snapshot
@@ -43,13 +54,6 @@ def worst(mode: str) -> float:
 
 def better(a: float, b: float | None, mode: str) -> bool:
     return b is None or (a > b if mode == "max" else a < b)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on (the ``versions`` column)."""
-    from harness.core.install import library_versions as versions
-
-    return versions()
 
 
 def read_epochs(out_dir: Path) -> list[dict[str, Any]]:
@@ -75,60 +79,36 @@ def train_retrieval(
     train_fn: Callable[..., Any] | None = None,
 ) -> None:
     """The Tune function trainable (see the module docstring)."""
-    from ray import tune
-
     spec = config["spec"]
-    overrides = dict(spec.get("overrides") or {})
-    overrides["seed"] = int(spec["seed"])
     try:
-        run_config = build_config(base or {}, overrides, source=f"trial {spec.get('phase')}")
+        run_config = trial_run_config(base, spec)
     except Exception as e:  # noqa: BLE001 - a config error is reported, not retried
         _report_failure(e, mode, epochs_run=0)
         return
     if train_fn is None:
+        # here, not at the top: the driver imports this module, only trials need torch
         from harness.core.train import run_training as train_fn
+    from harness.core.device import isolate_gpus  # torch: in the trial only, as above
 
     # Exactly the GPUs Ray assigned (none for `gpus: 0`: Ray >= 2.50 no longer blanks
     # CUDA_VISIBLE_DEVICES then), before anything touches CUDA in this process.
-    import ray
-
-    from harness.core.device import isolate_gpus
-
     isolate_gpus(ray.get_gpu_ids())
 
     # Intra-op threads: exactly the CPUs this trial was given, so parallel trials do
     # not oversubscribe the node.
-    try:
-        import torch
+    import torch  # in the trial only, as above
 
-        torch.set_num_threads(max(1, int(cpus)))
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    torch.set_num_threads(max(1, int(cpus)))
 
-    ctx = tune.get_context()
-    # The run folder lives outside the trial folder: Tune syncs a driver-node trial
-    # folder with the experiment state, which would copy the checkpoints twice (and
-    # race with their writes). Tune checkpoints are its only persistent copy.
-    out_dir = Path(tempfile.gettempdir()) / "harness-trials" / f"{ctx.get_trial_id()}-{os.getpid()}"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        # A restart (lost worker, resumed sweep): continue from the last epoch.
-        checkpoint.to_directory(str(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
     # The best configurations' reproductions keep their test-set neighbours for the
     # report's retrieval pictures.
-    pictures = spec.get("phase") == "reproduction" and spec.get("best_config") is not False
-    try:
+    pictures = spec.get(COL_PHASE) == PHASE_REPRODUCTION and spec.get("best_config") is not False
+    with run_folder(tune.get_context().get_trial_id(), tune.get_checkpoint()) as out_dir:
         _run_trial(run_config, out_dir, metric, mode, train_fn, save_retrievals=pictures)
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def tune_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
     """Report to the Tune trial, with ``checkpoint_dir`` as its checkpoint."""
-    from ray import tune
-
     checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(str(checkpoint_dir))
     tune.report(metrics, checkpoint=checkpoint)
 
@@ -136,10 +116,8 @@ def tune_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> 
 def _report_failure(error: BaseException, mode: str, epochs_run: int,
                     report: Callable[[dict[str, Any], Path | None], None] = tune_report) -> None:
     """End the trial as ``failed`` with its reason (a final report, no retry)."""
-    from harness.sweep.failures import one_line
-
-    report({OBJECTIVE: worst(mode), "epoch": int(epochs_run), "final": True,
-            "status": "failed", "error": one_line(error), "started_at": utc_iso()}, None)
+    report({OBJECTIVE_KEY: worst(mode), COL_EPOCH: int(epochs_run), "final": True,
+            COL_STATUS: STATUS_FAILED, COL_ERROR: one_line(error), "started_at": utc_iso()}, None)
 
 
 def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
@@ -176,11 +154,9 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
             epoch=int(epoch),
             final=False,
             started_at=meta["started_at"],
-            **{OBJECTIVE: worst(mode) if best is None else best},
+            **{OBJECTIVE_KEY: worst(mode) if best is None else best},
         )
         report(record, out_dir)
-
-    from harness.sweep.failures import is_deterministic
 
     epochs_seen = 0
 
@@ -196,15 +172,15 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
             raise  # Tune retries it from the last checkpoint
         _report_failure(e, mode, epochs_seen, report)
         return
-    if save_retrievals and result.status == "completed":
+    if save_retrievals and result.status == STATUS_COMPLETED:
         _save_retrievals(run_config, out_dir)
 
     best_val = {k: float(v) for k, v in (result.best_val or {}).items()}
     objective = best_val.get(metric, best_val.get(f"val.{metric_key}"))
-    if result.status != "completed" or objective is None or not math.isfinite(objective):
+    if result.status != STATUS_COMPLETED or objective is None or not math.isfinite(objective):
         objective = worst(mode)
     summary = {
-        "status": result.status,
+        COL_STATUS: result.status,
         "epochs_run": int(result.epochs_run),
         "best_epoch": result.best_epoch,
         "best_val": best_val,
@@ -222,10 +198,10 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
         "epochs": read_epochs(out_dir),
     }
     final = {
-        OBJECTIVE: objective,
-        "epoch": int(result.epochs_run),
+        OBJECTIVE_KEY: objective,
+        COL_EPOCH: int(result.epochs_run),
         "final": True,
-        "status": result.status,
+        COL_STATUS: result.status,
         "started_at": meta["started_at"],
         "summary_json": json.dumps(summary, default=_json_default),
     }
@@ -236,9 +212,8 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
 def _save_retrievals(run_config, out_dir: Path) -> None:
     """The test-set neighbours behind the report's pictures; a failure here costs the
     pictures (logged), never the reproduction."""
-    import logging
-
     try:
+        # here, not at the top: only the best reproductions draw pictures (PIL, numpy)
         from harness.retrieval_pictures import save_run_retrievals
 
         save_run_retrievals(run_config, out_dir)

@@ -7,13 +7,11 @@ storage path is touched.
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from harness.cli.application import app
 from harness.errors import ConfigError
@@ -50,11 +48,13 @@ def sweep(
     """Tune an experiment with Optuna on Ray Tune, then reproduce the best settings."""
     if resume and reproduce_only:
         raise ConfigError("give --resume or --reproduce-only, not both")
+    # the imports below are inside: the checks before them run without Ray (start-up time)
     from harness.sweep.experiment import find_experiment
 
     if not (resume or reproduce_only):
         find_experiment(name)  # unknown names fail before the heavier imports
-    from harness.sweep.runner import prepare_sweep, run_sweep, summary_table
+    from harness.cli.sweep_format import reproductions_table
+    from harness.sweep.runner import prepare_sweep, run_sweep
 
     plan = prepare_sweep(name, set_, trials, storage, resume, reproduce_only, max_concurrent, address,
                          take_over)
@@ -67,13 +67,7 @@ def sweep(
     outcome = run_sweep(plan, warn=lambda msg: warnings.print(
         f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True))
     console = Console()
-    table = Table(title=f"{outcome.experiment}: reproductions (test split)", title_justify="left")
-    metric = plan.experiment.search.metric
-    for col in ("compared value", "runs", f"test.{metric.removeprefix('val.')} mean", "std"):
-        table.add_column(col, justify="left" if col == "compared value" else "right")
-    for label, n, mean, std in summary_table(plan.store, metric):
-        table.add_row(label, str(n), f"{mean:.4f}", "" if math.isnan(std) else f"{std:.4f}")
-    console.print(table)
+    console.print(reproductions_table(outcome.experiment, plan.store, plan.experiment.search.metric))
     console.print(
         f"{outcome.trials} search trials, {outcome.reproductions} reproductions: {outcome.root}",
         highlight=False, soft_wrap=True,
@@ -85,19 +79,6 @@ def sweep(
 @app.command("list")
 def list_experiments() -> None:
     """The experiments shipped in search_spaces/ (usable as `harness sweep NAME`)."""
-    from harness.sweep.experiment import builtin_names, load_experiment
+    from harness.cli.sweep_format import experiments_table
 
-    table = Table(title="experiments (search_spaces/)", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    table.add_column("dataset", no_wrap=True)
-    for col in ("methods compared", "trials", "description"):
-        table.add_column(col, overflow="fold")
-    for name in builtin_names():
-        exp = load_experiment(name)
-        budget = sum(exp.trial_budget().values())
-        repro = len(exp.compare_labels) * len(exp.search.reproduction_seeds)
-        table.add_row(
-            name, exp.dataset(), ", ".join(exp.methods()), f"{budget} + {repro} repro",
-            exp.description,
-        )
-    Console().print(table)
+    Console().print(experiments_table())

@@ -22,218 +22,20 @@ import copy
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
-from harness.config import MemoryKind, RunConfig, build_config, load_yaml, parse_overrides
+from harness.config import RunConfig, build_config, load_yaml, parse_overrides, set_dotted
 from harness.core.pairs import positive_pair_problem
 from harness.errors import ConfigError, config_error
-from harness.results_contract import COL_METHOD, XML_SUFFIX, method_name
+from harness.results_contract import XML_SUFFIX, method_name
+from harness.sweep.search_spec import METHOD_KEY, ReferenceSpec, SearchSpec, StrictModel
+from harness.sweep.space import corner_overrides, grid_for
 from harness.tracking.config import TrackingSpec
 
-METHOD_KEY = COL_METHOD  # `compare: {key: method}` compares the results' method column
 
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ParamSpec(_Spec):
-    """One searched config value: float (optionally log), int, or categorical."""
-
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list[Any] | None = None
-    # Sampled only when every listed config key has this value (or one of a list).
-    when: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _range(self) -> "ParamSpec":
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("categorical needs a non-empty 'choices' list")
-            if self.low is not None or self.high is not None:
-                raise ValueError("categorical takes 'choices', not low/high")
-            return self
-        if self.choices is not None:
-            raise ValueError(f"{self.type} takes low/high, not 'choices'")
-        if self.low is None or self.high is None:
-            raise ValueError(f"{self.type} needs both 'low' and 'high'")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError("low and high must be finite numbers")
-        if self.low >= self.high:
-            raise ValueError(
-                f"empty or inverted range: low ({self.low:g}) must be below high ({self.high:g})"
-            )
-        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError("int range needs whole-number low/high")
-        if self.log and self.low <= 0:
-            raise ValueError("log: true needs low > 0")
-        if self.log and self.step is not None:
-            raise ValueError("give 'log' or 'step', not both")
-        if self.step is not None and self.step <= 0:
-            raise ValueError("step must be positive")
-        return self
-
-    def active(self, values: dict[str, Any]) -> bool:
-        """Whether the ``when`` clause holds for the (flat, dotted) config ``values``."""
-        for key, want in (self.when or {}).items():
-            have = values.get(key)
-            options = want if isinstance(want, list) else [want]
-            if have not in options:
-                return False
-        return True
-
-    def grid_values(self) -> list[Any]:
-        """The values a grid search visits (categorical choices, int range, stepped float)."""
-        if self.type == "categorical":
-            return list(self.choices or [])
-        if self.type == "int":
-            step = int(self.step or 1)
-            return list(range(int(self.low), int(self.high) + 1, step))
-        if self.step is None:
-            raise ValueError("a float parameter in a grid search needs a 'step'")
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        return [round(self.low + i * self.step, 12) for i in range(n)]
-
-    def describe(self) -> dict[str, Any]:
-        """The space.json entry (enough to rebuild the Optuna distribution)."""
-        return {
-            "type": self.type,
-            "low": self.low,
-            "high": self.high,
-            "log": self.log,
-            "step": self.step,
-            "choices": self.choices,
-            "when": self.when,
-        }
-
-
-class AshaSpec(_Spec):
-    """Asynchronous successive halving over epochs (ray.tune.schedulers.ASHAScheduler)."""
-
-    kind: Literal["asha"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1.0)
-    brackets: int = Field(1, ge=1)
-
-
-class CompareSpec(_Spec):
-    key: str
-    values: list[Any] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _unique(self) -> "CompareSpec":
-        labels = [str(v) for v in self.values]
-        if len(set(labels)) != len(labels):
-            raise ValueError("compare.values must be distinct")
-        return self
-
-
-class ResourceSpec(_Spec):
-    """Resources of one trial; gpus may be a fraction to pack trials on one GPU.
-
-    ``workers > 1``: the trial trains data-parallel on that many Ray Train workers
-    (trainables/distributed.py), each with ``cpus_per_worker`` / ``gpus_per_worker``
-    (default: ``cpus`` / ``gpus``); ``train.workers`` of the trials follows it.
-    """
-
-    cpus: float = Field(1.0, gt=0.0)
-    gpus: float = Field(0.0, ge=0.0)
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: float | None = Field(None, gt=0.0)
-    gpus_per_worker: float | None = Field(None, ge=0.0)
-
-    @model_validator(mode="after")
-    def _whole_gpus(self) -> "ResourceSpec":
-        g = self.worker_gpus
-        if self.workers > 1 and g and g != int(g):
-            raise ValueError(
-                f"gpus_per_worker must be a whole number of GPUs with workers > 1 (NCCL "
-                f"gives each rank its own GPU), got {g}"
-            )
-        return self
-
-    @property
-    def worker_cpus(self) -> float:
-        return self.cpus if self.cpus_per_worker is None else self.cpus_per_worker
-
-    @property
-    def worker_gpus(self) -> float:
-        return self.gpus if self.gpus_per_worker is None else self.gpus_per_worker
-
-    @property
-    def trial_cpus(self) -> float:
-        """CPUs one trial holds (all its workers)."""
-        return self.cpus if self.workers == 1 else self.workers * self.worker_cpus
-
-    @property
-    def trial_gpus(self) -> float:
-        return self.gpus if self.workers == 1 else self.workers * self.worker_gpus
-
-
-class SearchSpec(_Spec):
-    algorithm: Literal["optuna", "random", "grid"] = "optuna"
-    # The whole search budget; each compared value gets an equal share of it.
-    trials: int = Field(8, ge=1)
-    metric: str = "val.recall@1"
-    mode: Literal["max", "min"] = "max"
-    scheduler: AshaSpec | None = None
-    compare: CompareSpec | None = None
-    space: dict[str, ParamSpec] = Field(default_factory=dict)
-    reproduction_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    # "best": reproduce the best search configuration of each compared value (the
-    # numbers reports compare); "all": every completed search configuration too, for
-    # experiments whose every grid point is a result (the AXBN paper's Figure 1).
-    reproduce: Literal["best", "all"] = "best"
-    resources: ResourceSpec = ResourceSpec()
-    max_failures: int = Field(2, ge=0)
-    # Seed of the Optuna sampler (the search itself is reproducible).
-    sampler_seed: int = 0
-
-
-# Test metrics a reference may quote (the report's summary columns).
-REFERENCE_METRICS = ("test.recall@1", "test.recall@10", "test.map@r", "test.r_precision")
-
-
-class ReferenceValue(_Spec):
-    mean: float
-    std: float | None = Field(None, ge=0.0)
-
-
-class ReferenceSpec(_Spec):
-    """Published numbers to show beside the reproduced ones (in percent, as papers print them).
-
-    ``values``: test metric -> method label (``none``, ``xbm``, ``xbm+batch``, ``xbn``,
-    ``axbn``, optionally ``+xml``) -> mean ± std over the paper's repetitions.
-    """
-
-    source: str = Field(min_length=1)  # paper and table
-    note: str = ""  # what differs from the reproduction (setting, missing entries)
-    values: dict[str, dict[str, ReferenceValue]] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _known(self) -> "ReferenceSpec":
-        kinds = set(get_args(MemoryKind))
-        for metric, methods in self.values.items():
-            if metric not in REFERENCE_METRICS:
-                raise ValueError(f"values: unknown metric '{metric}'; choose from {', '.join(REFERENCE_METRICS)}")
-            for method in methods:
-                if method.removesuffix(XML_SUFFIX) not in kinds:
-                    raise ValueError(f"values.{metric}: unknown method '{method}'; use a memory kind "
-                                     f"({', '.join(sorted(kinds))}), optionally with '{XML_SUFFIX}'")
-        return self
-
-    def describe(self) -> dict[str, Any]:
-        """The space.json entry read by reports."""
-        return self.model_dump(mode="json")
-
-
-class Experiment(_Spec):
+class Experiment(StrictModel):
     name: str
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
@@ -270,12 +72,19 @@ class Experiment(_Spec):
         (a grid visits its whole grid instead)."""
         labels = self.compare_labels
         if self.search.algorithm == "grid":
-            from harness.sweep.space import grid_for
-
             return {label: math.prod(len(v) for v in grid_for(self, label).values())
                     for label in labels}
         share = max(1, self.search.trials // len(labels))
         return {label: share for label in labels}
+
+    def reproductions_planned(self) -> int:
+        """Reproduction runs a sweep schedules: each compared value's best search
+        configuration, or with ``search.reproduce: all`` every search trial's (an upper
+        bound: a repeated parameter set runs once), on every reproduction seed; the
+        reproduction phase builds them in :func:`harness.sweep.reproduce.reproduction_specs`."""
+        configurations = (sum(self.trial_budget().values()) if self.search.reproduce == "all"
+                          else len(self.compare_labels))
+        return configurations * len(self.search.reproduction_seeds)
 
     def run_config(self, overrides: dict[str, Any] | None = None) -> RunConfig:
         workers = {"train.workers": self.search.resources.workers}
@@ -347,8 +156,6 @@ def load_experiment(
         build_config(exp.base, source=f"{path}: base")
         parsed = parse_overrides(overrides)
         build_config(exp.base, parsed, source="--set")
-        from harness.config import set_dotted
-
         base = copy.deepcopy(exp.base)
         for key, value in parsed.items():
             set_dotted(base, key, value)
@@ -435,8 +242,6 @@ def check_experiment(exp: Experiment) -> None:
         )
     # Every compared value, with every parameter at its low and at its high end, must
     # be a valid run config: fail here, before Ray starts, not in trial 17.
-    from harness.sweep.space import corner_overrides
-
     for label in exp.compare_labels:
         for corner in ("low", "high"):
             overrides = corner_overrides(exp, label, corner)

@@ -24,9 +24,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.errors import ConfigError
+from harness.tracking.config import local_folder
 
 DB_FILE = "optuna.db"
 STATE_KEY = "optuna_storage"  # sweep.json: the --optuna-storage URL (null: optuna.db beside the tables)
@@ -41,15 +44,11 @@ def recorded_url(url: str, root: str) -> str | None:
 def default_storage_url(root: str) -> str:
     """``sqlite:///<root>/optuna.db`` beside the tables; for results on s3:// & co. in
     ``~/metric-harness-tracking/<experiment>/`` on the driver's machine."""
-    from harness.tracking.config import local_folder
-
     return f"sqlite:///{local_folder(root) / DB_FILE}"
 
 
 def open_storage(url: str):
     """An RDBStorage for ``url``; a bad URL or an unreachable database is one ConfigError line."""
-    import optuna
-
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -81,8 +80,6 @@ def resolve_storage_url(plan, requested: str | None) -> str:
     url = requested or default_storage_url(plan.store.root)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return url  # nothing to check, and no file written before the sweep starts
-    import optuna
-
     existing = set(optuna.get_all_study_names(open_storage(url)))  # fails before Ray starts
     names = [study_name(plan.experiment.name, label) for label in plan.experiment.compare_labels]
     taken = [n for n in names if n in existing]
@@ -154,9 +151,6 @@ class StoredOptunaSearch(OptunaSearch):
         """After Tune restored this searcher from its snapshot: make the database and
         the snapshot agree (the module docstring says who wins what). ``url``: the
         database of this driver (a copied sweep folder has its own optuna.db)."""
-        import optuna
-        from optuna.trial import TrialState
-
         if url and url != self._url:
             self._url, self._storage = url, open_storage(url)
         old = self._ot_study

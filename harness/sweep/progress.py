@@ -16,10 +16,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from harness.results_contract import OBJECTIVE_KEY, STATUS_FAILED
+
 
 class SweepProgress(Callback):
     def __init__(self, title: str, metric: str, mode: str, planned: int, slots: int,
-                 objective: str = "objective"):
+                 objective: str = OBJECTIVE_KEY):
         self.title = title
         self.metric = metric
         self.mode = mode
@@ -75,7 +77,7 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         # a trial that could not run ends normally with a final "failed" report
-        self._finish(trial, failed=(trial.last_result or {}).get("status") == "failed")
+        self._finish(trial, failed=(trial.last_result or {}).get("status") == STATUS_FAILED)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, failed=True)

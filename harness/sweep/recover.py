@@ -11,10 +11,15 @@ any trial runs; trials that had not finished are simply run by the resume.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable
+
+from ray import tune
+from ray.tune.experiment import Trial
 
 from harness.clock import utc_stamp
 from harness.errors import ResultsError
+from harness.sweep.recorder import epoch_of_result, trial_error_reason
 from harness.sweep.results import EPOCHS, TRIALS, ResultsStore
 
 
@@ -38,16 +43,12 @@ def set_aside(store: ResultsStore, name: str) -> str:
     if store._fs is not None:
         store._fs.move(f"{store._root_path}/{name}", f"{store._root_path}/{new}")
     else:
-        import os
-
         os.replace(store.path(name), store.path(new))
     return new
 
 
 def tune_trials(path: str) -> list[Any]:
     """The trials Tune recorded under one phase folder (none when there is no state)."""
-    from ray import tune
-
     if not tune.Tuner.can_restore(path):
         return []
     return list(tune.ExperimentAnalysis(path).trials)
@@ -74,10 +75,6 @@ def _results_history(trial) -> list[dict[str, Any]]:
 def rebuild_tables(store: ResultsStore, phase_dirs: list[str],
                    make_recorder: Callable[[], Any]) -> int:
     """Write the rows of every finished trial found under ``phase_dirs``; -> rows written."""
-    from ray.tune.experiment import Trial
-
-    from harness.sweep.runner import _epoch_of_result, trial_error_reason
-
     recorder = make_recorder()
     written = 0
     for path in phase_dirs:
@@ -87,7 +84,7 @@ def rebuild_tables(store: ResultsStore, phase_dirs: list[str],
                 continue
             history = _results_history(trial)
             recorder._epochs[trial.trial_id] = {
-                int(r["epoch"]): _epoch_of_result(r) for r in history
+                int(r["epoch"]): epoch_of_result(r) for r in history
                 if not r.get("final") and "epoch" in r}
             last = trial.last_result or (history[-1] if history else None)
             error = trial.status == Trial.ERROR

@@ -58,7 +58,7 @@ class ResultsStore:
         self.root = join(storage, experiment)
         self._fs = None
         if is_uri(self.root):
-            import pyarrow.fs
+            import pyarrow.fs  # URIs only: planning and local stores start without it
 
             self._fs, self._root_path = pyarrow.fs.FileSystem.from_uri(self.root)
 
@@ -70,7 +70,7 @@ class ResultsStore:
     def exists(self, name: str) -> bool:
         if self._fs is None:
             return Path(self.path(name)).exists()
-        import pyarrow.fs
+        import pyarrow.fs  # URIs only, as above
 
         info = self._fs.get_file_info(f"{self._root_path}/{name}")
         return info.type != pyarrow.fs.FileType.NotFound

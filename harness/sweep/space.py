@@ -8,9 +8,11 @@ noise for a run that has no Kalman filter.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.sweep.experiment import Experiment, ParamSpec
+if TYPE_CHECKING:
+    from harness.sweep.experiment import Experiment
+    from harness.sweep.search_spec import ParamSpec
 
 
 def fixed_values(exp: Experiment, label: str | None) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def grid_for(exp: Experiment, label: str | None) -> dict[str, list[Any]]:
 
 
 def create_sampler(exp: Experiment, label: str | None, index: int):
-    import optuna
+    import optuna  # here, not at the top: `harness list` and planning start without it
 
     seed = exp.search.sampler_seed + index
     if exp.search.algorithm == "random":
@@ -106,8 +108,7 @@ def space_description(exp: Experiment) -> dict[str, Any]:
         "trials_per_value": {str(k): v for k, v in budget.items()},
         "reproduction_seeds": list(exp.search.reproduction_seeds),
         "reproduce": exp.search.reproduce,
-        "reproductions_planned": (sum(budget.values()) if exp.search.reproduce == "all"
-                                  else len(labels)) * len(exp.search.reproduction_seeds),
+        "reproductions_planned": exp.reproductions_planned(),
         # Base-config values of the searched keys: where a report slices a grid.
         "base_values": {k: base.get(k) for k in exp.search.space},
         "params": {k: s.describe() for k, s in exp.search.space.items()},

@@ -16,9 +16,10 @@ import pytest
 import ray
 import ray.cloudpickle
 import yaml
-
 from fixtures.configs import tiny_config
-from harness.sweep.runner import _git_commit, prepare_sweep, run_search
+
+from harness.sweep.recorder import git_commit as _git_commit
+from harness.sweep.runner import prepare_sweep, run_search
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -1,0 +1,103 @@
+"""Which runs the reproduction phase schedules, from the search phase's trials table.
+
+:func:`best_search_trials` picks each compared value's best completed search trial;
+:func:`reproduction_specs` turns the configurations to reproduce (the best ones, or
+with ``search.reproduce: all`` every distinct search configuration) into one trial
+spec per reproduction seed. No Ray: the reproduction phase hands the specs to Tune.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from harness.results_contract import (
+    COL_COMPARE_VALUE,
+    COL_PHASE,
+    COL_STATUS,
+    COL_TRIAL_ID,
+    PHASE_REPRODUCTION,
+    PHASE_SEARCH,
+    STATUS_COMPLETED,
+)
+
+if TYPE_CHECKING:
+    from harness.sweep.experiment import Experiment
+
+
+def completed_search_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search phase's completed rows of a trials table."""
+    return trials[(trials[COL_PHASE] == PHASE_SEARCH) & (trials[COL_STATUS] == STATUS_COMPLETED)]
+
+
+def best_search_trials(exp: Experiment, trials: pd.DataFrame) -> dict[str | None, dict[str, Any]]:
+    """The best completed search trial of every compared value, by the experiment's
+    metric and mode (its trials-table row as a dict; a value with none is left out).
+
+    The same selection as the reports' (reports/stats.py): the one place to switch to
+    a shared best-trial function (harness/best_trial.py) once there is one.
+    """
+    if trials.empty:
+        return {}
+    df = completed_search_trials(trials)
+    metric = exp.search.metric
+    if metric not in df.columns:
+        return {}
+    df = df[df[metric].notna()]
+    best: dict[str | None, dict[str, Any]] = {}
+    for label in exp.compare_labels:
+        rows = df[df[COL_COMPARE_VALUE] == label] if label is not None else df
+        if rows.empty:
+            continue
+        row = rows.sort_values(metric, ascending=exp.search.mode == "min").iloc[0]
+        best[label] = row.to_dict()
+    return best
+
+
+def _slug(label: str | None) -> str:
+    return "all" if label is None else "".join(c if c.isalnum() or c in "+-." else "_" for c in label)
+
+
+def configurations_to_reproduce(exp: Experiment, trials: pd.DataFrame
+                                ) -> list[tuple[str | None, dict[str, Any], bool]]:
+    """(compared value, search row, is the value's best) for every configuration to
+    reproduce: the best of each value, or with ``search.reproduce: all`` every completed
+    search configuration (each distinct parameter set once)."""
+    best = best_search_trials(exp, trials)
+    if exp.search.reproduce == "best":
+        return [(label, row, True) for label, row in best.items()]
+    df = completed_search_trials(trials)
+    out = []
+    for label, best_row in best.items():
+        rows = df[df[COL_COMPARE_VALUE] == label] if label is not None else df
+        seen: set[str] = set()
+        for row in rows.sort_values(COL_TRIAL_ID).to_dict("records"):
+            key = row.get("params") or "{}"
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((label, row, row[COL_TRIAL_ID] == best_row[COL_TRIAL_ID]))
+    return out
+
+
+def reproduction_specs(exp: Experiment, trials: pd.DataFrame) -> list[dict[str, Any]]:
+    """The trial specs of the reproduction phase: every configuration to reproduce on
+    every reproduction seed (:meth:`Experiment.reproductions_planned` counts them
+    before the search has run)."""
+    specs = []
+    for label, row, is_best in configurations_to_reproduce(exp, trials):
+        params = json.loads(row.get("params") or "{}")
+        overrides = {**exp.compare_overrides(label), **params}
+        # ids stay stable across --resume: the parameter set names the configuration
+        config_tag = "" if exp.search.reproduce == "best" else "-" + hashlib.sha1(
+            json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+        for seed in exp.search.reproduction_seeds:
+            specs.append({"phase": PHASE_REPRODUCTION, "compare_value": label,
+                          "overrides": overrides, "params": params, "seed": int(seed),
+                          "best_config": is_best,
+                          "trial_id": f"{PHASE_REPRODUCTION}-{_slug(label)}{config_tag}-seed{seed}",
+                          "source_trial": row[COL_TRIAL_ID]})
+    return specs

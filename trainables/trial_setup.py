@@ -1,0 +1,46 @@
+"""What every sweep trial does before and after training, single- or multi-worker.
+
+:func:`trial_run_config` turns a trial's ``spec`` (its dotted overrides and seed) into
+the run config; :func:`run_folder` gives the trial its local run folder, restored from
+the trial's last checkpoint when it restarts, and removes it afterwards. Used by
+:mod:`trainables.retrieval` (one worker) and :mod:`trainables.distributed` (every rank).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness.config import RunConfig, build_config
+
+
+def trial_run_config(base: dict[str, Any] | None, spec: dict[str, Any],
+                     **overrides: Any) -> RunConfig:
+    """The trial's run config: ``base`` with the spec's overrides, its seed, and
+    ``overrides`` (dotted keys given as keyword values, e.g. ``{"train.workers": 2}``)."""
+    values = {**(spec.get("overrides") or {}), "seed": int(spec["seed"]), **overrides}
+    return build_config(base or {}, values, source=f"trial {spec.get('phase')}")
+
+
+@contextmanager
+def run_folder(name: str, checkpoint: Any | None) -> Iterator[Path]:
+    """A fresh local run folder for this process, holding ``checkpoint`` (a Tune or Ray
+    Train checkpoint) when the trial restarts; removed when the trial ends.
+
+    It lives outside the trial folder: Tune syncs a driver-node trial folder with the
+    experiment state, which would copy the checkpoints twice (and race with their
+    writes). Tune checkpoints are the run's only persistent copy.
+    """
+    out_dir = Path(tempfile.gettempdir()) / "harness-trials" / f"{name}-{os.getpid()}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if checkpoint is not None:  # a restart (lost worker, resumed sweep): from the last epoch
+        checkpoint.to_directory(str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out_dir
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
