@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from harness.best_trial import best_trials
 from harness.results_contract import (
     COL_COMPARE_VALUE,
     COL_PHASE,
@@ -36,25 +37,15 @@ def completed_search_trials(trials: pd.DataFrame) -> pd.DataFrame:
 def best_search_trials(exp: Experiment, trials: pd.DataFrame) -> dict[str | None, dict[str, Any]]:
     """The best completed search trial of every compared value, by the experiment's
     metric and mode (its trials-table row as a dict; a value with none is left out).
-
-    The same selection as the reports' (reports/stats.py): the one place to switch to
-    a shared best-trial function (harness/best_trial.py) once there is one.
-    """
-    if trials.empty:
-        return {}
-    df = completed_search_trials(trials)
-    metric = exp.search.metric
-    if metric not in df.columns:
-        return {}
-    df = df[df[metric].notna()]
-    best: dict[str | None, dict[str, Any]] = {}
+    The selection is :func:`harness.best_trial.best_trials`, the report's too."""
+    by = None if exp.compare_labels == [None] else COL_COMPARE_VALUE
+    best = best_trials(trials, exp.search.metric, exp.search.mode, by=by)
+    out: dict[str | None, dict[str, Any]] = {}
     for label in exp.compare_labels:
-        rows = df[df[COL_COMPARE_VALUE] == label] if label is not None else df
-        if rows.empty:
-            continue
-        row = rows.sort_values(metric, ascending=exp.search.mode == "min").iloc[0]
-        best[label] = row.to_dict()
-    return best
+        rows = best if label is None else best[best[COL_COMPARE_VALUE] == label]
+        if not rows.empty:
+            out[label] = rows.iloc[0].to_dict()
+    return out
 
 
 def _slug(label: str | None) -> str:
