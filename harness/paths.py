@@ -15,7 +15,8 @@ from pathlib import Path
 from harness.errors import ConfigError
 
 
-def _probe_write(folder: Path) -> bool:
+def can_write(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (a write, not the permission bits)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=".harness-probe-", dir=folder)
         os.close(fd)
@@ -42,7 +43,7 @@ def writable_folder(path: str | Path, option: str, shown: str | Path | None = No
     probe = existing_ancestor(p)
     if not probe.is_dir():
         raise ConfigError(f"{option} {path}: {probe} is a file, not a folder; give another path")
-    if not _probe_write(probe):
+    if not can_write(probe):
         raise ConfigError(f"{option} {path}: {probe} is not writable (read-only or no permission); "
                           f"give a folder you can write to")
     return p

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from harness.clock import utc_display
+
 if TYPE_CHECKING:
     from reports.load import ExperimentResults
 
@@ -44,14 +46,13 @@ def environment(experiments: list[ExperimentResults]) -> Environment:
     finished = pd.to_datetime(col("finished_at"), utc=True, errors="coerce").dropna()
     wall = pd.to_numeric(col("wall_seconds"), errors="coerce").fillna(0.0)
     gpus = pd.to_numeric(col("gpus"), errors="coerce").reindex(wall.index).fillna(0.0)
-    iso = lambda ts: ts.strftime("%Y-%m-%d %H:%M:%S UTC")  # noqa: E731
     return Environment(
         versions={k: ", ".join(sorted(v)) for k, v in sorted(versions.items())},
         devices=_distinct(col("device")),
         git_commits=_distinct(col("git_commit")),
         hosts=_distinct(col("host")),
-        first_start=iso(started.min()) if len(started) else None,
-        last_finish=iso(finished.max()) if len(finished) else None,
+        first_start=utc_display(started.min()) if len(started) else None,
+        last_finish=utc_display(finished.max()) if len(finished) else None,
         wall_hours=float(wall.sum()) / 3600.0,
         gpu_hours=float((wall * gpus).sum()) / 3600.0,
         n_trials=len(t),

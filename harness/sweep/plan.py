@@ -7,13 +7,12 @@ bad input touches nothing under the storage path. Nothing here imports Ray.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, ResultsError
+from harness.paths import can_write, existing_ancestor
 from harness.results_contract import STATE_FILE, TRIALS_FILE
 from harness.sweep.cluster import check_address
 from harness.sweep.experiment import Experiment, load_experiment
@@ -55,20 +54,13 @@ def check_storage_writable(storage: str) -> None:
         except Exception as e:
             raise ConfigError(f"--storage {storage}: not a usable storage URI ({e})") from None
         return
-    p = Path(storage.removeprefix("file://")).expanduser().absolute()
-    probe = p
-    while not probe.exists():
-        probe = probe.parent
+    probe = existing_ancestor(Path(storage.removeprefix("file://")).expanduser().absolute())
     if not probe.is_dir():
         raise ConfigError(f"--storage {storage}: {probe} is a file, not a folder")
-    try:  # a real write (permission bits do not bind root, /proc refuses even root)
-        fd, tmp = tempfile.mkstemp(prefix=".harness-probe-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError:
+    if not can_write(probe):
         raise ConfigError(
             f"--storage {storage}: {probe} is not writable; pick another --storage folder"
-        ) from None
+        )
 
 
 def prepare_sweep(
