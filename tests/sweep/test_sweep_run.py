@@ -3,7 +3,7 @@
 The fake stands in for run_training (same signature and files: ``checkpoints/last.pt``
 and ``epochs.jsonl``) so the Ray plumbing -- compare axis, Optuna, ASHA, checkpoints,
 failures, divergence, reproductions, the tables -- is tested in seconds. The real
-training path runs in tests/test_sweep_resume.py and tests/test_cluster.py.
+training path runs in tests/end_to_end/test_sweep_resume.py and tests/end_to_end/test_cluster.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One sweep tracked in MLflow, W&B (offline) and TensorBoard at once, on a real local Ray.
 
-A fast fake stands in for run_training (same contract as in tests/test_sweep_run.py).
+A fast fake stands in for run_training (same contract as in tests/sweep/test_sweep_run.py).
 Every store is read back from disk: the MLflow client on the SQLite store (runs, tags,
 parameters, metric history), the W&B offline run files, the TensorBoard event files,
 and the Optuna studies with ``optuna.load_study``. All must hold the same trials as
