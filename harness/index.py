@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.atomic import atomic_write_json
 from harness.core.evaluate import embed_positions as embed_items
 from harness.errors import ConfigError, DataError, HarnessError
 
@@ -187,7 +188,7 @@ class GalleryIndex:
         faiss.write_index(self.index, str(out_dir / INDEX_FILE))
         self.items.to_parquet(out_dir / ITEMS_FILE, index=False)
         save_checkpoint(model_state, out_dir / MODEL_FILE)
-        (out_dir / META_FILE).write_text(json.dumps(self.meta, indent=2) + "\n")
+        atomic_write_json(out_dir / META_FILE, self.meta)
         return out_dir
 
     @classmethod

@@ -8,13 +8,13 @@ model's eval transform and is written beside the artefact as ``<artefact>.json``
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.atomic import atomic_write_json
 from harness.errors import ConfigError, HarnessError
 
 # Embeddings are unit vectors; float32 kernels of PyTorch and onnxruntime differ by ~1e-7
@@ -169,5 +169,5 @@ def export_checkpoint(checkpoint: Path, onnx_path: Path | None = None, program_p
             "batch_sizes": list(CHECK_BATCH_SIZES), "max_abs_diff": diff, "tolerance": tolerance}}
     for kind, info in written.items():
         p = Path(info["path"])
-        p.with_name(p.name + ".json").write_text(json.dumps({**meta, "format": kind, **info}, indent=2) + "\n")
+        atomic_write_json(p.with_name(p.name + ".json"), {**meta, "format": kind, **info})
     return {**meta, **written}
