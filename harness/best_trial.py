@@ -28,6 +28,11 @@ TIE_BREAK: tuple[str, ...] = ("started_at", COL_TRIAL_ID)
 _RANK = "__best_trial_rank"
 
 
+def completed_search_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search phase's completed rows of a trials table: the candidates."""
+    return trials[(trials[COL_PHASE] == PHASE_SEARCH) & (trials[COL_STATUS] == STATUS_COMPLETED)]
+
+
 def best_trials(trials: pd.DataFrame, metric: str, mode: str, by: str | None = COL_COMPARE_VALUE,
                 tie_break: Sequence[str] = TIE_BREAK) -> pd.DataFrame:
     """The best completed search row per distinct ``by`` value, by ``metric``.
@@ -43,7 +48,7 @@ def best_trials(trials: pd.DataFrame, metric: str, mode: str, by: str | None = C
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
     if trials.empty or metric not in trials.columns:
         return trials.iloc[0:0]
-    rows = trials[(trials[COL_PHASE] == PHASE_SEARCH) & (trials[COL_STATUS] == STATUS_COMPLETED)]
+    rows = completed_search_trials(trials)
     value = pd.to_numeric(rows[metric], errors="coerce")
     rows = rows.assign(**{_RANK: value if mode == "min" else -value})[value.notna()]
     keys = [_RANK, *(c for c in tie_break if c in rows.columns)]

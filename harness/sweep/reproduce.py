@@ -14,24 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness.best_trial import best_trials
+from harness.best_trial import best_trials, completed_search_trials
 from harness.results_contract import (
     COL_COMPARE_VALUE,
-    COL_PHASE,
-    COL_STATUS,
     COL_TRIAL_ID,
     PHASE_REPRODUCTION,
-    PHASE_SEARCH,
-    STATUS_COMPLETED,
 )
 
 if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment
-
-
-def completed_search_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """The search phase's completed rows of a trials table."""
-    return trials[(trials[COL_PHASE] == PHASE_SEARCH) & (trials[COL_STATUS] == STATUS_COMPLETED)]
 
 
 def best_search_trials(exp: Experiment, trials: pd.DataFrame) -> dict[str | None, dict[str, Any]]:
