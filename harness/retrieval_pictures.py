@@ -286,15 +286,17 @@ def write_show(pictures: list[Picture], out_dir: Path, title: str) -> dict[str, 
 def save_run_retrievals(config, out_dir: Path, k: int = SAVED_K) -> Path | None:
     """Embed the test split with the run's ``best.pt`` and save its ``Neighbours`` as
     ``out_dir/retrievals.npz`` (what the report draws from); None without a ``best.pt``."""
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoints" / "best.pt"
+    if not ckpt.is_file():
+        return None
+    # after the check: a run without best.pt (diverged, or a test double of
+    # run_training) costs no import of the training stack (torch, timm, torchvision)
     from harness.core.checkpoint import load_model
     from harness.core.device import amp_dtype, pick_device
     from harness.core.evaluate import embed_positions
     from harness.data.registry import create_datasets
 
-    out_dir = Path(out_dir)
-    ckpt = out_dir / "checkpoints" / "best.pt"
-    if not ckpt.is_file():
-        return None
     model, _ = load_model(ckpt)
     test = create_datasets(config.data, config.seed, model.mean, model.std).test
     dev = pick_device(config.train.device)

@@ -49,7 +49,7 @@ class Figure:
     svg: bytes
 
 
-def _to_svg(fig) -> bytes:
+def to_svg(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
@@ -99,8 +99,8 @@ def optimisation_history(exp: ExperimentResults, scale: float) -> Figure | None:
         ax.set_ylabel(f"{metric}" + (" (%)" if scale != 1 else ""))
         ax.set_title(f"{exp.name}: optimisation history")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        svg = _to_svg(fig)
-    return Figure(f"history-{_slug(exp.name)}", f"Optimisation history: {exp.name}",
+        svg = to_svg(fig)
+    return Figure(f"history-{slug(exp.name)}", f"Optimisation history: {exp.name}",
                   f"{metric} of each completed search trial (dots; {mode}imised) and the best so far (line), "
                   "per compare value.", svg)
 
@@ -141,7 +141,7 @@ def epoch_curves(experiments: list[ExperimentResults], repro: pd.DataFrame, colu
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=7)
-        svg = _to_svg(fig)
+        svg = to_svg(fig)
     return Figure(name, title, caption, svg)
 
 
@@ -196,13 +196,14 @@ def recall_against(repro: pd.DataFrame, column: str, xlabel: str, scale: float,
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test Recall@1" + (" (%)" if scale != 1 else ""))
             ax.legend(fontsize=7)
-        svg = _to_svg(fig)
+        svg = to_svg(fig)
     at = f" At {', '.join(sliced_at)} (the base config)." if sliced_at else ""
     return Figure(name, title, "Mean ± std over the reproduction seeds (cf. the AXBN paper's "
                   f"Figure 1).{at}", svg)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file-name stem for a figure (report.md links it; search_plots names its figures so too)."""
     out = "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-")
     return out or "experiment"
 

@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from optuna.visualization import matplotlib as ovm  # noqa: E402
 
 from harness.results_contract import COL_TRIAL_ID  # noqa: E402
-from reports.plots import RC, Figure, _slug, _to_svg  # noqa: E402
+from reports.plots import RC, Figure, slug, to_svg  # noqa: E402
 from reports.search_analysis import (compare_values, distributions, objective,  # noqa: E402
                                      search_rows, searched_params)
 
@@ -103,7 +103,7 @@ def _render(draw: Callable[[], Any]) -> bytes | None:
             plt.close(fig)
             return None
         _plain_log_ticks(fig)
-        return _to_svg(fig)
+        return to_svg(fig)
 
 
 def _plain_log_ticks(fig) -> None:
@@ -128,7 +128,7 @@ def search_figures(exp: ExperimentResults) -> list[Figure]:
         if not params:
             continue
         label = cv if cv is not None else exp.name
-        stem = f"{_slug(exp.name)}-{_slug(label)}"
+        stem = f"{slug(exp.name)}-{slug(label)}"
         n = len(study.trials)
         where = f"{exp.name}, {label}" if cv is not None else exp.name
         kinds = [

@@ -181,7 +181,7 @@ def test_isolate_gpus_sets_exactly_the_assigned_ones(monkeypatch):
 
 def _record_visible_gpus(marks: Path):
     """A train_fn for the sweep: records what the trial's process sees."""
-    from harness.core.train import RunResult
+    from harness.core.run_result import RunResult
 
     def train(config, out_dir, on_epoch=None, resume=True):
         (marks / f"{os.getpid()}.json").write_text(json.dumps({
@@ -395,7 +395,6 @@ def test_persistent_training_loader_is_deterministic_per_batch(tmp_path):
 @pytest.mark.slow
 def test_doctor_passes_on_this_cpu_machine_and_says_so(harness_cli):
     """The whole self-check on the CPU path (Ray isolation: test_zero_gpu_trials_...)."""
-    from tests.fixtures.harness_cli import run_cli
 
     code, out, err = harness_cli(["doctor", "--no-ray"])
     assert code == 0, out + err
@@ -409,7 +408,6 @@ def test_doctor_passes_on_this_cpu_machine_and_says_so(harness_cli):
 
 def test_doctor_exits_non_zero_on_any_failure(monkeypatch, harness_cli):
     import harness.doctor as doctor
-    from tests.fixtures.harness_cli import run_cli
 
     def fake(require_gpu=False, with_ray=True, on_check=None):
         assert require_gpu and not with_ray

@@ -31,6 +31,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from harness.config import build_config
 from harness.sweep.failures import is_deterministic
+from harness.trial_spec import spec_of
 from trainables.retrieval import FINAL_REPORT, TRIAL_META, _run_trial
 from trainables.trial_setup import run_folder, trial_run_config
 
@@ -119,7 +120,7 @@ def train_retrieval_distributed(
     """The Tune function trainable of an N-worker trial (see the module docstring)."""
     from ray.train.torch import TorchTrainer  # imports torch: only in the trial, not the driver
 
-    run_config = trial_run_config(base, config["spec"], **{"train.workers": int(workers)})
+    run_config = trial_run_config(base, spec_of(config), **{"train.workers": int(workers)})
     ctx = tune.get_context()
     # Stable across restarts of this trial (Tune keeps its id), new for a new Tuner.
     trial_name, trial_id = ctx.get_trial_name(), ctx.get_trial_id()

@@ -7,9 +7,9 @@ run is reported as such and ends normally: the sweep goes on. So does a trial wh
 configuration or data cannot work: it is reported as ``failed`` with its one-line
 reason and not retried (:mod:`harness.sweep.failures`).
 
-The trial config is ``{"spec": {...}}`` with the keys ``phase`` ("search" |
-"reproduction"), ``compare_value``, ``overrides`` (dotted config values) and ``seed``;
-the experiment's base config arrives through ``tune.with_parameters``.
+The trial config is ``{"spec": TrialSpec}`` (:mod:`harness.trial_spec`: the phase,
+the compared method, the dotted config overrides, the seed); the experiment's base
+config arrives through ``tune.with_parameters``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from harness.results_contract import (
     STATUS_FAILED,
 )
 from harness.sweep.failures import is_deterministic, one_line
+from harness.trial_spec import spec_of
 from trainables.trial_setup import run_folder, trial_run_config
 
 # Every trial reports its objective under OBJECTIVE_KEY (Optuna and ASHA read it): the
@@ -79,7 +80,7 @@ def train_retrieval(
     train_fn: Callable[..., Any] | None = None,
 ) -> None:
     """The Tune function trainable (see the module docstring)."""
-    spec = config["spec"]
+    spec = spec_of(config)
     try:
         run_config = trial_run_config(base, spec)
     except Exception as e:  # noqa: BLE001 - a config error is reported, not retried

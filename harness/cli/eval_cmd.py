@@ -32,12 +32,6 @@ def eval_command(
         None, "--show-dir", help="Where --show writes retrievals.md/.html (default: beside the checkpoint)."),
 ) -> None:
     """Load CHECKPOINT, embed the split of --dataset and print Recall@k, MAP@R, R-precision."""
-    from harness.core.checkpoint import load_model
-    from harness.core.device import amp_dtype, pick_device
-    from harness.core.finite import NonFiniteError, nonfinite_tensors
-    from harness.core.evaluate import embed_split, metrics_of, save_embeddings as save
-    from harness.data.registry import create_datasets
-
     if split not in ("test", "val"):
         raise ConfigError(f"--split '{split}': use test or val")
     if save_embeddings is not None and save_embeddings.suffix.lower() not in (".parquet", ".npz", ".npy"):
@@ -47,6 +41,14 @@ def eval_command(
         writable_file(save_embeddings, "--save-embeddings")
     if root is not None:
         readable_folder(root, "--root")
+    # The training stack (torch, timm, the dataset readers: seconds) only after the
+    # cheap checks above, so that bad input fails at once.
+    from harness.core.checkpoint import load_model
+    from harness.core.device import amp_dtype, pick_device
+    from harness.core.finite import NonFiniteError, nonfinite_tensors
+    from harness.core.evaluate import embed_split, metrics_of, save_embeddings as save
+    from harness.data.registry import create_datasets
+
     model, config = load_model(checkpoint)
     bad = nonfinite_tensors(model)
     if bad:

@@ -9,7 +9,6 @@ summary (the content of ``summary.json``) is the last line on stdout, so
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.cli.application import app
+from harness.clock import utc_stamp
 from harness.config import load_config
 from harness.paths import writable_folder
 from harness.results_contract import STATUS_COMPLETED, STATUS_FAILED
@@ -29,8 +29,8 @@ EPOCH_LINE_KEYS = (
 
 
 def default_out_dir(config_path: Path, root: Path = Path("runs")) -> Path:
-    """``runs/<config-stem>-<YYYYmmdd-HHMMSS>``; a suffix keeps two runs in one second apart."""
-    base = root / f"{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``runs/<config-stem>-<YYYYmmddTHHMMSSZ>`` (UTC); a suffix keeps two runs in one second apart."""
+    base = root / f"{config_path.stem}-{utc_stamp()}"
     out, n = base, 1
     while out.exists():
         out, n = base.with_name(f"{base.name}-{n}"), n + 1

@@ -19,7 +19,6 @@ import torch
 
 from harness.atomic import atomic_write
 from harness.config import RunConfig, build_config
-from harness.core.components import build_model
 from harness.errors import HarnessError
 
 
@@ -101,6 +100,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     arch = config.model_copy(
         update={"model": config.model.model_copy(update={"pretrained": False})}
     )
+    # here, not at the top: building a model imports timm and pytorch-metric-learning
+    # (seconds); reading and writing checkpoints, and `harness eval`'s input checks, do not
+    from harness.core.components import build_model
+
     model = build_model(arch)
     try:
         model.load_state_dict(state["model"])

@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import yaml
 
@@ -46,6 +45,7 @@ from harness.core.checkpoint import config_from_checkpoint, load_checkpoint
 from harness.core.device import describe_device
 from harness.core.distributed import DistributedTrainer
 from harness.core.finite import NonFiniteError, nonfinite_tensors
+from harness.core.run_result import RunResult
 from harness.core.trainer import StepCallback, Trainer, prefixed
 from harness.errors import ConfigError
 from harness.results_contract import STATUS_COMPLETED, STATUS_DIVERGED, TrialStatus
@@ -58,26 +58,6 @@ RESUMABLE_CHANGES = {
     "train.epochs", "train.device", "train.amp", "train.eval_batch_size", "data.workers",
     "train.eval_untrained",
 }
-
-
-@dataclass
-class RunResult:
-    status: TrialStatus  # STATUS_COMPLETED | STATUS_DIVERGED
-    epochs_run: int
-    best_epoch: int | None
-    best_val: dict[str, float]  # "val.recall@1", "val.map@r", ...
-    test: dict[str, float]  # "test.recall@1", ... (best checkpoint only)
-    wall_seconds: float
-    device: str  # "cpu" | "cuda:0 NVIDIA H100 ..."
-    out_dir: Path
-    # Extension: the test metrics of the network before training ("test_untrained.*").
-    test_untrained: dict[str, float] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        """The flat ``summary.json`` mapping."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("best_val", "test", "test_untrained")}
-        d["out_dir"] = str(self.out_dir)
-        return {**d, **self.best_val, **self.test, **self.test_untrained}
 
 
 # ---------------------------------------------------------------------------- run

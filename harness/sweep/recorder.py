@@ -36,6 +36,7 @@ from harness.results_contract import (
 from harness.sweep.experiment import Experiment, method_of
 from harness.sweep.failures import reason_from_traceback
 from harness.sweep.results import ResultsStore
+from harness.trial_spec import spec_of
 
 
 def git_commit() -> str | None:
@@ -177,10 +178,10 @@ class ResultsRecorder(tune.Callback):
         self._epochs.pop(tune_trial_id, None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.record(trial.config["spec"], trial.trial_id, trial.last_result, error=False)
+        self.record(spec_of(trial.config), trial.trial_id, trial.last_result, error=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.record(trial.config["spec"], trial.trial_id, trial.last_result, error=True,
+        self.record(spec_of(trial.config), trial.trial_id, trial.last_result, error=True,
                     reason=trial_error_reason(trial))
 
 
@@ -197,7 +198,7 @@ def reconcile(recorder: ResultsRecorder, results) -> None:
     and its row being written) from Tune's own record of it (a ``ResultGrid``)."""
     have = set(recorder.store.trials().get(COL_TRIAL_ID, []))
     for result in results:
-        spec = result.config.get("spec") if result.config else None
+        spec = spec_of(result.config)
         if not spec:
             continue
         tune_id = (result.metrics or {}).get("trial_id", "")

@@ -21,6 +21,7 @@ from harness.clock import utc_stamp
 from harness.errors import ResultsError
 from harness.sweep.recorder import epoch_of_result, trial_error_reason
 from harness.sweep.results import EPOCHS, TRIALS, ResultsStore
+from harness.trial_spec import spec_of
 
 
 def damaged_tables(store: ResultsStore) -> dict[str, str]:
@@ -79,7 +80,7 @@ def rebuild_tables(store: ResultsStore, phase_dirs: list[str],
     written = 0
     for path in phase_dirs:
         for trial in tune_trials(path):
-            spec = (trial.config or {}).get("spec")
+            spec = spec_of(trial.config)
             if not spec or trial.status not in (Trial.TERMINATED, Trial.ERROR):
                 continue
             history = _results_history(trial)

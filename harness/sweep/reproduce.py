@@ -20,6 +20,7 @@ from harness.results_contract import (
     COL_TRIAL_ID,
     PHASE_REPRODUCTION,
 )
+from harness.trial_spec import TrialSpec, reproduction_spec
 
 if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment
@@ -65,7 +66,7 @@ def configurations_to_reproduce(exp: Experiment, trials: pd.DataFrame
     return out
 
 
-def reproduction_specs(exp: Experiment, trials: pd.DataFrame) -> list[dict[str, Any]]:
+def reproduction_specs(exp: Experiment, trials: pd.DataFrame) -> list[TrialSpec]:
     """The trial specs of the reproduction phase: every configuration to reproduce on
     every reproduction seed (:meth:`Experiment.reproductions_planned` counts them
     before the search has run)."""
@@ -77,9 +78,8 @@ def reproduction_specs(exp: Experiment, trials: pd.DataFrame) -> list[dict[str, 
         config_tag = "" if exp.search.reproduce == "best" else "-" + hashlib.sha1(
             json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
         for seed in exp.search.reproduction_seeds:
-            specs.append({"phase": PHASE_REPRODUCTION, "compare_value": label,
-                          "overrides": overrides, "params": params, "seed": int(seed),
-                          "best_config": is_best,
-                          "trial_id": f"{PHASE_REPRODUCTION}-{_slug(label)}{config_tag}-seed{seed}",
-                          "source_trial": row[COL_TRIAL_ID]})
+            specs.append(reproduction_spec(
+                label, overrides, params, seed, best_config=is_best,
+                trial_id=f"{PHASE_REPRODUCTION}-{_slug(label)}{config_tag}-seed{seed}",
+                source_trial=row[COL_TRIAL_ID]))
     return specs

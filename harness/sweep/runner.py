@@ -64,7 +64,7 @@ from harness.sweep.searcher import (
 )
 from harness.sweep.space import space_description
 from harness.sweep.tuner import create_callbacks, create_trainable, fit_phase, phase_tune_config
-from reports import render_report
+from harness.trial_spec import SPEC_KEY
 
 __all__ = ["SweepOutcome", "prepare_sweep", "run_sweep", "run_search", "run_reproductions"]
 
@@ -109,7 +109,7 @@ def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | Non
     config = phase_tune_config(num_samples=1, max_concurrent_trials=plan.max_concurrent,
                                scheduler=SweepScheduler(path))
     results = fit_phase(plan, PHASE_REPRODUCTION, trainable, callbacks, config,
-                        param_space={"spec": tune.grid_search(specs)})
+                        param_space={SPEC_KEY: tune.grid_search(specs)})
     reconcile(ResultsRecorder(exp, plan.storage, git, watch), results)
     return len(specs)
 
@@ -238,6 +238,10 @@ def render_experiment_report(root: str) -> str | None:
     if is_uri(root):  # the report renders from local tables; run `harness report` on a copy
         return None
     out_dir = join(root, "report")
+    # here, not at the top: the report stack (scipy, matplotlib, sklearn) takes ~3 s to
+    # import, which every `harness sweep` call, failing ones included, would pay first
+    from reports import render_report
+
     rendered = render_report(experiment_dirs=[root], out_dir=out_dir, formats=("md", "html"))
     if isinstance(rendered, dict):
         return ", ".join(str(p) for p in rendered.values())

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from harness.results_contract import OBJECTIVE_KEY, PHASE_SEARCH
+from harness.results_contract import OBJECTIVE_KEY
 from harness.sweep.optuna_storage import create_searcher
 from harness.sweep.space import create_sampler, define_by_run
+from harness.trial_spec import SPEC_KEY, search_spec
 
 if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment
@@ -58,8 +59,7 @@ class CompareSearcher(Searcher):
             return self.suggest(trial_id)
         self.assigned[trial_id] = label
         overrides = {**self.phase_overrides[label], **params}
-        return {"spec": {"phase": PHASE_SEARCH, "compare_value": compare_value(label),
-                         "overrides": overrides, "params": params, "seed": self.seed}}
+        return {SPEC_KEY: search_spec(compare_value(label), overrides, params, self.seed)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.assigned and OBJECTIVE_KEY in result:

@@ -58,25 +58,29 @@ class MLflowTrialCallback(MLflowLoggerCallback):
         if trial in self._trial_runs:  # a restarted trial keeps its run
             return
         run = sweep_trial_run(self.exp, trial, self.trials_table)
-        client = self.mlflow_util._get_client()
         # A trial Tune restarts after a driver restart (--resume) continues its run.
-        found = client.search_runs([self.mlflow_util.experiment_id],
-                                   filter_string=f"tags.trial_id = '{run.run_name}'", max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-        else:
-            created = client.create_run(self.mlflow_util.experiment_id, run_name=run.run_name,
-                                        tags=run.tags())
-            run_id = created.info.run_id
-            _log_params(client, run_id, run)
-        self._trial_runs[trial] = run_id
+        self._trial_runs[trial] = open_run(self.mlflow_util._get_client(),
+                                           self.mlflow_util.experiment_id, run)
 
     def log_trial_result(self, iteration: int, trial, result: dict):
         if trial not in self._trial_runs:
             self.log_trial_start(trial)
         step, metrics = result_metrics(result)
         _log_metrics(self.mlflow_util._get_client(), self._trial_runs[trial], metrics, step)
+
+
+def open_run(client, experiment_id: str, run: TrackedRun) -> str:
+    """The id of ``run``'s MLflow run: the one an earlier (interrupted) attempt created,
+    marked running again, else a new one with its tags and parameters."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.trial_id = '{run.run_name}'")
+    # the same name in another results folder is another run (a shared tracking server)
+    same = [r for r in found if r.data.tags.get("results") == (run.link or "")]
+    if same:
+        client.update_run(same[0].info.run_id, status="RUNNING")
+        return same[0].info.run_id
+    run_id = client.create_run(experiment_id, run_name=run.run_name, tags=run.tags()).info.run_id
+    _log_params(client, run_id, run)
+    return run_id
 
 
 def _log_params(client, run_id: str, run: TrackedRun) -> None:
@@ -109,8 +113,8 @@ class MLflowRun:
         self.client = MlflowClient(tracking_uri(spec, folder))
         exp = self.client.get_experiment_by_name(run.experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(run.experiment)
-        self.run_id = self.client.create_run(exp_id, run_name=run.run_name, tags=run.tags()).info.run_id
-        _log_params(self.client, self.run_id, run)
+        # `harness train` on an existing run folder resumes it: so does its MLflow run.
+        self.run_id = open_run(self.client, exp_id, run)
 
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         _log_metrics(self.client, self.run_id, clean_metrics(metrics), epoch)

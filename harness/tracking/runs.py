@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.trial_spec import spec_of
+
 # Tune's bookkeeping and the trainable's non-metric report keys.
 NOT_METRICS = frozenset({
     "final", "started_at", "status", "summary_json", "epoch", "training_iteration", "timestamp",
@@ -92,7 +94,7 @@ def sweep_trial_run(exp, trial, trials_table: str) -> TrackedRun:
     """The TrackedRun of a Tune trial of a harness sweep (``trial.config["spec"]``)."""
     from harness.sweep.experiment import method_of
 
-    spec = trial.config.get("spec", {})
+    spec = spec_of(trial.config) or {}
     overrides = {**(spec.get("overrides") or {}), "seed": int(spec.get("seed", 0))}
     cfg = exp.run_config(overrides)
     # The trials.parquet key: reproductions carry their own id, search trials use Tune's.

@@ -8,6 +8,7 @@ is the experiment, the group the method, the job type the phase, the run name th
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class WandbTrialCallback(WandbLoggerCallback):
         run = sweep_trial_run(self.exp, trial, self.trials_table)
         kwargs = _init_kwargs(self.spec, run, self.folder)
         kwargs["id"] = trial.trial_id  # unique in the project; Tune keeps it across --resume
+        kwargs["resume"] = "allow"  # a restarted trial continues its run
         exclude = [*self._exclude_results, *self.excludes, "config"]
         self._start_logging_actor(trial, exclude, **kwargs)
 
@@ -75,7 +77,10 @@ class WandbRun:
     def __init__(self, spec: WandbSpec, run: TrackedRun, folder: Path):
         import wandb
 
-        self.run = wandb.init(**_init_kwargs(spec, run, wandb_dir(folder)))
+        # `harness train` on an existing run folder resumes it: so does its W&B run (one
+        # id per run folder; offline attempts share it, `wandb sync --append` joins them).
+        run_id = "train-" + hashlib.sha1(str(run.link).encode()).hexdigest()[:16]
+        self.run = wandb.init(**_init_kwargs(spec, run, wandb_dir(folder)), id=run_id, resume="allow")
 
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         self.run.log(clean_metrics(metrics), step=epoch)

@@ -20,7 +20,7 @@ import ray
 import ray.cloudpickle
 import yaml
 
-from harness.core.train import RunResult
+from harness.core.run_result import RunResult
 from harness.sweep.runner import prepare_sweep, run_sweep
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ import yaml
 
 from fixtures.local_ray import local_ray
 from fixtures.tracker_stores import read_tensorboard, read_wandb_offline
-from harness.core.train import RunResult
+from harness.core.run_result import RunResult
 from harness.sweep.runner import prepare_sweep, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -197,6 +197,16 @@ def test_harness_train_tracks_one_run_in_all_three(tmp_path, monkeypatch, harnes
     scalars = read_tensorboard(tmp_path / "runs" / "tensorboard" / "train" / method / "tiny")
     assert scalars["val.recall_at_1"] == pytest.approx(val)
     assert scalars["test.recall_at_1"] == pytest.approx({2: summary["test.recall@1"]})
+
+    # The same command again resumes the run folder (nothing left to train): each
+    # tracker continues its run instead of adding a second one.
+    code, _, err = harness_cli(args)
+    assert code == 0, err
+    (again,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    # offline-run-<time>-<run id>: one per attempt (one folder if both began in the same second)
+    attempts = {d.name.split("-", 3)[-1] for d in (tmp_path / "runs" / "wandb").glob("offline-run-*")}
+    assert attempts == {wandb_run["run_id"]}
 
 
 def test_resumed_sweep_keeps_its_trackers(tmp_path, harness_cli):
