@@ -46,3 +46,14 @@ def reproduction_spec(compare_value: str | None, overrides: dict[str, Any],
 def spec_of(config: Mapping[str, Any] | None) -> TrialSpec | None:
     """The spec in a Tune trial config; None for a config a harness sweep did not write."""
     return (config or {}).get(SPEC_KEY)
+
+
+def run_overrides(spec: TrialSpec) -> dict[str, Any]:
+    """The dotted config values that make the trial's run config from the base: the
+    spec's overrides and its seed."""
+    return {**(spec.get("overrides") or {}), "seed": int(spec["seed"])}
+
+
+def compare_label(config: Mapping[str, Any] | None) -> str:
+    """The trial's compared value as a grouping key ("None" without a compare axis)."""
+    return str((spec_of(config) or {}).get("compare_value"))

@@ -113,12 +113,13 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
     tables = summary_tables(best, scale) if not best.empty else []
     per_experiment = []
     for exp in experiments:
-        importances = [param_importance(exp, cv) for cv in compare_values(exp)]
+        values = compare_values(exp)
+        importances = [param_importance(exp, cv) for cv in values]
         per_experiment.append({
             "name": exp.name,
             "path": str(exp.path),
             "compare_key": exp.compare_key,
-            "compare_values": [cv for cv in compare_values(exp) if cv is not None],
+            "compare_values": [cv for cv in values if cv is not None],
             "metric": "{} ({})".format(*objective(exp)),
             "progress": progress(exp),
             "best": best_trials(exp),

@@ -12,14 +12,12 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from harness.best_trial import best_trials as select_best_trials
+from harness.best_trial import best_trials as select_best_trials, completed_search_trials
 from harness.results_contract import (
     COL_COMPARE_VALUE,
     COL_PHASE,
-    COL_STATUS,
     COL_TRIAL_ID,
     PHASE_SEARCH,
-    STATUS_COMPLETED,
 )
 from reports.tables import value_sort_key
 
@@ -39,9 +37,7 @@ def objective(exp: ExperimentResults) -> tuple[str, str]:
 
 def search_rows(exp: ExperimentResults, compare_value: str | None = ..., completed: bool = True) -> pd.DataFrame:
     t = exp.trials
-    rows = t[t[COL_PHASE] == PHASE_SEARCH]
-    if completed:
-        rows = rows[rows[COL_STATUS] == STATUS_COMPLETED]
+    rows = completed_search_trials(t) if completed else t[t[COL_PHASE] == PHASE_SEARCH]
     if compare_value is not ...:
         rows = rows[rows[COL_COMPARE_VALUE].isna()] if compare_value is None else rows[rows[COL_COMPARE_VALUE] == compare_value]
     metric, _ = objective(exp)

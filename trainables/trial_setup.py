@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness.config import RunConfig, build_config
+from harness.trial_spec import TrialSpec, run_overrides
 
 
-def trial_run_config(base: dict[str, Any] | None, spec: dict[str, Any],
+def trial_run_config(base: dict[str, Any] | None, spec: TrialSpec,
                      **overrides: Any) -> RunConfig:
     """The trial's run config: ``base`` with the spec's overrides, its seed, and
     ``overrides`` (dotted keys given as keyword values, e.g. ``{"train.workers": 2}``)."""
-    values = {**(spec.get("overrides") or {}), "seed": int(spec["seed"]), **overrides}
+    values = {**run_overrides(spec), **overrides}
     return build_config(base or {}, values, source=f"trial {spec.get('phase')}")
 
 

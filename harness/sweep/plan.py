@@ -32,13 +32,14 @@ class SweepPlan:
     take_over: bool = False  # the user says the driver named in sweep.lock is dead
     warnings: list[str] = field(default_factory=list)
 
+    # SQLAlchemy URL of the Optuna studies (harness/sweep/optuna_storage.py); None: run_sweep
+    # puts them in the SQLite file beside the tables
+    optuna_storage: str | None = None
+
     def resume_command(self) -> str:
         """The command that continues this sweep, valid from any working folder."""
         storage = self.storage if is_uri(self.storage) else str(Path(self.store.root).parent)
         return f"harness sweep {self.experiment.name} --resume --storage {storage}"
-    # SQLAlchemy URL of the Optuna studies (harness/sweep/optuna_storage.py); None: run_sweep
-    # puts them in the SQLite file beside the tables
-    optuna_storage: str | None = None
 
     def tune_dir(self, phase: str) -> str:
         return join(self.store.root, "tune", phase)
@@ -119,14 +120,14 @@ def prepare_sweep(
 
 def budget_warnings(exp: Experiment) -> list[str]:
     """Trials that a compare axis drops (search.trials not a multiple of the values)."""
-    labels = exp.compare_labels
-    if exp.search.algorithm == "grid" or len(labels) < 2:
+    if exp.search.algorithm == "grid":
         return []
-    share = exp.search.trials // len(labels)
-    if share * len(labels) == exp.search.trials:
+    budget = exp.trial_budget()  # what the searcher will run: an equal share per value
+    scheduled = sum(budget.values())
+    if len(budget) < 2 or scheduled == exp.search.trials:
         return []
-    return [f"search.trials {exp.search.trials} is not a multiple of the {len(labels)} compared "
-            f"values: {share} trials each, {share * len(labels)} in all"]
+    return [f"search.trials {exp.search.trials} is not a multiple of the {len(budget)} compared "
+            f"values: {scheduled // len(budget)} trials each, {scheduled} in all"]
 
 
 def read_state(store: ResultsStore) -> tuple[dict[str, Any], Experiment]:

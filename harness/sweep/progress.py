@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from harness.results_contract import OBJECTIVE_KEY, STATUS_FAILED
+from harness.trial_spec import compare_label
 
 
 class SweepProgress(Callback):
@@ -60,7 +61,7 @@ class SweepProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.objective)
-        label = str(trial.config.get("spec", {}).get("compare_value"))
+        label = compare_label(trial.config)
         if isinstance(value, (int, float)) and math.isfinite(value):
             old = self.best.get(label)
             if old is None or (value > old if self.mode == "max" else value < old):

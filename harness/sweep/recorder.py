@@ -36,7 +36,7 @@ from harness.results_contract import (
 from harness.sweep.experiment import Experiment, method_of
 from harness.sweep.failures import reason_from_traceback
 from harness.sweep.results import ResultsStore
-from harness.trial_spec import spec_of
+from harness.trial_spec import TrialSpec, run_overrides, spec_of
 
 
 def git_commit() -> str | None:
@@ -52,7 +52,7 @@ def _config_cell(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
-def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
+def trial_rows(exp: Experiment, spec: TrialSpec, trial_id: str,
                last_result: dict[str, Any] | None, error: bool,
                buffered_epochs: list[dict[str, Any]], git_commit: str | None,
                reason: str | None = None,
@@ -62,8 +62,7 @@ def trial_rows(exp: Experiment, spec: dict[str, Any], trial_id: str,
     ``reason``: why the trial failed (one line), when Tune ended it with an error."""
     last = last_result or {}
     summary = json.loads(last["summary_json"]) if last.get("final") and "summary_json" in last else None
-    overrides = {**(spec.get("overrides") or {}), "seed": int(spec["seed"])}
-    cfg = exp.run_config(overrides)
+    cfg = exp.run_config(run_overrides(spec))
     method = method_of(cfg)
     epochs = summary["epochs"] if summary else buffered_epochs
     if summary:
@@ -164,7 +163,7 @@ class ResultsRecorder(tune.Callback):
         if not result.get("final") and "epoch" in result:
             self._epochs.setdefault(trial.trial_id, {})[int(result["epoch"])] = epoch_of_result(result)
 
-    def record(self, spec: dict[str, Any], tune_trial_id: str, last_result: dict | None,
+    def record(self, spec: TrialSpec, tune_trial_id: str, last_result: dict | None,
                error: bool, reason: str | None = None) -> None:
         if getattr(self.watch, "interrupted", None) and not (last_result or {}).get("final"):
             return  # cut short by Ctrl-C, not finished: the resume runs it again

@@ -14,6 +14,7 @@ from ray.train._internal.storage import get_fs_and_path
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from harness.results_contract import OBJECTIVE_KEY
+from harness.trial_spec import compare_label
 
 if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment
@@ -62,7 +63,7 @@ class PerValueScheduler(SweepScheduler):
         self._by_value: dict[str, Any] = {}
 
     def _of(self, trial):
-        label = str(trial.config.get("spec", {}).get("compare_value"))
+        label = compare_label(trial.config)
         if label not in self._by_value:
             self._by_value[label] = self._make()
         return self._by_value[label]

@@ -20,6 +20,7 @@ from harness.sweep.results import is_uri, join
 from harness.sweep.scheduler import SweepScheduler
 from harness.sweep.searcher import CompareSearcher
 from harness.tracking import create_tracking_callbacks
+from harness.trial_spec import spec_of
 from trainables.distributed import DRIVER_RESOURCES, train_retrieval_distributed
 from trainables.retrieval import train_retrieval
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 def trial_name(trial) -> str:
     """Short trial names and folders (Tune's default embeds the whole config)."""
-    spec = trial.config.get("spec", {})
+    spec = spec_of(trial.config) or {}
     return spec.get("trial_id") or f"{spec.get('phase', 'trial')}-{trial.trial_id}"
 
 

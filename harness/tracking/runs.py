@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.trial_spec import spec_of
+from harness.trial_spec import run_overrides, spec_of
 
 # Tune's bookkeeping and the trainable's non-metric report keys.
 NOT_METRICS = frozenset({
@@ -95,8 +95,7 @@ def sweep_trial_run(exp, trial, trials_table: str) -> TrackedRun:
     from harness.sweep.experiment import method_of
 
     spec = spec_of(trial.config) or {}
-    overrides = {**(spec.get("overrides") or {}), "seed": int(spec.get("seed", 0))}
-    cfg = exp.run_config(overrides)
+    cfg = exp.run_config(run_overrides(spec))
     # The trials.parquet key: reproductions carry their own id, search trials use Tune's.
     trial_id = spec.get("trial_id") or trial.trial_id
     return TrackedRun(
