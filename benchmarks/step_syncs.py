@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         trainer._set_stage(False)
         trainer.train_loader.batch_sampler.set_epoch(1)
         batches = []
-        for images, labels, _ in trainer.train_loader:
+        for images, labels, *_ in trainer.train_loader:
             halves = X.split_halves(labels)
             dev = trainer.device
             batches.append((images.to(dev), torch.searchsorted(trainer.classes, labels.to(dev)),

@@ -111,6 +111,15 @@ class OptimConfig(_Section):
     warmup_lr: float = Field(1e-3, gt=0.0)
 
 
+class StalenessConfig(_Section):
+    """The staleness diagnostics (harness/core/staleness.py); none changes training."""
+
+    # Steps between two Δk = 1 drift measurements of the probe minibatch (0: off).
+    every: int = Field(10, ge=0)
+    probe: int = Field(16, ge=0)  # images in that probe minibatch
+    sample: int = Field(256, ge=0)  # memory rows re-embedded at each epoch's end (0: off)
+
+
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=2)
@@ -122,6 +131,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "on", "off"] = "auto"
     probe_size: int = Field(64, ge=0)
+    staleness: StalenessConfig = StalenessConfig()
     eval_batch_size: int = Field(256, ge=1)
     # Evaluate the untrained network on the test split too ("test_untrained.*").
     eval_untrained: bool = True

@@ -224,6 +224,17 @@ def make_figures(experiments: list[ExperimentResults], repro: pd.DataFrame, scal
         experiments, repro, "drift_mean", "mean feature drift", 1.0, "drift-epoch",
         "Feature drift against epoch",
         "Mean L2 drift of the probe embeddings between evaluations (AXBN paper, appendix C)."))
+    figures.append(epoch_curves(
+        experiments, repro, "memory_error_mean", "memory error (L2)", 1.0, "memory-error-epoch",
+        "Staleness of the memory against epoch",
+        "Mean L2 distance between sampled stored references, as the loss uses them (adapted for "
+        "XBN/AXBN), and the current network's embeddings of the same images, at each epoch's end "
+        "(harness/core/staleness.py). No line: no memory, or none filled yet."))
+    figures.append(epoch_curves(
+        experiments, repro, "drift_step_mean", "step drift (L2, Δk = 1)", 1.0, "step-drift-epoch",
+        "Step drift against epoch",
+        "Mean L2 change of a fixed probe minibatch's embeddings across one optimizer step "
+        "(AXBN paper, appendix C, Δk = 1), averaged over the epoch."))
     figures.append(recall_against(fig1_rows, "config.train.batch_size", "batch size", scale,
                                   "recall-batch-size", "Test Recall@1 against batch size", log2=True,
                                   fixed=fixed))

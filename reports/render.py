@@ -19,6 +19,7 @@ from harness.clock import utc_display
 from harness.errors import ConfigError, ResultsError
 from reports.environment import environment
 from reports.load import load_experiments
+from reports.drift_study import display_rows, drift_study, drift_study_figure
 from reports.plots import make_figures
 from reports.progress import progress
 from reports.references import reference_tables
@@ -129,6 +130,10 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
             "importance_omitted": _group_reasons(importances),
         })
     figures = make_figures(experiments, repro, scale)
+    study = drift_study(experiments, repro)
+    study_figure = drift_study_figure(study, scale)
+    if study_figure is not None:
+        figures.insert(0, study_figure)
     figures += make_search_figures(experiments)  # Optuna's own plots, per method
     names = [e.name for e in experiments]
     return {
@@ -136,6 +141,7 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "experiments": per_experiment,
         "tables": tables,
         "references": reference_tables(experiments, best, scale),
+        "drift_study": display_rows(study, scale),
         "unit": "%" if percent else "metric units",
         "alpha": ALPHA,
         "confidence": CONFIDENCE,

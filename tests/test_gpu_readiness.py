@@ -345,7 +345,7 @@ def test_train_step_reads_the_host_once(tmp_path):
     trainer._set_stage(False)
     loader = trainer.train_loader
     loader.batch_sampler.set_epoch(1)
-    images, labels, _ = next(iter(loader))
+    images, labels, *_ = next(iter(loader))
     from harness.core.xml import split_halves
 
     halves = split_halves(labels)
@@ -375,7 +375,7 @@ def test_persistent_training_loader_is_deterministic_per_batch(tmp_path):
 
     def epoch_batches(loader, epoch):
         loader.batch_sampler.set_epoch(epoch)
-        return [imgs for imgs, _, _ in loader]
+        return [batch[0] for batch in loader]
 
     def new_loader(workers):
         sampler = ClassBalancedBatchSampler(data.train.labels, 16, 4, seed=0, iters_per_epoch=3)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Optional
 
@@ -72,8 +74,10 @@ def check(
 
 @data_app.command("build")
 def build(
-    name: str = typer.Argument(..., help="Dataset to build (glyphs)."),
-    out: Path = typer.Option(..., "--out", help="Folder to write (replaced if it exists)."),
+    name: str = typer.Argument(..., help="What to build: glyphs (the dataset, into --out) or glyph-backbone "
+                                         "(the glyph-pretrained backbone, into the cache)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write (replaced if it exists); glyphs only."),
+    backbone: str = typer.Option("tiny_cnn_small", "--backbone", help="glyph-backbone: the registry backbone to pretrain."),
     fonts: Optional[list[Path]] = typer.Option(
         None, "--fonts", help="Font folder or file to scan (repeatable; default: the system font folders)."),
     size: int = typer.Option(32, "--size", min=8, help="Image side in pixels."),
@@ -85,15 +89,32 @@ def build(
         help="Faces with fewer CJK ideographs are supplements (e.g. HanaMinB), not designs of their own."),
 ) -> None:
     """Render a dataset built from local files (glyphs: one class per CJK ideograph,
-    one image per distinct font face that has it); write DIR/manifest.json and DIR/images.npy."""
+    one image per distinct font face that has it; DIR/manifest.json and DIR/images.npy),
+    or build the glyph-pretrained backbone that `model.pretrained: glyphs` loads."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.data.glyphs import GlyphSettings, build_glyphs
-    from harness.errors import DataError
+    from harness.errors import ConfigError, DataError
 
+    if name == "glyph-backbone":
+        from harness.core.model import GLYPHS_PRETRAINED, create_backbone
+
+        create_backbone(backbone, GLYPHS_PRETRAINED)  # builds into the cache on first use
+        from harness.core.model import glyph_backbone_path
+
+        path = glyph_backbone_path(backbone)
+        manifest = json.loads((path.parent / "manifest.json").read_text())
+        last = manifest["history"][-1]
+        Console(stderr=True).print(
+            f"glyph backbone {backbone}: {manifest['images']} images of {manifest['settings']['characters']} "
+            f"characters, {len(manifest['history'])} epochs (training accuracy {last['accuracy']:.3f}), "
+            f"{manifest['seconds']['total']} s to build -> {path}", highlight=False, soft_wrap=True)
+        return
     if name != "glyphs":
-        raise DataError(f"data build: only 'glyphs' is built from local files; '{name}' is read from "
-                        f"its official layout (`harness data check {name} --root DIR`)")
+        raise DataError(f"data build: only 'glyphs' and 'glyph-backbone' are built from local files; '{name}' "
+                        f"is read from its official layout (`harness data check {name} --root DIR`)")
+    if out is None:
+        raise ConfigError("data build glyphs: --out DIR is required (the folder to write)")
     settings = GlyphSettings(size=size, characters=characters, min_faces=min_faces, seed=seed,
                              min_face_ideographs=min_face_ideographs)
     console = Console(stderr=True)

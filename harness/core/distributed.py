@@ -169,11 +169,14 @@ class DistributedTrainer(Trainer):
     def reduce_gradients(self) -> None:
         average_gradients(self._grad_params)
 
-    def train_step(self, images, labels, optimizer, halves=None):
+    def gather_sources(self, sources):
+        return gather_labels(sources, self.config.train.batch_size // self.world)[0]
+
+    def train_step(self, images, labels, optimizer, halves=None, **kw):
         # XML's class-disjoint halves are those of the gathered global batch: the loss
         # splits the global labels itself (the halves of this rank's slice would index
         # the wrong rows).
-        return super().train_step(images, labels, optimizer, halves=None)
+        return super().train_step(images, labels, optimizer, halves=None, **kw)
 
     def _init_prototypes(self, module, args):
         """First batch: initialise the prototypes from the gathered features (as one

@@ -49,7 +49,8 @@ class SeededBatches:
 
 
 class SeededDataset(torch.utils.data.Dataset):
-    """``dataset[(seed, index)]``: in a worker, reseeds the RNGs when a new batch starts."""
+    """``dataset[(seed, index)]`` -> (image, label, index), or None for a corrupt image;
+    in a worker, reseeds the RNGs when a new batch starts."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -65,14 +66,24 @@ class SeededDataset(torch.utils.data.Dataset):
             np.random.seed(seed % 2**32)
             torch.manual_seed(seed)
             self._seed = seed
-        return self.dataset[index]
+        item = self.dataset[index]
+        return None if item is None else (*item, index)
+
+
+def collate_training(batch):
+    """:func:`collate_skip_corrupt` plus the batch's training-image indices ->
+    (images, labels, n_skipped, indices); the memory keeps the indices beside its rows
+    (the staleness diagnostic re-embeds those images)."""
+    kept = [b for b in batch if b is not None]
+    images, labels, n_skipped = collate_skip_corrupt([None if b is None else b[:2] for b in batch])
+    return images, labels, n_skipped, torch.tensor([b[2] for b in kept], dtype=torch.long)
 
 
 def training_loader(dataset, batch_sampler, seed: int, workers: int, pin_memory: bool) -> DataLoader:
     """The run's training loader; call ``loader.batch_sampler.set_epoch(e)`` before each epoch."""
     return DataLoader(
         SeededDataset(dataset), batch_sampler=SeededBatches(batch_sampler, seed),
-        collate_fn=collate_skip_corrupt, num_workers=workers, pin_memory=pin_memory,
+        collate_fn=collate_training, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=workers > 0,
     )
 

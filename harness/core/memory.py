@@ -119,6 +119,9 @@ class CrossBatchMemory(nn.Module):
         # The checkpointed state (METHODS.md §1: a preallocated ring buffer).
         self.register_buffer("embeddings", torch.zeros(cap, d))
         self.register_buffer("labels", torch.zeros(cap, dtype=torch.long))
+        # Which training image each row came from (-1: not given): the staleness
+        # diagnostic re-embeds these images (harness/core/staleness.py).
+        self.register_buffer("sources", torch.full((cap,), -1, dtype=torch.long))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
@@ -141,6 +144,13 @@ class CrossBatchMemory(nn.Module):
         self.last_parts: dict[str, Tensor] = {"loss.batch": torch.zeros(()), "loss.memory": torch.zeros(())}
         self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.fold())
         self.register_load_state_dict_post_hook(lambda module, incompatible: module._rebuild())
+        self._register_load_state_dict_pre_hook(self._default_sources)
+
+    def _default_sources(self, state, prefix, *args) -> None:
+        """A checkpoint written before rows recorded their image keeps loading (unknown: -1)."""
+        key = prefix + "sources"
+        if key not in state and prefix + "labels" in state:
+            state[key] = torch.full_like(state[prefix + "labels"], -1)
 
     # ------------------------------------------------------------------ state
     def stored_embeddings(self) -> Tensor:
@@ -245,7 +255,7 @@ class CrossBatchMemory(nn.Module):
         return bool(((s > 1e-4) & (s < 1e4)).all())
 
     @torch.no_grad()
-    def _enqueue(self, z: Tensor, labels: Tensor) -> Tensor:
+    def _enqueue(self, z: Tensor, labels: Tensor, sources: Tensor | None = None) -> Tensor:
         """METHODS.md §1 step 4: overwrite the oldest rows; returns the slots written."""
         bsz, M = z.shape[0], self.memory_size
         if bsz > M:
@@ -268,6 +278,7 @@ class CrossBatchMemory(nn.Module):
             self._row_sq[slots] = (p * p).sum(1)
         buf[slots] = p
         self._buffers["labels"][slots] = labels.to(self._buffers["labels"].dtype)
+        self._buffers["sources"][slots] = -1 if sources is None else sources.to(slots.device, torch.long)
         self._ptr = (self._ptr + bsz) % M
         self._fill = min(self._fill + bsz, M)
         self.pointer.fill_(self._ptr)
@@ -349,12 +360,20 @@ class CrossBatchMemory(nn.Module):
         indices = miner(embeddings, labels) if miner is not None else None
         return self._compute_loss(embeddings, labels, indices)
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def batch_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """L(B, B) alone, leaving the memory untouched: nothing is adapted, enqueued or
+        counted (the pre-warm-up of METHODS.md §4, and ``kind="none"``)."""
         labels = labels.to(embeddings.device)
+        loss = self._batch_loss(embeddings, labels)
+        self.last_parts = {"loss.batch": loss.detach(), "loss.memory": loss.new_zeros(())}
+        return loss
+
+    def forward(self, embeddings: Tensor, labels: Tensor, sources: Tensor | None = None) -> Tensor:
+        """The loss of one step; ``sources``: the batch's training-image indices, kept
+        beside the stored rows for the staleness diagnostic (optional)."""
         if self.kind == "none":
-            loss = self._batch_loss(embeddings, labels)
-            self.last_parts = {"loss.batch": loss.detach(), "loss.memory": loss.new_zeros(())}
-            return loss
+            return self.batch_loss(embeddings, labels)
+        labels = labels.to(embeddings.device)
         k = self._step_count()
         z = embeddings.detach().float()
         if self.adaptive:
@@ -364,7 +383,7 @@ class CrossBatchMemory(nn.Module):
                 target_mean, target_std = batch_moments(z)
             if self._fill >= 2:
                 self._adapt(target_mean, target_std)
-        slots = self._enqueue(z, labels)
+        slots = self._enqueue(z, labels, sources)
         use_memory = k >= self.start_iteration
         batch_part = memory_part = None
         if self.kind == "xbm+batch" or not use_memory:

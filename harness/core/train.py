@@ -56,7 +56,7 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 # what is learnt (more epochs, other loader / device settings).
 RESUMABLE_CHANGES = {
     "train.epochs", "train.device", "train.amp", "train.eval_batch_size", "data.workers",
-    "train.eval_untrained",
+    "train.eval_untrained", "train.staleness.every", "train.staleness.probe", "train.staleness.sample",
 }
 
 
@@ -145,6 +145,7 @@ def run_training(
                 metrics.update(val)
                 trainer.update_best(epoch, val)
             metrics.update(trainer.drift())
+            metrics.update(trainer.staleness())
         except NonFiniteError:
             status = STATUS_DIVERGED
             break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,7 @@ from harness.core.components import (
 from harness.core.device import amp_dtype, needs_grad_scaler, pick_device
 from harness.core.evaluate import embed, evaluate_split
 from harness.core.loaders import EvalLoaders, training_loader
+from harness.core.staleness import StepDrift, eval_mode, memory_error
 from harness.core.xml import split_halves, xml_total_loss
 from harness.data.registry import create_datasets
 from harness.data.sampler import ClassBalancedBatchSampler
@@ -86,6 +88,13 @@ class Trainer:
         self.probe = self.data.train.subset(
             probe_indices(len(train_labels), config.train.probe_size, config.seed)
         ).with_transform(eval_tf)
+        self.eval_train = self.data.train.with_transform(eval_tf)  # memory rows re-embedded
+        staleness = config.train.staleness
+        probe_batch = probe_indices(len(train_labels), staleness.probe, config.seed + 1)
+        self.step_drift = StepDrift(
+            self.model, self._load_images(self.eval_train, probe_batch),
+            staleness.every if self.is_main else 0,  # rank 0 measures, as it evaluates
+        )
 
         # Run state (checkpointed).
         self.epoch = 0
@@ -96,7 +105,16 @@ class Trainer:
         self.probe_prev: torch.Tensor | None = None
         self.wall_before = 0.0  # seconds spent before a resumption
 
+    is_main = True  # the process that evaluates and writes (DistributedTrainer: rank 0)
+
     # -- components
+
+    def _load_images(self, dataset, indices) -> torch.Tensor:
+        items = [dataset[int(i)] for i in indices]
+        items = [it for it in items if it is not None]
+        if not items:
+            return torch.zeros(0)
+        return torch.stack([it[0] for it in items]).to(self.device)
 
     def _build_sampler(self):
         t = self.config.train
@@ -149,17 +167,23 @@ class Trainer:
         total_steps = len(loader)
         sums: dict[str, float] = defaultdict(float)
         steps = skipped = 0
-        for images, labels, n_skipped in loader:
+        self.step_drift.reset()
+        for images, labels, n_skipped, sources in loader:
             skipped += n_skipped
             if len(labels) < 2:
                 continue
             halves = None
-            if self.xml_loss is not None:  # on the CPU labels: no wait for the GPU
+            if self.xml_loss is not None and not warmup:  # on the CPU labels: no wait for the GPU
                 halves = tuple(h.to(self.device, non_blocking=True) for h in split_halves(labels))
             labels = torch.searchsorted(self.classes, labels.to(self.device, non_blocking=True))
-            parts = self.train_step(images.to(self.device, non_blocking=True), labels, optimizer, halves)
+            self.step_drift.before_step(steps)
+            parts = self.train_step(
+                images.to(self.device, non_blocking=True), labels, optimizer, halves,
+                sources=sources.to(self.device, non_blocking=True), warmup=warmup,
+            )
             if parts is None:
                 return None
+            self.step_drift.after_step()
             for k, v in parts.items():
                 sums[k] += v
             steps += 1
@@ -171,8 +195,12 @@ class Trainer:
         out["skipped_images"] = float(skipped)
         return out
 
-    def train_step(self, images, labels, optimizer, halves=None) -> dict[str, float] | None:
+    def train_step(self, images, labels, optimizer, halves=None, sources=None, warmup=False) -> dict[str, float] | None:
         """One optimizer step; its loss parts, or None when the loss is not finite.
+
+        ``warmup``: the pre-warm-up of METHODS.md §4: L(B, B) alone for every method, the
+        memory neither used nor filled (nor its Kalman filter or iteration count
+        advanced), no XML term. ``sources``: the batch's training-image indices.
 
         The parts are read on the host once, after the step is queued: a non-finite
         step has then been applied, which is harmless, as the run ends without
@@ -185,11 +213,15 @@ class Trainer:
         # sensitive to half precision.
         out = type(out)(*(None if t is None else t.float() for t in out))
         out, labels = self.gather_batch(out, labels)
-        plain = self.memory(out.embeddings, labels)
+        if warmup:
+            plain = self.memory.batch_loss(out.embeddings, labels)
+        else:
+            sources = None if sources is None else self.gather_sources(sources)
+            plain = self.memory(out.embeddings, labels, sources)
         parts = {f"loss.{k}" if not k.startswith("loss") else k: v
                  for k, v in getattr(self.memory, "last_parts", {}).items()}
         total = plain
-        if self.xml_loss is not None:
+        if self.xml_loss is not None and not warmup:
             xml = self.xml_loss(out, labels, self.model.prototypes, self.model.embed_pooled, halves)
             parts["loss.xml"] = xml.detach()
             total = xml_total_loss(plain, xml, self.config.xml.weight)
@@ -210,6 +242,10 @@ class Trainer:
     def gather_batch(self, out, labels):
         """The model outputs and labels of the global batch (here: this batch)."""
         return out, labels
+
+    def gather_sources(self, sources):
+        """The training-image indices of the global batch (here: this batch)."""
+        return sources
 
     def reduce_gradients(self) -> None:
         """Combine the gradients of all ranks (here: nothing to combine)."""
@@ -241,6 +277,27 @@ class Trainer:
             return {"drift_mean": float("nan"), "drift_max": float("nan")}
         d = (current - prev.to(current.device)).norm(dim=1)
         return {"drift_mean": float(d.mean()), "drift_max": float(d.max())}
+
+    def staleness(self) -> dict[str, float]:
+        """The epoch's staleness diagnostics (harness/core/staleness.py): step drift
+        (Δk = 1) over the epoch, the memory's error now, and their cost in seconds."""
+        if not self.is_main:
+            return {}
+        t = time.perf_counter()
+        cfg = self.config.train.staleness
+        kw = self._eval_kwargs()
+        kw.pop("ks")
+        kw["workers"] = 0  # a few hundred images: worker start-up would cost more
+
+        def embed_images(indices):
+            return embed(self.model, self.eval_train.subset(indices), **kw)[0]
+
+        with eval_mode(self.model), torch.no_grad():
+            queries = self.model(self.step_drift.images).embeddings.float() if len(self.step_drift.images) else torch.zeros(0)
+        out = self.step_drift.epoch_metrics()
+        out.update(memory_error(self.memory, embed_images, queries, cfg.sample, self.config.seed + self.epoch))
+        out["staleness_seconds"] = self.step_drift.seconds + time.perf_counter() - t
+        return out
 
     def update_best(self, epoch: int, val: dict[str, float]) -> bool:
         """Keep best.pt by the selection metric; without validation, the last epoch."""

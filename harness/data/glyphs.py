@@ -82,10 +82,13 @@ def build_glyphs(
     settings: GlyphSettings = GlyphSettings(),
     font_dirs: list[str | Path] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    exclude: set[int] | frozenset[int] = frozenset(),
 ) -> dict:
     """Render the dataset into ``out`` (written to a temporary folder, then renamed).
 
     Returns the manifest. ``on_progress(done, total)`` is called per rendered character.
+    ``exclude``: code points never sampled (the pretraining set leaves out every
+    character of the benchmark build, :mod:`harness.pretraining.glyphs`).
     """
     out = Path(out)
     faces = fontscan.distinct_faces(fontscan.scan_faces(font_dirs, settings.min_face_ideographs))
@@ -93,6 +96,8 @@ def build_glyphs(
         raise too_few_faces_error(len(faces), settings.min_faces, font_dirs)
     counts = fontscan.coverage(faces)
     eligible = np.flatnonzero(counts >= settings.min_faces) + fontscan.CJK_FIRST
+    if exclude:
+        eligible = eligible[~np.isin(eligible, np.fromiter(exclude, dtype=np.int64))]
     if len(eligible) < settings.characters:
         raise DataError(
             f"glyphs: only {len(eligible)} ideographs have at least {settings.min_faces} faces, "
@@ -136,6 +141,7 @@ def build_glyphs(
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
         "render": {"glyph_scale": GLYPH_SCALE, "mode": "L, black ink on white, ink box centred"},
         "images": len(stack),
+        "excluded_characters": len(exclude),
         "faces": [{"id": i, "path": f.path, "sha256": f.sha256, "face_index": f.index,
                    "family": f.family, "style": f.style, "weight": f.weight,
                    "ideographs": len(f.characters), "duplicates": f.duplicates}
@@ -193,6 +199,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "metric-harness")
 
 
+def default_build_key(settings: GlyphSettings = GlyphSettings()) -> str:
+    """The cache key of a build: installed fonts, settings and format."""
+    return hashlib.sha256(json.dumps([fonts_fingerprint(), settings.__dict__, FORMAT_VERSION],
+                                     sort_keys=True).encode()).hexdigest()[:12]
+
+
 def fonts_fingerprint(dirs=None) -> str:
     """A cheap key of the installed fonts: paths, sizes and modification times."""
     h = hashlib.sha256()
@@ -203,7 +215,7 @@ def fonts_fingerprint(dirs=None) -> str:
 
 
 @contextmanager
-def _locked(path: Path):
+def locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -215,12 +227,11 @@ def _locked(path: Path):
 
 def cached_build(settings: GlyphSettings = GlyphSettings()) -> Path:
     """The default build in the cache folder, built on first use (once, under a lock)."""
-    key = hashlib.sha256(json.dumps([fonts_fingerprint(), settings.__dict__, FORMAT_VERSION],
-                                    sort_keys=True).encode()).hexdigest()[:12]
+    key = default_build_key(settings)
     root = cache_dir() / f"glyphs-{key}"
     if (root / MANIFEST).is_file():
         return root
-    with _locked(cache_dir() / f".glyphs-{key}.lock"):
+    with locked(cache_dir() / f".glyphs-{key}.lock"):
         if not (root / MANIFEST).is_file():  # another process may have built it meanwhile
             print(f"glyphs: building the dataset into {root} (first use; `harness data build glyphs` "
                   "builds it explicitly)", flush=True)

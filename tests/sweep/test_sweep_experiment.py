@@ -11,7 +11,7 @@ from harness.sweep.experiment import builtin_names, find_experiment, load_experi
 from harness.sweep.space import corner_overrides, define_by_run, space_description
 
 SHIPPED = {
-    "demo", "demo-digits", "glyphs-memory", "glyphs-memory-grid", "sop-axbn", "sop-xbn", "sop-xbm", "sop-memory-grid", "inshop-axbn", "deepfashion2-axbn",
+    "demo", "demo-digits", "glyphs-memory", "glyphs-memory-grid", "glyphs-memory-scratch", "glyphs-drift", "sop-axbn", "sop-xbn", "sop-xbm", "sop-memory-grid", "inshop-axbn", "deepfashion2-axbn",
     "cub-xml", "cars196-xml", "sop-xml", "inshop-xml",
 }  # fmt: skip
 
@@ -39,7 +39,8 @@ def test_every_shipped_experiment_validates():
 
 
 def test_protocol_experiments_follow_methods_section_4():
-    for name in SHIPPED - {"demo", "demo-digits", "glyphs-memory", "glyphs-memory-grid"}:
+    for name in SHIPPED - {"demo", "demo-digits", "glyphs-memory", "glyphs-memory-grid", "glyphs-memory-scratch",
+                           "glyphs-drift"}:
         cfg = load_experiment(name).run_config()
         assert cfg.model.backbone == "resnet50" and cfg.model.embedding_size == 512, name
         assert cfg.loss.name == "SupConLoss" and cfg.loss.miner == "PairMarginMiner", name
@@ -138,7 +139,7 @@ def test_corners_and_space_json_document():
 
 
 def test_demo_and_glyphs_benchmarks_run_on_glyphs_with_an_unsaturated_objective():
-    for name in ("demo", "glyphs-memory", "glyphs-memory-grid"):
+    for name in ("demo", "glyphs-memory", "glyphs-memory-grid", "glyphs-memory-scratch", "glyphs-drift"):
         exp = load_experiment(name)
         cfg = exp.run_config()
         assert cfg.data.name == "glyphs" and cfg.data.root is None, name  # the auto-built cache
@@ -154,6 +155,23 @@ def test_demo_and_glyphs_benchmarks_run_on_glyphs_with_an_unsaturated_objective(
     assert grid.search.reproduce == "all" and grid.compare_labels == ["xbm", "xbn"]
     assert space_description(grid)["base_values"] == {"train.batch_size": 32, "memory.fraction": 0.5}
     assert sum(grid.trial_budget().values()) == 12 and len(grid.search.reproduction_seeds) == 3
+
+
+def test_glyph_benchmarks_run_in_the_papers_regime_and_scratch_stays_named():
+    """Pretrained backbone + pre-warm-up (docs/METHODS.md §4), except the one experiment
+    named for the from-scratch regime."""
+    for name in ("demo", "glyphs-memory", "glyphs-memory-grid", "glyphs-drift"):
+        cfg = load_experiment(name).run_config()
+        assert cfg.model.pretrained == "glyphs" and cfg.optim.warmup_epochs >= 1, name
+        assert cfg.train.epochs > cfg.optim.warmup_epochs, name
+    scratch = load_experiment("glyphs-memory-scratch")
+    cfg = scratch.run_config()
+    assert cfg.model.pretrained is False and cfg.optim.warmup_epochs == 0
+    assert "FROM SCRATCH" in scratch.description
+    drift = load_experiment("glyphs-drift")
+    assert drift.compare_labels == ["none", "xbm", "xbm+batch", "xbn", "axbn"] and drift.search.reproduce == "all"
+    lrs = drift.search.space["optim.lr"].choices
+    assert max(lrs) / min(lrs) >= 30 and drift.search.reproduction_seeds == [1, 2, 3]
 
 
 def test_reference_section_is_validated(tmp_path):
