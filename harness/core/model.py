@@ -222,11 +222,10 @@ def load_checkpoint_weights(module: nn.Module, path: str, name: str = "") -> Non
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # a harness `last.pt` also holds RNG states (numpy), which weights_only refuses;
-        # it is read the way `harness train` reads it when resuming
-        from harness.core.checkpoint import load_checkpoint
-
+        # it is read the way `harness train` reads it when resuming (harness.core.checkpoint,
+        # not imported here: it imports the model stack through components)
         try:
-            state = load_checkpoint(p)
+            state = torch.load(p, map_location="cpu", weights_only=False)
         except Exception as e:
             raise ConfigError(f"model.pretrained: cannot read checkpoint {p}: {type(e).__name__}: {e}") from None
     except Exception as e:

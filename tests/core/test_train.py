@@ -123,9 +123,9 @@ def test_nonfinite_loss_ends_the_run_as_diverged(tmp_path, monkeypatch, bad_epoc
     calls = {"n": 0}
     original = CrossBatchMemory.forward
 
-    def nan_from(self, embeddings, labels):
+    def nan_from(self, embeddings, labels, sources=None):
         calls["n"] += 1
-        loss = original(self, embeddings, labels)
+        loss = original(self, embeddings, labels, sources)
         return loss * float("nan") if calls["n"] > 3 * (bad_epoch - 1) else loss
 
     monkeypatch.setattr(CrossBatchMemory, "forward", nan_from)
