@@ -33,6 +33,20 @@ class DataConfig(_Section):
     workers: int = Field(0, ge=0)
     # Cap on the training images (None: all); keeps smoke runs small.
     max_train_images: int | None = Field(None, ge=1)
+    # Class-disjoint K-fold validation (search.objective.folds sets these per run):
+    # the training classes are split into val_folds parts by a permutation seeded with
+    # fold_seed (not the run seed, so every trial, seed and method sees the same
+    # folds); part val_fold is the validation split, the rest trains. Replaces
+    # val_fraction (which is then 1 / val_folds). None: today's val_fraction carve.
+    val_folds: int | None = Field(None, ge=2)
+    val_fold: int = Field(0, ge=0)
+    fold_seed: int = 0
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "DataConfig":
+        if self.val_folds is not None and self.val_fold >= self.val_folds:
+            raise ValueError(f"val_fold {self.val_fold} must be below val_folds {self.val_folds}")
+        return self
 
 
 class PrototypeConfig(_Section):

@@ -54,6 +54,14 @@ STATUS_STOPPED: TrialStatus = "stopped"  # stopped early (ASHA) or interrupted
 # ---- what a trial reports -------------------------------------------------------------
 
 OBJECTIVE_KEY = "objective"  # the search metric, under one fixed name for Tune and Optuna
+# A trial of several runs (search.objective folds x seeds) reports, each epoch, the mean
+# over its runs of each run's best-so-far search metric under this key.
+OBJECTIVE_SO_FAR_KEY = "objective_so_far"
+# trials.parquet columns of such a trial: the mean and sample std of its runs' objective
+# values and the values themselves (JSON: [{"fold": i, "seed": s, "value": v}, ...]).
+COL_OBJECTIVE_MEAN = "objective.mean"
+COL_OBJECTIVE_STD = "objective.std"
+COL_OBJECTIVE_RUNS = "objective.runs"
 
 # ---- methods --------------------------------------------------------------------------
 

@@ -32,13 +32,16 @@ from harness.results_contract import (
     COL_PHASE,
     COL_STATUS,
     OBJECTIVE_KEY,
+    OBJECTIVE_SO_FAR_KEY,
     PHASE_REPRODUCTION,
+    PHASE_SEARCH,
     STATUS_COMPLETED,
     STATUS_FAILED,
 )
 from harness.sweep.failures import is_deterministic, one_line
 from harness.trial_spec import spec_of
-from trainables.trial_setup import run_folder, trial_run_config
+from trainables.objective import objective_training
+from trainables.trial_setup import read_epochs, run_folder, trial_run_config
 
 # Every trial reports its objective under OBJECTIVE_KEY (Optuna and ASHA read it): the
 # experiment's metric, best so far on validation; the worst value before one exists.
@@ -57,20 +60,6 @@ def better(a: float, b: float | None, mode: str) -> bool:
     return b is None or (a > b if mode == "max" else a < b)
 
 
-def read_epochs(out_dir: Path) -> list[dict[str, Any]]:
-    """The core's ``epochs.jsonl``, one row per epoch (the last record of an epoch wins:
-    a resumed run may rewrite the epoch it was interrupted in)."""
-    path = out_dir / "epochs.jsonl"
-    rows: dict[int, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if "epoch" in rec:
-                    rows[int(rec["epoch"])] = rec
-    return [rows[k] for k in sorted(rows)]
-
-
 def train_retrieval(
     config: dict[str, Any],
     base: dict[str, Any] | None = None,
@@ -78,8 +67,11 @@ def train_retrieval(
     mode: str = "max",
     cpus: float = 1.0,
     train_fn: Callable[..., Any] | None = None,
+    objective: dict[str, Any] | None = None,
 ) -> None:
-    """The Tune function trainable (see the module docstring)."""
+    """The Tune function trainable (see the module docstring). ``objective``: the
+    experiment's ``search.objective``; a search trial of several folds or seeds trains
+    them all and reports their mean (:mod:`trainables.objective`)."""
     spec = spec_of(config)
     try:
         run_config = trial_run_config(base, spec)
@@ -90,6 +82,9 @@ def train_retrieval(
         # here, not at the top: the driver imports this module, only trials need torch
         from harness.core.train import run_training as train_fn
     from harness.core.device import isolate_gpus  # torch: in the trial only, as above
+
+    if spec.get(COL_PHASE) == PHASE_SEARCH:
+        train_fn = objective_training(train_fn, objective, run_config.seed, metric, mode)
 
     # Exactly the GPUs Ray assigned (none for `gpus: 0`: Ray >= 2.50 no longer blanks
     # CUDA_VISIBLE_DEVICES then), before anything touches CUDA in this process.
@@ -140,14 +135,15 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
 
     metric_key = metric.removeprefix("val.")
     best: float | None = None
+    # a trial of several runs (trainables/objective.py) scores the mean of their bests
     for rec in read_epochs(out_dir):  # best so far from epochs before a restart
-        v = rec.get(metric)
+        v = rec.get(OBJECTIVE_SO_FAR_KEY, rec.get(metric))
         if isinstance(v, (int, float)) and math.isfinite(v) and better(v, best, mode):
             best = float(v)
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         nonlocal best
-        v = metrics.get(metric)
+        v = metrics.get(OBJECTIVE_SO_FAR_KEY, metrics.get(metric))
         if isinstance(v, (int, float)) and math.isfinite(v) and better(v, best, mode):
             best = float(v)
         record = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float))}
@@ -197,6 +193,7 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
         "versions": library_versions(),
         "host": socket.gethostname(),
         "epochs": read_epochs(out_dir),
+        "units": list(getattr(result, "units", None) or []),
     }
     final = {
         OBJECTIVE_KEY: objective,

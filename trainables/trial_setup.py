@@ -8,6 +8,7 @@ the trial's last checkpoint when it restarts, and removes it afterwards. Used by
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -45,3 +46,17 @@ def run_folder(name: str, checkpoint: Any | None) -> Iterator[Path]:
         yield out_dir
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def read_epochs(out_dir: Path) -> list[dict[str, Any]]:
+    """The core's ``epochs.jsonl``, one row per epoch (the last record of an epoch wins:
+    a resumed run may rewrite the epoch it was interrupted in)."""
+    path = out_dir / "epochs.jsonl"
+    rows: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if "epoch" in rec:
+                    rows[int(rec["epoch"])] = rec
+    return [rows[k] for k in sorted(rows)]

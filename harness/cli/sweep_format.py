@@ -44,8 +44,12 @@ def reproductions_table(experiment: str, store: ResultsStore, metric: str) -> Ta
 
 
 def run_counts(exp: Experiment) -> str:
-    """``harness list``'s runs column: planned search trials + reproduction runs."""
-    return f"{sum(exp.trial_budget().values())} + {exp.reproductions_planned()} repro"
+    """``harness list``'s runs column: planned search trials (times the runs that
+    search.objective's folds and seeds give each) + reproduction runs."""
+    trials = sum(exp.trial_budget().values())
+    runs = exp.search.objective.runs
+    search = f"{trials}" if runs == 1 else f"{trials} x {runs} runs"
+    return f"{search} + {exp.reproductions_planned()} repro"
 
 
 def experiments_table() -> Table:

@@ -26,9 +26,13 @@ class RunResult:
     out_dir: Path
     # Extension: the test metrics of the network before training ("test_untrained.*").
     test_untrained: dict[str, float] = field(default_factory=dict)
+    # A search trial of several runs (search.objective): each run's fold, seed, status
+    # and search-metric value (trainables/objective.py); empty for a single run.
+    units: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The flat ``summary.json`` mapping."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("best_val", "test", "test_untrained")}
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("best_val", "test", "test_untrained") and not (k == "units" and not v)}
         d["out_dir"] = str(self.out_dir)
         return {**d, **self.best_val, **self.test, **self.test_untrained}

@@ -91,6 +91,25 @@ def split_validation(train: LabeledDataset, val_fraction: float, seed: int):
     return train.subset(np.flatnonzero(~is_val)), RetrievalSplit(train.subset(np.flatnonzero(is_val)))
 
 
+def fold_classes(labels, folds: int, seed: int) -> list[np.ndarray]:
+    """The training classes in ``folds`` class-disjoint parts (a permutation seeded
+    with ``seed``, cut into near-equal parts): every class is in exactly one part."""
+    classes = np.unique(labels)
+    if len(classes) < 2 * folds:
+        raise DataError(
+            f"data.val_folds={folds} needs at least {2 * folds} training classes (2 per fold), "
+            f"the data has {len(classes)}; lower search.objective.folds"
+        )
+    order = np.random.default_rng([seed, folds]).permutation(classes)
+    return np.array_split(order, folds)
+
+
+def split_fold(train: LabeledDataset, folds: int, fold: int, seed: int):
+    """Validation = part ``fold`` of :func:`fold_classes`, training = the other parts."""
+    is_val = np.isin(train.labels, fold_classes(train.labels, folds, seed)[fold])
+    return train.subset(np.flatnonzero(~is_val)), RetrievalSplit(train.subset(np.flatnonzero(is_val)))
+
+
 def cap_images(train: LabeledDataset, max_images: int | None, seed: int) -> LabeledDataset:
     """Keep at most ``max_images``, whole classes first (seeded), so batches stay m-per-class."""
     if max_images is None or len(train) <= max_images:
@@ -109,7 +128,14 @@ def create_datasets(cfg, seed: int, mean, std) -> DataBundle:
     info = get_dataset_info(cfg.name)
     parts = info.reader(resolve_root(info, cfg.root))
     if parts.val is not None:  # predefined validation classes: nothing to carve
+        if cfg.val_folds is not None:
+            raise DataError(
+                f"dataset '{cfg.name}' has a predefined validation split, so it cannot be cut "
+                f"into data.val_folds={cfg.val_folds} folds; remove search.objective.folds"
+            )
         train, val = parts.train, parts.val
+    elif cfg.val_folds is not None:
+        train, val = split_fold(parts.train, cfg.val_folds, cfg.val_fold, cfg.fold_seed)
     else:
         train, val = split_validation(parts.train, cfg.val_fraction, seed)
     if len(np.unique(train.labels)) < 2:

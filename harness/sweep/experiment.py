@@ -77,6 +77,11 @@ class Experiment(StrictModel):
         share = max(1, self.search.trials // len(labels))
         return {label: share for label in labels}
 
+    def search_runs(self) -> int:
+        """Training runs of the whole search: every trial trains ``search.objective.runs``
+        (folds x seeds) runs."""
+        return sum(self.trial_budget().values()) * self.search.objective.runs
+
     def reproductions_planned(self) -> int:
         """Reproduction runs a sweep schedules: each compared value's best search
         configuration, or with ``search.reproduce: all`` every search trial's (an upper
@@ -226,6 +231,12 @@ def check_experiment(exp: Experiment) -> None:
         raise ConfigError(
             f"{src}: base train.workers is {base_workers} but search.resources.workers is "
             f"{search.resources.workers}; set the worker count in search.resources only"
+        )
+    if search.objective.runs > 1 and search.resources.workers > 1:
+        raise ConfigError(
+            f"{src}: search.objective (folds {search.objective.folds} x seeds "
+            f"{search.objective.seeds}) needs one-worker trials; set search.resources.workers "
+            "to 1 or the objective's folds and seeds to 1"
         )
     n_values = len(exp.compare_labels)
     if search.algorithm != "grid" and search.trials < n_values:

@@ -119,15 +119,21 @@ def prepare_sweep(
 
 
 def budget_warnings(exp: Experiment) -> list[str]:
-    """Trials that a compare axis drops (search.trials not a multiple of the values)."""
-    if exp.search.algorithm == "grid":
-        return []
+    """Trials that a compare axis drops (search.trials not a multiple of the values),
+    and the runs that search.objective's folds and seeds multiply."""
     budget = exp.trial_budget()  # what the searcher will run: an equal share per value
     scheduled = sum(budget.values())
-    if len(budget) < 2 or scheduled == exp.search.trials:
-        return []
-    return [f"search.trials {exp.search.trials} is not a multiple of the {len(budget)} compared "
-            f"values: {scheduled // len(budget)} trials each, {scheduled} in all"]
+    out = []
+    if exp.search.algorithm != "grid" and len(budget) >= 2 and scheduled != exp.search.trials:
+        out.append(f"search.trials {exp.search.trials} is not a multiple of the {len(budget)} "
+                   f"compared values: {scheduled // len(budget)} trials each, {scheduled} in all")
+    objective = exp.search.objective
+    if objective.runs > 1:
+        out.append(f"search.objective: each of the {scheduled} search trials trains "
+                   f"{objective.folds} fold(s) x {objective.seeds} seed(s) = {objective.runs} runs: "
+                   f"{exp.search_runs()} training runs before the {exp.reproductions_planned()} "
+                   "reproductions")
+    return out
 
 
 def read_state(store: ResultsStore) -> tuple[dict[str, Any], Experiment]:

@@ -22,8 +22,10 @@ from harness.trial_spec import compare_label
 
 class SweepProgress(Callback):
     def __init__(self, title: str, metric: str, mode: str, planned: int, slots: int,
-                 objective: str = OBJECTIVE_KEY):
+                 objective: str = OBJECTIVE_KEY, runs_per_trial: int = 1):
         self.title = title
+        # search.objective's folds x seeds: each trial trains this many runs
+        self.runs_per_trial = max(1, runs_per_trial)
         self.metric = metric
         self.mode = mode
         self.planned = planned
@@ -102,13 +104,16 @@ class SweepProgress(Callback):
 
     def render(self) -> Table:
         table = Table(title=self.title, title_justify="left")
-        for col in ("running", "done", "failed", "planned", "elapsed", "ETA"):
+        runs = self.runs_per_trial
+        cols = ["running", "done", "failed", "planned"] + (["training runs"] if runs > 1 else [])
+        for col in (*cols, "elapsed", "ETA"):
             table.add_column(col, justify="right")
         eta = self.eta_seconds()
+        finished = len(self.done) + len(self.failed)
         table.add_row(
-            str(len(self.running)), str(len(self.done)), str(len(self.failed)),
-            str(self.planned), _fmt_seconds(time.monotonic() - self.t0),
-            "?" if eta is None else _fmt_seconds(eta),
+            str(len(self.running)), str(len(self.done)), str(len(self.failed)), str(self.planned),
+            *([f"{finished * runs}/{self.planned * runs}"] if runs > 1 else []),
+            _fmt_seconds(time.monotonic() - self.t0), "?" if eta is None else _fmt_seconds(eta),
         )
         if self.best:
             best = Table(show_header=True, box=None)

@@ -8,6 +8,7 @@ trial ends, and :func:`reconcile` adds any finished trial it missed.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from harness.results_contract import (
     COL_ERROR,
     COL_EXPERIMENT,
     COL_METHOD,
+    COL_OBJECTIVE_MEAN,
+    COL_OBJECTIVE_RUNS,
+    COL_OBJECTIVE_STD,
     COL_PHASE,
     COL_SCHEMA_VERSION,
     COL_SEED,
@@ -115,6 +119,7 @@ def trial_rows(exp: Experiment, spec: TrialSpec, trial_id: str,
         versions=json.dumps(versions) if versions is not None else None,
         git_commit=git_commit, host=host,
     )
+    row.update(objective_columns(summary.get("units") if summary else None))
     epoch_rows = []
     for e in epochs:
         r = {COL_SCHEMA_VERSION: SCHEMA_VERSION, COL_EXPERIMENT: exp.name, COL_TRIAL_ID: trial_id,
@@ -123,6 +128,20 @@ def trial_rows(exp: Experiment, spec: TrialSpec, trial_id: str,
                   if k != COL_EPOCH and isinstance(v, (int, float)) and not isinstance(v, bool)})
         epoch_rows.append(r)
     return row, epoch_rows
+
+
+def objective_columns(units: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A trial of several runs (search.objective folds x seeds): the mean, sample std
+    and per-run values of its objective; {} for a single run."""
+    if not units:
+        return {}
+    values = [u.get("value") for u in units]
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    mean = sum(finite) / len(finite) if finite else math.nan
+    std = (math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+           if len(finite) > 1 else math.nan)
+    runs = [{"fold": u.get("fold"), "seed": u.get("seed"), "value": u.get("value")} for u in units]
+    return {COL_OBJECTIVE_MEAN: mean, COL_OBJECTIVE_STD: std, COL_OBJECTIVE_RUNS: json.dumps(runs)}
 
 
 def epoch_of_result(result: dict[str, Any]) -> dict[str, Any]:

@@ -161,6 +161,34 @@ class ResourceSpec(StrictModel):
         return self.gpus if self.workers == 1 else self.workers * self.worker_gpus
 
 
+class ObjectiveSpec(StrictModel):
+    """What one search trial's objective averages (a Metric Learning Reality Check's
+    protocol): ``folds`` class-disjoint validation folds of the training classes
+    (``data.val_folds``; 1 = the usual single validation split) times ``seeds`` run
+    seeds (the trial's seed, +1, ...). A trial trains ``folds * seeds`` runs in lockstep
+    (trainables/objective.py) and reports their mean; reproductions are single runs."""
+
+    folds: int = Field(1, ge=1)
+    seeds: int = Field(1, ge=1)
+
+    @property
+    def runs(self) -> int:
+        """Training runs per search trial."""
+        return self.folds * self.seeds
+
+    def units(self, seed: int) -> list[tuple[dict[str, int], dict[str, Any]]]:
+        """``(label, dotted overrides)`` per run of a trial whose seed is ``seed``:
+        label ``{"fold": i, "seed": s}`` (fold 0 without folds)."""
+        out = []
+        for fold in range(self.folds):
+            for k in range(self.seeds):
+                overrides: dict[str, Any] = {"seed": seed + k}
+                if self.folds > 1:
+                    overrides.update({"data.val_folds": self.folds, "data.val_fold": fold})
+                out.append(({"fold": fold, "seed": seed + k}, overrides))
+        return out
+
+
 class SearchSpec(StrictModel):
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     # The whole search budget; each compared value gets an equal share of it.
@@ -179,6 +207,8 @@ class SearchSpec(StrictModel):
     max_failures: int = Field(2, ge=0)
     # Seed of the Optuna sampler (the search itself is reproducible).
     sampler_seed: int = 0
+    # Each search trial's objective: the mean over class-disjoint folds and seeds.
+    objective: ObjectiveSpec = ObjectiveSpec()
 
 
 # Test metrics a reference may quote (the report's summary columns).

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ray import tune
 
+from harness.results_contract import PHASE_SEARCH
 from harness.sweep.experiment import Experiment
 from harness.sweep.progress import SweepProgress
 from harness.sweep.recorder import ResultsRecorder
@@ -47,7 +48,8 @@ def create_trainable(exp: Experiment, train_fn: Callable | None, storage_root: s
             train_storage=None if storage_root is None else _absolute(join(storage_root, "tune", "train-runs")))
         return tune.with_resources(fn, DRIVER_RESOURCES)
     fn = tune.with_parameters(train_retrieval, base=exp.base, metric=exp.search.metric,
-                              mode=exp.search.mode, cpus=res.cpus, train_fn=train_fn)
+                              mode=exp.search.mode, cpus=res.cpus, train_fn=train_fn,
+                              objective=exp.search.objective.model_dump())
     return tune.with_resources(fn, {"cpu": res.cpus, "gpu": res.gpus})
 
 
@@ -62,7 +64,8 @@ def create_callbacks(plan: SweepPlan, phase: str, planned: int, slots: int, git:
     exp = plan.experiment
     return [
         ResultsRecorder(exp, plan.storage, git, watch),
-        SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode, planned, slots),
+        SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode, planned, slots,
+                      runs_per_trial=exp.search.objective.runs if phase == PHASE_SEARCH else 1),
         *([watch] if watch is not None else []),
         *create_tracking_callbacks(exp, plan.store.root),
     ]
