@@ -15,6 +15,8 @@ import pandas as pd
 from harness.best_trial import best_trials as select_best_trials, completed_search_trials
 from harness.results_contract import (
     COL_COMPARE_VALUE,
+    COL_OBJECTIVE_RUNS,
+    COL_OBJECTIVE_STD,
     COL_PHASE,
     COL_TRIAL_ID,
     PHASE_SEARCH,
@@ -106,6 +108,25 @@ class BestTrial:
     metric: str
     params: dict[str, Any]
     n_completed: int
+    # search.objective folds x seeds: the sample std of the chosen setting's runs and
+    # their count (None / 1 for single-run trials)
+    spread: float | None = None
+    n_runs: int = 1
+    # the second-best setting's objective, and whether it lies within that spread
+    runner_up: float | None = None
+
+    @property
+    def inseparable(self) -> bool:
+        """The best two settings are closer than the chosen one's spread over its runs."""
+        return (self.spread is not None and self.runner_up is not None
+                and abs(self.value - self.runner_up) < self.spread)
+
+
+def _spread(row: pd.Series) -> tuple[float | None, int]:
+    std = row.get(COL_OBJECTIVE_STD)
+    runs = row.get(COL_OBJECTIVE_RUNS)
+    n = len(json.loads(runs)) if isinstance(runs, str) and runs else 1
+    return (float(std) if std is not None and not pd.isna(std) else None), n
 
 
 def best_trials(exp: ExperimentResults) -> list[BestTrial]:
@@ -115,13 +136,16 @@ def best_trials(exp: ExperimentResults) -> list[BestTrial]:
     best = select_best_trials(exp.trials, metric, mode)
     out = []
     for cv in compare_values(exp):
-        n_completed = len(search_rows(exp, cv))
-        if not n_completed:
+        rows = search_rows(exp, cv)
+        if not len(rows):
             continue
         cvs = best[COL_COMPARE_VALUE]
         row = best[cvs.isna() if cv is None else cvs == cv].iloc[0]
+        spread, n_runs = _spread(row)
+        others = pd.to_numeric(rows[rows[COL_TRIAL_ID] != row[COL_TRIAL_ID]][metric], errors="coerce").dropna()
+        runner_up = None if others.empty else float(others.max() if mode == "max" else others.min())
         out.append(BestTrial(exp.name, cv, str(row[COL_TRIAL_ID]), float(pd.to_numeric(row[metric])),
-                             metric, trial_params(row, keys), n_completed))
+                             metric, trial_params(row, keys), len(rows), spread, n_runs, runner_up))
     return out
 
 
