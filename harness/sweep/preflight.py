@@ -133,7 +133,7 @@ def check_config(cfg: RunConfig, sizes: DataSizes, metric: str) -> list[Finding]
             fraction = 0.5 if mem.fraction is None else mem.fraction
             out.append(Finding(False, "memory.fraction", fraction,
                                f"of the {sizes.train_images} training images of {data} is "
-                               f"{mem.fraction_capacity(sizes.train_images)} embeddings, less than one "
+                               f"{_count(mem.fraction_capacity(sizes.train_images), 'embedding')}, less than one "
                                f"batch: those trials use a memory of one batch ({batch})"))
     if sizes.median_per_class < m:
         fix = max(2, int(sizes.median_per_class))
@@ -165,6 +165,10 @@ def check_config(cfg: RunConfig, sizes: DataSizes, metric: str) -> list[Finding]
                            "has no test class with 2 images, so every test metric would be NaN; give "
                            "the test classes at least 2 images each"))
     return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _value_text(value: Any) -> str:
