@@ -11,14 +11,17 @@ time it is upserted again (``--resume``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 
 from harness.results_contract import (
     COL_COMPARE_VALUE,
+    COL_ERROR,
     COL_PHASE,
     COL_STATUS,
     COL_TRIAL_ID,
+    PHASE_REPRODUCTION,
     PHASE_SEARCH,
     STATUS_COMPLETED,
 )
@@ -59,3 +62,59 @@ def best_trials(trials: pd.DataFrame, metric: str, mode: str, by: str | None = C
         best = ranked.drop_duplicates(subset=[by], keep="first")
         best = best.sort_values(by, kind="mergesort", na_position="last")
     return best.drop(columns=[_RANK])
+
+
+@dataclass(frozen=True)
+class MissingValue:
+    """A compared value without a completed reproduction, and why."""
+
+    value: str | None  # None: the experiment has no compare axis
+    reason: str  # the first failure's one-line reason (the error column), or what its rows show
+
+
+def values_without_reproduction(trials: pd.DataFrame, values: Sequence[str | None],
+                                metric: str | None = None) -> list[MissingValue]:
+    """The compared ``values`` (in order) that have no completed reproduction row.
+
+    The reason is the error of the value's first failed row (by ``started_at``: the
+    search's first failure, else a reproduction's); without one, completed search trials
+    without a numeric ``metric`` (nothing to reproduce), else its rows' statuses.
+    Used by ``harness sweep`` (exit 1, a line per value) and the report (its top lines).
+    """
+    out = []
+    for value in values:
+        if trials.empty:
+            out.append(MissingValue(value, "no trial recorded"))
+            continue
+        cv = trials[COL_COMPARE_VALUE]
+        rows = trials[cv.isna()] if value is None else trials[cv.astype(str) == str(value)]
+        repro = rows[rows[COL_PHASE] == PHASE_REPRODUCTION]
+        if (repro[COL_STATUS] == STATUS_COMPLETED).any():
+            continue
+        out.append(MissingValue(value, _reason(rows, metric)))
+    return out
+
+
+def _reason(rows: pd.DataFrame, metric: str | None) -> str:
+    if rows.empty:
+        return "no trial recorded"
+    ordered = rows.sort_values([c for c in TIE_BREAK if c in rows.columns], kind="mergesort",
+                               na_position="last")
+    if COL_ERROR in ordered.columns:
+        errors = ordered[COL_ERROR].dropna()
+        errors = errors[errors.astype(str).str.strip() != ""]
+        if len(errors):
+            return str(errors.iloc[0])
+    searched = completed_search_trials(rows)
+    if metric is not None and len(searched) and (
+            metric not in searched.columns or pd.to_numeric(searched[metric], errors="coerce").isna().all()):
+        return f"none of its {len(searched)} completed search trials has a value of {metric} to select by"
+    parts = []
+    for phase in (PHASE_SEARCH, PHASE_REPRODUCTION):
+        phase_rows = rows[rows[COL_PHASE] == phase]
+        if phase_rows.empty:
+            continue
+        counts = phase_rows[COL_STATUS].value_counts()
+        states = ", ".join(f"{n} {status}" for status, n in counts.items())
+        parts.append(f"{len(phase_rows)} {phase} trial{'s' if len(phase_rows) != 1 else ''}: {states}")
+    return "; ".join(parts)

@@ -100,13 +100,22 @@ class MemoryConfig(_Section):
             raise ValueError("give memory.size (a count) or memory.fraction, not both")
         return self
 
-    def capacity(self, n_train: int) -> int:
-        """Memory capacity in embeddings for a training set of ``n_train`` images."""
+    def fraction_capacity(self, n_train: int) -> int:
+        """``memory.fraction`` (default 0.5) of ``n_train`` images, in embeddings."""
+        return int(round((0.5 if self.fraction is None else self.fraction) * n_train))
+
+    def capacity(self, n_train: int, batch_size: int = 0) -> int:
+        """Memory capacity in embeddings for a training set of ``n_train`` images.
+
+        A fraction of a small training set that holds less than one batch of
+        ``batch_size`` becomes one batch (a memory must take a whole batch; the sweep's
+        pre-flight check says so in a warning). An explicit ``memory.size`` is kept.
+        """
         if self.kind == "none":
             return 0
         if self.size is not None:
             return self.size
-        return int(round((0.5 if self.fraction is None else self.fraction) * n_train))
+        return max(self.fraction_capacity(n_train), batch_size)
 
 
 class XMLConfig(_Section):

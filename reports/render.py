@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import jinja2
 
+from harness.best_trial import values_without_reproduction
 from harness.clock import utc_display
 from harness.errors import ConfigError, ResultsError
 from reports.environment import environment
@@ -123,6 +124,9 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
             "compare_values": [cv for cv in values if cv is not None],
             "metric": "{} ({})".format(*objective(exp)),
             "progress": progress(exp),
+            # compared values the comparison lacks, named at the top of the report
+            "missing": [{"value": m.value, "reason": m.reason} for m in
+                        values_without_reproduction(exp.trials, values, objective(exp)[0])],
             "best": best_trials(exp),
             "param_keys": param_keys(exp),
             "importances": importances,
@@ -150,6 +154,8 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "retrievals": method_retrievals(experiments),
         "rendered_at": utc_display(),
         "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
+        "missing": [dict(m, experiment=p["name"], compare_key=p["compare_key"])
+                    for p in per_experiment for m in p["missing"]],
     }
 
 

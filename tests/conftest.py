@@ -6,6 +6,7 @@
 - ``cli_runner``: invoke the Typer app in-process -> ``click.testing.Result``.
 - ``results_storage``: where a sweep keeps its results (``--storage``), under the test's
   tmp_path and not yet created.
+- ``harness_cache``: a ``HARNESS_CACHE_DIR`` shared by the session (glyphs build, glyph backbone).
 Helper modules the tests import by name live in tests/fixtures/ (on the path, pyproject.toml).
 """
 
@@ -61,3 +62,11 @@ def harness_cli(monkeypatch, capsys):
 def results_storage(tmp_path) -> Path:
     # Not created: the harness creates it, and tests check what it writes there and when.
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="session")
+def harness_cache(tmp_path_factory) -> Path:
+    """A ``HARNESS_CACHE_DIR`` the session's tests share (empty at first): what the harness
+    builds there on first use (the glyphs dataset, the glyph-pretrained backbone of
+    ``model.pretrained: glyphs``) is built once per session, never read from the user's cache."""
+    return tmp_path_factory.mktemp("harness-cache")

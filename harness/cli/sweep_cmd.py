@@ -74,6 +74,28 @@ def sweep(
     )
     if outcome.report:
         console.print(f"report: {outcome.report}", highlight=False, soft_wrap=True)
+    fail_on_missing_values(plan)
+
+
+def fail_on_missing_values(plan) -> None:
+    """No compared value leaves the comparison quietly: a line per value without a
+    completed reproduction (its first failure's reason), then exit 1."""
+    from harness.best_trial import values_without_reproduction
+    from harness.results_contract import TRIALS_FILE
+
+    exp = plan.experiment
+    missing = values_without_reproduction(plan.store.trials(), exp.compare_labels, exp.search.metric)
+    if not missing:
+        return
+    errors = Console(stderr=True)
+    for m in missing:
+        what = f"{exp.compare_key}={m.value}" if m.value is not None else f"'{exp.name}'"
+        errors.print(f"[red]error:[/red] {escape(what)} has no completed reproduction, so the comparison "
+                     f"lacks it: {escape(m.reason)}", highlight=False, soft_wrap=True)
+    errors.print(f"[red]error:[/red] {len(missing)} of {len(exp.compare_labels)} compared values missing "
+                 f"(every reason: the error column of {escape(plan.store.path(TRIALS_FILE))}); fix the cause "
+                 "and sweep again with another --storage", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
 
 
 @app.command("list")

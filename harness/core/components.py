@@ -54,7 +54,7 @@ def build_losses(config: RunConfig, n_train: int, num_classes: int):
     memory = CrossBatchMemory(
         loss,
         config.model.embedding_size,
-        config.memory.capacity(n_train),
+        config.memory.capacity(n_train, config.train.batch_size),
         kind=config.memory.kind,
         miner=miner,
         start_iteration=config.memory.start_iteration,

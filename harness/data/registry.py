@@ -81,9 +81,12 @@ def split_validation(train: LabeledDataset, val_fraction: float, seed: int):
     classes = np.unique(train.labels)
     n_val = 0 if val_fraction <= 0 else max(2, int(round(val_fraction * len(classes))))
     if val_fraction > 0 and len(classes) - n_val < 2:
+        # at least 2 validation classes are carved, so a lower fraction helps only above that
+        fix = ("lower data.val_fraction" if n_val > 2 else
+               "give the data at least 4 training classes, or set data.val_fraction=0 (no validation)")
         raise DataError(
-            f"data.val_fraction={val_fraction} leaves fewer than 2 training classes "
-            f"(of {len(classes)}); lower data.val_fraction"
+            f"data.val_fraction={val_fraction} carves {n_val} validation classes from the "
+            f"{len(classes)} training classes, leaving {len(classes) - n_val} (training needs 2); {fix}"
         )
     rng = np.random.default_rng(seed)
     val_classes = rng.permutation(classes)[:n_val]
@@ -123,8 +126,11 @@ def cap_images(train: LabeledDataset, max_images: int | None, seed: int) -> Labe
     return train.subset(np.sort(keep))
 
 
-def create_datasets(cfg, seed: int, mean, std) -> DataBundle:
-    """``DataConfig`` -> train (with training transform), val and test (eval transform)."""
+def run_parts(cfg, seed: int) -> tuple[LabeledDataset, RetrievalSplit, RetrievalSplit]:
+    """``DataConfig`` -> (train, val, test) as a run with ``seed`` trains on them, without
+    transforms: the validation classes carved out, the training images capped. The one
+    definition shared by :func:`create_datasets` and the sweep's pre-flight check
+    (harness/sweep/preflight.py), which reads only the labels."""
     info = get_dataset_info(cfg.name)
     parts = info.reader(resolve_root(info, cfg.root))
     if parts.val is not None:  # predefined validation classes: nothing to carve
@@ -140,7 +146,13 @@ def create_datasets(cfg, seed: int, mean, std) -> DataBundle:
         train, val = split_validation(parts.train, cfg.val_fraction, seed)
     if len(np.unique(train.labels)) < 2:
         raise DataError(f"dataset '{cfg.name}': fewer than 2 training classes under {cfg.root}")
-    train = cap_images(train, cfg.max_train_images, seed)
+    return cap_images(train, cfg.max_train_images, seed), val, parts.test
+
+
+def create_datasets(cfg, seed: int, mean, std) -> DataBundle:
+    """``DataConfig`` -> train (with training transform), val and test (eval transform)."""
+    info = get_dataset_info(cfg.name)
+    train, val, test = run_parts(cfg, seed)
     t_train = train_transform(cfg.augment, cfg.image_size, mean, std, info.crop_pct)
     t_eval = eval_transform(cfg.image_size, mean, std, info.crop_pct)
 
@@ -150,4 +162,4 @@ def create_datasets(cfg, seed: int, mean, std) -> DataBundle:
             None if split.gallery is None else split.gallery.with_transform(t_eval),
         )
 
-    return DataBundle(train.with_transform(t_train), ev(val), ev(parts.test))
+    return DataBundle(train.with_transform(t_train), ev(val), ev(test))

@@ -1,8 +1,9 @@
 """Planning a sweep, before Ray starts: :class:`SweepPlan` and :func:`prepare_sweep`.
 
 Everything that can be wrong with the input (experiment, storage, resume state,
-cluster address) is checked here and raised as one :class:`HarnessError` line, so a
-bad input touches nothing under the storage path. Nothing here imports Ray.
+cluster address, the search space against the data: :mod:`harness.sweep.preflight`)
+is checked here and raised as one :class:`HarnessError` line, so a bad input touches
+nothing under the storage path. Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from harness.paths import can_write, existing_ancestor
 from harness.results_contract import STATE_FILE, TRIALS_FILE
 from harness.sweep.cluster import check_address
 from harness.sweep.experiment import Experiment, load_experiment
+from harness.sweep.preflight import check_data_readable
 from harness.sweep.results import ResultsStore, is_uri, join
 
 
@@ -115,6 +117,8 @@ def prepare_sweep(
                      take_over=take_over)
     if not continuing:
         plan.warnings.extend(budget_warnings(exp))
+        # every compared value's space against the data it trains on: one line, nothing written
+        plan.warnings.extend(check_data_readable(exp, address))
     return plan
 
 

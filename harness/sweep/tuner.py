@@ -20,7 +20,7 @@ from harness.sweep.recorder import ResultsRecorder
 from harness.sweep.results import is_uri, join
 from harness.sweep.scheduler import SweepScheduler
 from harness.sweep.searcher import CompareSearcher
-from harness.tracking import create_tracking_callbacks
+from harness.tracking import create_tracking_callbacks, with_tune_tensorboard
 from harness.trial_spec import spec_of
 from trainables.distributed import DRIVER_RESOURCES, train_retrieval_distributed
 from trainables.retrieval import train_retrieval
@@ -60,15 +60,16 @@ REUSE_ACTORS = True
 
 def create_callbacks(plan: SweepPlan, phase: str, planned: int, slots: int, git: str | None,
                      watch: tune.Callback | None) -> list[tune.Callback]:
-    """The driver's callbacks of a phase: rows, live view, Ctrl-C watch, trackers."""
+    """The driver's callbacks of a phase: rows, live view, Ctrl-C watch, trackers, and
+    the trials' TensorBoard logger that leaves out non-finite values (a failed trial's)."""
     exp = plan.experiment
-    return [
+    return with_tune_tensorboard([
         ResultsRecorder(exp, plan.storage, git, watch),
         SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode, planned, slots,
                       runs_per_trial=exp.search.objective.runs if phase == PHASE_SEARCH else 1),
         *([watch] if watch is not None else []),
         *create_tracking_callbacks(exp, plan.store.root),
-    ]
+    ])
 
 
 def _run_config(plan: SweepPlan, phase: str, callbacks: list[tune.Callback]):

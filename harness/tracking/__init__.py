@@ -22,7 +22,7 @@ from harness.tracking.config import (
 )
 
 __all__ = ["TRACKERS", "TrackingSpec", "parse_trackers", "require_installed",
-           "create_tracking_callbacks", "create_run_tracker", "RunTracker"]
+           "create_tracking_callbacks", "with_tune_tensorboard", "create_run_tracker", "RunTracker"]
 
 
 def create_tracking_callbacks(exp, root: str, spec: TrackingSpec | None = None) -> list[Any]:
@@ -47,6 +47,21 @@ def create_tracking_callbacks(exp, root: str, spec: TrackingSpec | None = None) 
 
             callbacks.append(TensorBoardTrialCallback(exp, str(folder), trials_table))
     return callbacks
+
+
+def with_tune_tensorboard(callbacks: list[Any]) -> list[Any]:
+    """``callbacks`` plus the finite-values TensorBoard logger of the trials' Tune folders,
+    unless one of them is a TensorBoard logger already (Ray then adds none of its own)."""
+    from ray.tune.logger.tensorboardx import TBXLoggerCallback
+
+    from harness.tracking.tensorboard_tracker import FiniteTBXLoggerCallback
+
+    if any(isinstance(cb, TBXLoggerCallback) for cb in callbacks):
+        return callbacks
+    try:
+        return [*callbacks, FiniteTBXLoggerCallback()]
+    except ImportError:  # no tensorboardX: Ray's own logger would be missing too
+        return callbacks
 
 
 class RunTracker:

@@ -1,5 +1,10 @@
 """TensorBoard: Ray Tune's ``TBXLoggerCallback`` (tensorboardX) for sweeps and `harness train`.
 
+:class:`FiniteTBXLoggerCallback` stands in for the TensorBoard logger Ray Tune adds to
+every sweep (event files in each trial's Tune folder): it leaves out non-finite values,
+such as a failed trial's objective (-inf), which tensorboardX would otherwise refuse
+with an unexplained "NaN or Inf found in input tensor." on stderr.
+
 Event files go to ``<folder>/tensorboard/<phase>/<method>/<trial_id>/``, so
 ``tensorboard --logdir <storage>`` lists the runs by experiment, phase and method. Scalars
 are the harness metrics (step = epoch); each run's searched values, seed and final
@@ -8,9 +13,11 @@ metrics land in TensorBoard's HParams table when it ends.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray.tune.logger.tensorboardx import TBXLoggerCallback
 
 from harness.tracking.runs import TrackedRun, clean_metrics, result_metrics, sweep_trial_run
@@ -20,6 +27,26 @@ FOLDER = "tensorboard"
 
 def run_logdir(folder: str | Path, run: TrackedRun) -> str:
     return str(Path(folder) / FOLDER / run.phase / run.method / run.run_name)
+
+
+def finite_result(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without its non-finite numbers (nested dicts too); the rest unchanged."""
+    out: dict[str, Any] = {}
+    for k, v in result.items():
+        if isinstance(v, dict):
+            out[k] = finite_result(v)
+        elif isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
+            continue
+        else:
+            out[k] = v
+    return out
+
+
+class FiniteTBXLoggerCallback(TBXLoggerCallback):
+    """Ray Tune's TensorBoard logger of each trial's results, finite values only."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        super().log_trial_result(iteration, trial, finite_result(result))
 
 
 class _Writer:
