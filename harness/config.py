@@ -161,6 +161,9 @@ class TrainConfig(_Section):
     # Data-parallel ranks of this run (harness/core/distributed.py): batch_size is the
     # global batch, split into equal shares of whole class blocks.
     workers: int = Field(1, ge=1)
+    # How long a data-parallel rank waits in a collective (its peers' next step, rank 0's
+    # evaluation) before it gives up with an error: the process group's timeout.
+    collective_timeout_s: float = Field(1800.0, gt=0)
 
     @model_validator(mode="after")
     def _divisible(self) -> "TrainConfig":

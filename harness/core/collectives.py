@@ -83,26 +83,40 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
 
 
 @torch.no_grad()
-def average_gradients(params: list[nn.Parameter]) -> None:
+def average_gradients(params: list[nn.Parameter], finite: Tensor | None = None) -> Tensor | None:
     """Mean of the gradients over ranks: one flat all-reduce of every present gradient.
 
     Every rank runs the same graph, so the set of parameters with a gradient (and its
-    order) is the same everywhere.
+    order) is the same everywhere. ``finite`` (a 0-dim bool tensor on the device: this
+    rank's loss is finite) rides along in the same all-reduce, so every rank learns at
+    no extra collective whether *any* rank's loss was not; returns that agreement
+    (``finite`` itself outside a process group), without reading it on the host.
     """
     if not is_distributed():
-        return
+        return finite
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return
+        if finite is None:
+            return None
+        bad = (~finite).reshape(1).float()
+        dist.all_reduce(bad)
+        return bad[0] == 0
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for g in grads:
         by_dtype.setdefault(g.dtype, []).append(g)
     w = world_size()
-    for group in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in group])
+    agreed = finite
+    for i, group in enumerate(by_dtype.values()):
+        pieces = [g.reshape(-1) for g in group]
+        if i == 0 and finite is not None:  # the count of ranks with a non-finite loss
+            pieces.append((~finite).reshape(1).to(group[0].dtype))
+        flat = torch.cat(pieces)
         dist.all_reduce(flat)
+        if i == 0 and finite is not None:
+            agreed = flat[-1] == 0
         flat.div_(w)
         offset = 0
         for g in group:
             g.copy_(flat[offset: offset + g.numel()].view_as(g))
             offset += g.numel()
+    return agreed

@@ -34,7 +34,14 @@ that the run computes exactly what one process with the whole batch computes
 * **Prototypes.** XML's prototypes are initialised from the local features of the
   gathered first batch and broadcast from rank 0.
 * **Files.** Rank 0 evaluates, writes checkpoints, logs and ``summary.json``; the
-  other ranks only train (they wait for rank 0 at the next step's gather).
+  other ranks only train (they wait for rank 0 at the end of the epoch).
+* **Ending together.** No rank may leave the lockstep alone, or the others block in
+  their next collective until the process group's timeout. Whether every rank's loss
+  was finite rides along in the step's gradient all-reduce, so all ranks stop at the
+  same step; after each epoch's evaluation one small all-reduce tells every rank rank
+  0's outcome (continue / diverged / failed): a divergence found by rank 0's evaluation
+  ends every rank as diverged, and an error there ends the others with
+  :class:`PeerFailedError` while rank 0 raises its own.
 """
 
 from __future__ import annotations
@@ -59,11 +66,16 @@ from harness.core.global_batchnorm import sync_batchnorm
 from harness.core.trainer import StepCallback, Trainer
 from harness.errors import ConfigError, HarnessError
 
-__all__ = ["WorkerStateError", "RankBatchSampler", "DistributedTrainer", "check_workers"]
+__all__ = ["WorkerStateError", "PeerFailedError", "RankBatchSampler", "DistributedTrainer",
+           "check_workers"]
 
 
 class WorkerStateError(HarnessError):
     """Ranks of one data-parallel run disagree (different epochs or configs)."""
+
+
+class PeerFailedError(HarnessError):
+    """Another rank of this data-parallel run failed (its own error says why)."""
 
 
 def check_workers(config: RunConfig, world: int) -> None:
@@ -166,8 +178,20 @@ class DistributedTrainer(Trainer):
         # ``pooled`` is read by no loss: not gathered
         return type(out)(emb, None, gap, hist), all_labels
 
-    def reduce_gradients(self) -> None:
-        average_gradients(self._grad_params)
+    def reduce_gradients(self, finite: Tensor) -> Tensor:
+        return average_gradients(self._grad_params, finite)
+
+    def agree_finite(self, finite: Tensor) -> Tensor:
+        bad = (~finite).reshape(1).float()
+        dist.all_reduce(bad)
+        return bad[0] == 0
+
+    def agree_outcome(self, outcome: int) -> int:
+        """Every rank's end-of-epoch outcome is the worst any rank saw (rank 0 is the
+        one that evaluates): one all-reduce of one number."""
+        t = torch.tensor([int(outcome)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
     def gather_sources(self, sources):
         return gather_labels(sources, self.config.train.batch_size // self.world)[0]

@@ -43,7 +43,7 @@ from harness.atomic import atomic_write_json
 from harness.config import RunConfig
 from harness.core.checkpoint import config_from_checkpoint, load_checkpoint
 from harness.core.device import describe_device
-from harness.core.distributed import DistributedTrainer
+from harness.core.distributed import DistributedTrainer, PeerFailedError
 from harness.core.finite import NonFiniteError, nonfinite_tensors
 from harness.core.run_result import RunResult
 from harness.core.trainer import StepCallback, Trainer, prefixed
@@ -52,11 +52,14 @@ from harness.results_contract import STATUS_COMPLETED, STATUS_DIVERGED, TrialSta
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
+# The end of an epoch (every rank of a data-parallel run agrees on the worst one).
+OUTCOME_CONTINUE, OUTCOME_DIVERGED, OUTCOME_FAILED = 0, 1, 2
+
 # Keys that may change between a run and its resumption: they steer the loop, not
 # what is learnt (more epochs, other loader / device settings).
 RESUMABLE_CHANGES = {
     "train.epochs", "train.device", "train.amp", "train.eval_batch_size", "data.workers",
-    "train.eval_untrained", "train.staleness.every", "train.staleness.probe", "train.staleness.sample",
+    "train.eval_untrained", "train.collective_timeout_s", "train.staleness.every", "train.staleness.probe", "train.staleness.sample",
 }
 
 
@@ -133,20 +136,35 @@ def run_training(
         t_epoch = time.perf_counter()
         lr = trainer.current_lr(epoch)
         parts = trainer.train_epoch(epoch)
+        metrics: dict[str, float] = dict(parts or {})
+        outcome, error = OUTCOME_CONTINUE, None
         # NaN/inf weights or BN statistics diverged too, even under a finite loss
         if parts is None or nonfinite_tensors(trainer.model):
-            status = STATUS_DIVERGED
-            break
-        metrics: dict[str, float] = dict(parts)
-        trainer.model.eval()
-        try:  # embed() refuses NaN/inf embeddings: best.pt never holds such a model
-            if epoch % t.val_every == 0 or epoch == t.epochs:
-                val = prefixed("val", trainer.evaluate(trainer.data.val, persistent=True)) if trainer.has_validation() else {}
-                metrics.update(val)
-                trainer.update_best(epoch, val)
-            metrics.update(trainer.drift())
-            metrics.update(trainer.staleness())
-        except NonFiniteError:
+            outcome = OUTCOME_DIVERGED
+        else:
+            trainer.model.eval()
+            try:  # embed() refuses NaN/inf embeddings: best.pt never holds such a model
+                if epoch % t.val_every == 0 or epoch == t.epochs:
+                    val = prefixed("val", trainer.evaluate(trainer.data.val, persistent=True)) if trainer.has_validation() else {}
+                    metrics.update(val)
+                    trainer.update_best(epoch, val)
+                metrics.update(trainer.drift())
+                metrics.update(trainer.staleness())
+            except NonFiniteError:
+                outcome = OUTCOME_DIVERGED
+            except Exception as e:  # noqa: BLE001 - raised below, once every rank knows
+                outcome, error = OUTCOME_FAILED, e
+        # Data-parallel ranks learn rank 0's outcome (it evaluates), so none is left
+        # waiting for a rank that stopped; one process: its own outcome.
+        agreed = trainer.agree_outcome(outcome)
+        if error is not None:
+            raise error
+        if agreed == OUTCOME_FAILED:
+            raise PeerFailedError(
+                f"another data-parallel rank failed at the end of epoch {epoch} (its error is "
+                "the run's reason); this rank stops with it"
+            )
+        if agreed == OUTCOME_DIVERGED:
             status = STATUS_DIVERGED
             break
         metrics["lr"] = lr

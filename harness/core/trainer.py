@@ -226,15 +226,20 @@ class Trainer:
             parts["loss.xml"] = xml.detach()
             total = xml_total_loss(plain, xml, self.config.xml.weight)
         parts["loss"] = total.detach()
+        finite = torch.isfinite(parts["loss"])
         if total.requires_grad:
             self.scaler.scale(total).backward()
-            self.reduce_gradients()
+            finite = self.reduce_gradients(finite)
             self.scaler.step(optimizer)
             self.scaler.update()
-        # The step's one host read: all parts in one copy.
-        values = torch.stack([torch.as_tensor(v, device=self.device).float() for v in parts.values()]).tolist()
-        host = dict(zip(parts, values))
-        if not math.isfinite(host["loss"]):
+        else:
+            finite = self.agree_finite(finite)
+        # The step's one host read: all parts (and whether every rank's loss was finite)
+        # in one copy.
+        values = torch.stack([torch.as_tensor(v, device=self.device).float()
+                              for v in [*parts.values(), finite]]).tolist()
+        host = dict(zip(parts, values[:-1]))
+        if not (math.isfinite(host["loss"]) and values[-1]):
             return None
         return host
 
@@ -247,8 +252,19 @@ class Trainer:
         """The training-image indices of the global batch (here: this batch)."""
         return sources
 
-    def reduce_gradients(self) -> None:
-        """Combine the gradients of all ranks (here: nothing to combine)."""
+    def reduce_gradients(self, finite: torch.Tensor) -> torch.Tensor:
+        """Combine the gradients of all ranks (here: nothing to combine); ``finite``: this
+        rank's loss is finite (a device tensor) -> every rank's is (here: this one's)."""
+        return finite
+
+    def agree_finite(self, finite: torch.Tensor) -> torch.Tensor:
+        """Whether every rank's loss is finite, for a step without gradients."""
+        return finite
+
+    def agree_outcome(self, outcome: int) -> int:
+        """The end of an epoch as every rank sees it (``OUTCOME_*`` of harness.core.train;
+        here: this process's own)."""
+        return outcome
 
     # -- evaluation
 
