@@ -7,6 +7,8 @@ METHODS.md sections 1, 2 and 4.
 
 from __future__ import annotations
 
+import logging
+
 import random
 
 import numpy as np
@@ -51,6 +53,13 @@ def build_losses(config: RunConfig, n_train: int, num_classes: int):
     loss, miner = create_loss(
         config.loss, num_classes=num_classes, embedding_size=config.model.embedding_size
     )
+    mem = config.memory
+    if mem.kind != "none" and mem.size is None and mem.fraction_capacity(n_train) < config.train.batch_size:
+        # the sweep's pre-flight says so too; this is the line `harness train` shows
+        logging.getLogger(__name__).warning(
+            "memory.fraction %g of %d training images is %d embeddings, less than one batch of %d: "
+            "the memory holds one batch (%d)", mem.fraction, n_train, mem.fraction_capacity(n_train),
+            config.train.batch_size, config.train.batch_size)
     memory = CrossBatchMemory(
         loss,
         config.model.embedding_size,

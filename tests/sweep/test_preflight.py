@@ -40,7 +40,7 @@ def overrides(root) -> list[str]:
     return ["data.name=folder", f"data.root={root}", "data.image_size=64"]
 
 
-def test_a_memory_fraction_below_one_batch_becomes_one_batch():
+def test_a_memory_fraction_below_one_batch_becomes_one_batch(caplog):
     cfg = build_config({"memory": {"kind": "xbn", "fraction": 0.25}, "train": {"batch_size": 32}})
     assert cfg.memory.fraction_capacity(120) == 30
     assert cfg.memory.capacity(120, 32) == 32  # adapted
@@ -48,8 +48,13 @@ def test_a_memory_fraction_below_one_batch_becomes_one_batch():
     explicit = build_config({"memory": {"kind": "xbm", "size": 30}})
     assert explicit.memory.capacity(120, 32) == 30  # an explicit size is the user's (pre-flight refuses it)
     # the training core's memory follows: the case of issue 24 trains instead of failing
-    memory, _ = build_losses(cfg, n_train=120, num_classes=3)
+    with caplog.at_level("WARNING"):
+        memory, _ = build_losses(cfg, n_train=120, num_classes=3)
     assert memory.memory_size == 32
+    # and `harness train` (no pre-flight) says so in one line
+    assert [r.getMessage() for r in caplog.records] == [
+        "memory.fraction 0.25 of 120 training images is 30 embeddings, less than one batch of 32: "
+        "the memory holds one batch (32)"]
 
 
 def test_demo_on_ten_classes_of_forty_photos_plans_with_one_warning(photos, tmp_path):
