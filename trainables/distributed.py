@@ -21,6 +21,7 @@ that wrote it (``train.workers`` is part of the stored config).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -118,7 +119,7 @@ def train_retrieval_distributed(
     train_fn: Callable[..., Any] | None = None,
 ) -> None:
     """The Tune function trainable of an N-worker trial (see the module docstring)."""
-    from ray.train.torch import TorchTrainer  # imports torch: only in the trial, not the driver
+    from ray.train.torch import TorchConfig, TorchTrainer  # imports torch: only in the trial, not the driver
 
     run_config = trial_run_config(base, spec_of(config), **{"train.workers": int(workers)})
     ctx = tune.get_context()
@@ -132,6 +133,8 @@ def train_retrieval_distributed(
             "cpus": cpus_per_worker, "gpus": gpus_per_worker, "name": name, "train_fn": train_fn,
         },
         scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
+        # the process group's timeout: how long a rank waits for the others in a collective
+        torch_config=TorchConfig(timeout_s=int(math.ceil(run_config.train.collective_timeout_s))),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=train_storage,

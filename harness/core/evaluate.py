@@ -1,8 +1,9 @@
 """Embed a dataset with a model and score a retrieval split (METHODS.md section 3).
 
 ``embed`` runs the model in eval mode over a DataLoader (workers + pinned memory on
-CUDA, autocast when asked) and returns the L2-normalised ``ModelOutput.embeddings``
-as float32 on the CPU. Corrupt images are dropped together with their labels.
+CUDA, autocast when asked: the backbone only, as ``EmbeddingModel.forward`` runs
+pooling, head and normalisation in fp32 outside autocast) and returns the
+L2-normalised ``ModelOutput.embeddings`` as float32 on the CPU. Corrupt images are dropped together with their labels.
 ``save_embeddings`` / ``load_embeddings`` keep a split's embeddings so its metrics can
 be recomputed later without the model.
 """

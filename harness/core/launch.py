@@ -77,9 +77,17 @@ def _portable(error: BaseException) -> BaseException:
 
 
 def _secondary(error: BaseException) -> bool:
-    """An error a rank meets because another rank failed first (a collective whose peer
-    is gone, rank 0's failure learnt at the outcome exchange)."""
-    return isinstance(error, (PeerFailedError, dist.DistError))
+    """An error a rank meets because another rank failed first: rank 0's failure learnt
+    at the outcome exchange, or a collective whose peer is gone (gloo raises a plain
+    RuntimeError, "Connection closed by peer", from inside torch.distributed)."""
+    if isinstance(error, (PeerFailedError, dist.DistError)):
+        return True
+    tb = error.__traceback__
+    while tb is not None:
+        if f"{os.sep}torch{os.sep}distributed{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _rank_main(rank: int, world: int, store: str, backend: str, threads: int, timeout_s: float,
@@ -201,7 +209,7 @@ def run_data_parallel(
                 try:
                     if ctx.join(timeout=0, grace_period=GRACE_SECONDS):
                         break
-                except mp.ProcessException as e:
+                except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
                     drain(0.5)
                     raise _failure(ctx, e.error_index, errors) from None
         finally:

@@ -328,7 +328,17 @@ class EmbeddingModel(nn.Module):
         return F.normalize(self.head(g), dim=1)
 
     def forward(self, x: Tensor) -> ModelOutput:
+        """Under autocast only the backbone runs in half precision: pooling, head and
+        L2 normalisation run in fp32 outside it, so embeddings (and the metrics of a
+        bf16 evaluation) carry fp32 precision after the backbone."""
         features = self.backbone.forward_features(x)
+        device_type = features.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return self._head_fp32(features.float())
+        return self._head_fp32(features)
+
+    def _head_fp32(self, features: Tensor) -> ModelOutput:
         pooled, gap, hist = self.pooling(features)
         return ModelOutput(self.embed_pooled(pooled), pooled, gap, hist)
 

@@ -103,3 +103,37 @@ def test_weight_errors_are_config_errors(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1)}, bad)
     with pytest.raises(ConfigError, match="missing .*shape"):
         create_model(ModelConfig(backbone="tiny_cnn_small", pretrained=str(bad)), False)
+
+
+@pytest.mark.parametrize("prototypes", [False, True], ids=["gap", "prototype"])
+def test_bf16_evaluation_embeds_in_fp32_after_the_backbone(prototypes):
+    """Under bf16 autocast (CPU here, the GPU's path) only the backbone is bf16: pooling,
+    head and normalisation run in fp32, so a bf16 evaluation's embeddings are the fp32
+    head of the bf16 features, unit length to fp32 precision and close to the fp32 run."""
+    from harness.core.evaluate import embed
+
+    torch.manual_seed(0)
+    pooling = "prototype" if prototypes else "gap"
+    model = create_model(ModelConfig(backbone="tiny_cnn_small", embedding_size=24, pooling=pooling),
+                         with_prototypes=prototypes).eval()
+    if prototypes:
+        model.pooling._init_from(torch.randn(4, model.backbone.num_features, 4, 4))
+    images = torch.randn(40, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+        features = model.backbone.forward_features(images)
+    assert features.dtype == torch.bfloat16  # the backbone does run in bf16
+    assert out.embeddings.dtype == out.pooled.dtype == torch.float32
+    with torch.no_grad():  # the fp32 head and normalisation of those bf16 features
+        pooled = model.pooling(features.float())[0]
+        reference = F.normalize(model.head(pooled), dim=1)
+    torch.testing.assert_close(out.embeddings, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.embeddings.norm(dim=1), torch.ones(40), rtol=0, atol=1e-6)
+
+    dataset = torch.utils.data.TensorDataset(images, torch.arange(40))
+    bf16, _ = embed(model, [(x, int(y)) for x, y in dataset], batch_size=16, amp_dtype=torch.bfloat16)
+    fp32, _ = embed(model, [(x, int(y)) for x, y in dataset], batch_size=16)
+    assert bf16.dtype == fp32.dtype == torch.float32
+    torch.testing.assert_close(bf16, out.embeddings, rtol=1e-6, atol=1e-6)
+    cosine = (bf16 * fp32).sum(dim=1)
+    assert float(cosine.min()) > 0.999, float(cosine.min())
