@@ -26,11 +26,11 @@ def _scalar(x, where: str):
         if x.size != 1:
             raise DataError(f"{where}: holds {x.size} values; expected one")
         x = x.reshape(-1)[0]
-    return x
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _class(value, where: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not float(value).is_integer() or not 1 <= float(value) <= 196:
         raise DataError(f"{where}: {value!r} is not a class id; expected an integer 1-196")
     return int(value)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.annotations import no_duplicates, read_lines, relative_path
+from harness.data.annotations import no_duplicates, read_lines, relative_path, short
 from harness.data.datasets import DatasetParts, ImageFileDataset, RetrievalSplit, register_dataset
 from harness.errors import DataError
 
@@ -44,7 +44,7 @@ def read_inshop(root: Path) -> DatasetParts:
         if len(r) != 3:
             raise DataError(f"{where}:{n}: expected 3 fields '<image> <item_id> train|query|gallery', got {len(r)}")
         if r[2] not in STATUSES:
-            raise DataError(f"{where}:{n}: evaluation_status {r[2]!r} is not one of {', '.join(STATUSES)}")
+            raise DataError(f"{where}:{n}: evaluation_status {short(r[2])}; expected train, query or gallery")
         rows.append((n, r))
     count = int(lines[0][1])
     if count != len(rows):
@@ -53,7 +53,10 @@ def read_inshop(root: Path) -> DatasetParts:
     if not rows:
         raise DataError(f"{where} lists no images; expected layout: {LAYOUT}")
     no_duplicates([(r[0], n) for n, r in rows], where, "image_name")
-    train_items = {r[1]: n for n, r in rows if r[2] == "train"}
+    train_items: dict[str, int] = {}
+    for n, r in rows:
+        if r[2] == "train":
+            train_items.setdefault(r[1], n)
     both = next(((n, r[1]) for n, r in rows if r[2] != "train" and r[1] in train_items), None)
     if both is not None:
         n, item = both
