@@ -29,6 +29,7 @@ from harness.core.components import (
 from harness.core.device import amp_dtype, needs_grad_scaler, pick_device
 from harness.core.evaluate import embed, evaluate_split
 from harness.core.loaders import EvalLoaders, training_loader
+from harness.core.sizes import check_sizes
 from harness.core.staleness import StepDrift, eval_mode, memory_error
 from harness.core.xml import split_halves, xml_total_loss
 from harness.data.registry import create_datasets
@@ -57,12 +58,15 @@ class Trainer:
         self.on_step = on_step
         self.device = pick_device(config.train.device)
         self.amp = amp_dtype(self.device, config.train.amp)
+        check_sizes(config, self.device)  # before the model, its head and the memory exist
 
         seed_everything(config.seed)
         model = build_model(config)
         self.data = create_datasets(config.data, config.seed, model.mean, model.std)
-        self.model = model.to(self.device)
         train_labels = self.data.train.labels
+        if config.memory.kind != "none" and config.memory.size is None:  # a fraction of the data
+            check_sizes(config, self.device, config.memory.capacity(len(train_labels), config.train.batch_size))
+        self.model = model.to(self.device)
         # Class ids -> 0..C-1 for the losses (proxy losses index their proxies by label).
         self.classes = torch.as_tensor(np.unique(train_labels), device=self.device)
         self.memory, self.xml_loss = build_losses(config, len(train_labels), len(self.classes))

@@ -40,6 +40,7 @@ import numpy as np
 from harness.data import fonts as fontscan
 from harness.data.fonts import GLYPH_SCALE, load_font, render_glyph
 from harness.data.datasets import ArrayImageDataset, DatasetParts, RetrievalSplit, register_dataset
+from harness.data.annotations import read_text, short
 from harness.errors import DataError
 
 FORMAT_VERSION = 1
@@ -166,15 +167,37 @@ def build_glyphs(
 
 def read_manifest(root: Path) -> dict:
     path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"glyphs: {path} not found; expected layout: {LAYOUT}")
+    rebuild = "rebuild with `harness data build glyphs`"
+    text = read_text(path, "glyphs", LAYOUT)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(text)
     except ValueError as e:
-        raise DataError(f"glyphs: {path} is not valid JSON ({e}); rebuild with `harness data build glyphs`") from None
-    if manifest.get("format") != FORMAT_VERSION or "classes" not in manifest:
-        raise DataError(f"glyphs: {path}: not a format-{FORMAT_VERSION} glyphs manifest; rebuild with "
-                        "`harness data build glyphs`")
+        raise DataError(f"glyphs: {path}:{getattr(e, 'lineno', '?')}: not valid JSON ({getattr(e, 'msg', e)}); "
+                        f"{rebuild}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION or "classes" not in manifest:
+        raise DataError(f"glyphs: {path}: not a format-{FORMAT_VERSION} glyphs manifest; {rebuild}")
+    if not isinstance(manifest.get("faces"), list):
+        raise DataError(f"glyphs: {path}: faces: expected the list of font faces; {rebuild}")
+    classes = manifest["classes"]
+    if not isinstance(classes, list) or not classes:
+        raise DataError(f"glyphs: {path}: classes: expected a non-empty list of classes; {rebuild}")
+    seen: dict[int, int] = {}
+    for i, c in enumerate(classes):
+        where = f"glyphs: {path}: classes[{i}]"
+        if not isinstance(c, dict):
+            raise DataError(f"{where}: {short(c)}; expected an object with codepoint, split and faces; {rebuild}")
+        cp = c.get("codepoint")
+        if isinstance(cp, bool) or not isinstance(cp, int) or not 0 <= cp <= 0x10FFFF:
+            raise DataError(f"{where}.codepoint: {short(cp)} is not a code point; expected an integer; {rebuild}")
+        if c.get("split") not in ("train", "test"):
+            raise DataError(f"{where}.split: {short(c.get('split'))}; expected 'train' or 'test'; {rebuild}")
+        faces = c.get("faces")
+        if not isinstance(faces, list) or not all(isinstance(f, int) and not isinstance(f, bool) for f in faces):
+            raise DataError(f"{where}.faces: {short(faces)}; expected a list of face ids (integers); {rebuild}")
+        if cp in seen:
+            raise DataError(f"{where}.codepoint: {cp} is listed twice (first at classes[{seen[cp]}]); expected each "
+                            f"character once (one class in one split); {rebuild}")
+        seen[cp] = i
     return manifest
 
 
@@ -183,14 +206,19 @@ def read_build(root: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     manifest = read_manifest(root)
     path = Path(root) / IMAGES
     try:
-        images = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise DataError(f"glyphs: {path} is missing or unreadable ({e}); rebuild with "
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"glyphs: {path} is missing, truncated or not a NPY file ({reason}); rebuild with "
                         "`harness data build glyphs`") from None
     labels = np.array([c["codepoint"] for c in manifest["classes"] for _ in c["faces"]], dtype=np.int64)
     face_ids = np.array([f for c in manifest["classes"] for f in c["faces"]], dtype=np.int64)
-    if images.ndim != 3 or len(images) != len(labels):
-        raise DataError(f"glyphs: {path} holds {images.shape[0] if images.ndim else 0} images, the manifest "
+    if not isinstance(images, np.ndarray) or images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"glyphs: {path} holds an array of shape {getattr(images, 'shape', '?')} and dtype "
+                        f"{getattr(images, 'dtype', '?')}; expected uint8 [images, size, size]; rebuild with "
+                        "`harness data build glyphs`")
+    if len(images) != len(labels):
+        raise DataError(f"glyphs: {path} holds {len(images)} images, the manifest "
                         f"lists {len(labels)}; rebuild with `harness data build glyphs`")
     return manifest, images, labels, face_ids
 

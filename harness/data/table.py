@@ -8,12 +8,14 @@ file's line, header = line 1; Parquet: the row number from 1).
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from harness.data.annotations import read_text
 from harness.data.labeled_files import ROLES, SPLITS, LabeledFiles, build_parts
 from harness.data.datasets import DatasetParts, register_dataset
 from harness.errors import DataError
@@ -31,6 +33,7 @@ def read_table_file(path: Path) -> tuple[pd.DataFrame, int]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv", ".txt"):
+            read_text(path, "table", LAYOUT)  # UTF-8 (a BOM is fine), not empty: else one line naming the line
             # Blank lines kept (then dropped below) so row i is line i + 2.
             with warnings.catch_warnings():
                 # index_col=False: a row with an extra field is an error, not an index column
@@ -83,8 +86,18 @@ def read_table(root: Path) -> DatasetParts:
         n_bad = int(np.logical_or.reduce([m & ~blank for m, _ in checks]).sum())
         more = f" ({n_bad} bad rows in all)" if n_bad > 1 else ""
         raise DataError(f"table: {at}: {message(df.iloc[i])}{more}")
-    df = df[~blank]
     base = root.parent
+    resolved = [os.path.normpath(p if os.path.isabs(p) else base / p) if not b else ""
+                for p, b in zip(df["path"], blank)]
+    first: dict[str, int] = {}
+    for i, p in enumerate(resolved):
+        if p and p in first:
+            at = (f"{root}:{i + first_line}" if first_line == 2 else f"{root}: row {i + first_line}")
+            was = f"line {first[p] + first_line}" if first_line == 2 else f"row {first[p] + first_line}"
+            raise DataError(f"table: {at}: image '{df['path'].iloc[i]}' is listed twice (first on {was}); "
+                            "expected each image once (one label, one split)")
+        first.setdefault(p, i)
+    df = df[~blank]
     files = LabeledFiles(
         paths=[Path(p) if Path(p).is_absolute() else base / p for p in df["path"]],
         labels=df["label"].tolist(),

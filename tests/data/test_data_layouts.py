@@ -2,137 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
-from PIL import Image
 
 from harness.config import DataConfig
 from harness.data import create_datasets, read_dataset
 from harness.errors import DataError
 
+from fixtures.layouts import make_cars, make_cub, make_deepfashion2, make_fashion_mnist, make_inshop, make_sop
+
 MEAN = STD = (0.5, 0.5, 0.5)
-
-
-def _jpeg(path: Path, seed: int, size=(12, 10)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, "JPEG")
-
-
-def make_sop(root: Path, train_classes=(1, 2, 3, 4), test_classes=(11319, 11320, 11321), per_class=3) -> Path:
-    n = 0
-    for fname, classes in (("Ebay_train.txt", train_classes), ("Ebay_test.txt", test_classes)):
-        lines = ["image_id class_id super_class_id path"]
-        for c in classes:
-            for j in range(per_class):
-                n += 1
-                rel = f"bicycle_final/{c}_{j}.JPG"
-                _jpeg(root / rel, n)
-                lines.append(f"{n} {c} 1 {rel}")
-        (root / fname).write_text("\n".join(lines) + "\n")
-    return root
-
-
-def make_cub(root: Path, per_class=3) -> Path:
-    images, labels, n = [], [], 0
-    for c in (1, 2, 3, 4, 101, 102, 103):
-        for j in range(per_class):
-            n += 1
-            rel = f"{c:03d}.Bird_{c}/Bird_{c}_{j}.jpg"
-            _jpeg(root / "images" / rel, n)
-            images.append(f"{n} {rel}")
-            labels.append(f"{n} {c}")
-    (root / "images.txt").write_text("\n".join(images) + "\n")
-    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-    return root
-
-
-def make_cars(root: Path, per_class=3) -> Path:
-    dtype = [("relative_im_path", "O"), ("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"),
-             ("bbox_y2", "O"), ("class", "O"), ("test", "O")]
-    rows, n = [], 0
-    for c in (1, 2, 3, 4, 99, 100, 101):
-        for j in range(per_class):
-            n += 1
-            rel = f"car_ims/{n:06d}.jpg"
-            _jpeg(root / rel, n)
-            # loadmat gives 1x1 arrays per field, as in the real cars_annos.mat.
-            rows.append((rel, np.array([[1]], np.uint8), np.array([[1]], np.uint8), np.array([[9]], np.uint8),
-                         np.array([[8]], np.uint8), np.array([[c]], np.uint8), np.array([[j % 2]], np.uint8)))
-    annos = np.array(rows, dtype=dtype).reshape(1, -1)
-    class_names = np.array([f"Car {c}" for c in range(1, 197)], dtype=object).reshape(1, -1)
-    scipy.io.savemat(str(root / "cars_annos.mat"), {"annotations": annos, "class_names": class_names})
-    return root
-
-
-def make_inshop(root: Path) -> Path:
-    rows = []
-    spec = {"train": ["id_00000001", "id_00000002", "id_00000003", "id_00000007"], "test": ["id_00000004", "id_00000005", "id_00000006"]}
-    n = 0
-    for item in spec["train"]:
-        for j in range(3):
-            rows.append((f"img/WOMEN/Dresses/{item}/0{j}_1_front.jpg", item, "train"))
-    for item in spec["test"]:
-        rows.append((f"img/MEN/Denim/{item}/01_1_front.jpg", item, "query"))
-        rows.append((f"img/MEN/Denim/{item}/01_2_side.jpg", item, "gallery"))
-        rows.append((f"img/MEN/Denim/{item}/01_3_back.jpg", item, "gallery"))
-    for rel, _, _ in rows:
-        n += 1
-        _jpeg(root / "Img" / rel, n)
-    (root / "Eval").mkdir(parents=True, exist_ok=True)
-    text = [str(len(rows)), "image_name item_id evaluation_status"] + [f"{a} {b} {c}" for a, b, c in rows]
-    (root / "Eval" / "list_eval_partition.txt").write_text("\n".join(text) + "\n")
-    return root
-
-
-def _df2_item(category: int, style: int, box) -> dict:
-    return {"segmentation": [[0, 0, 1, 1, 2, 2]], "scale": 1, "viewpoint": 2, "zoom_in": 1,
-            "landmarks": [0, 0, 0], "style": style, "bounding_box": box, "category_id": category,
-            "occlusion": 1, "category_name": "short sleeve top"}
-
-
-def make_deepfashion2(root: Path) -> Path:
-    """train: pairs 1-4; validation: pairs 10-12, user + shop; plus style-0 items to drop."""
-    n = 0
-    for split, pairs in (("train", (1, 2, 3, 4)), ("validation", (10, 11, 12))):
-        for pair in pairs:
-            for source in ("user", "shop", "shop"):
-                n += 1
-                _jpeg(root / split / "image" / f"{n:06d}.jpg", n, size=(20, 16))
-                anno = {"source": source, "pair_id": pair,
-                        "item1": _df2_item(1, 1, [2, 3, 12, 15]),
-                        "item2": _df2_item(8, 0, [0, 0, 5, 5])}  # style 0: no shop match, dropped
-                if pair == pairs[0]:
-                    anno["item3"] = _df2_item(7, 2, [4, 4, 18, 10])
-                (root / split / "annos").mkdir(parents=True, exist_ok=True)
-                (root / split / "annos" / f"{n:06d}.json").write_text(json.dumps(anno))
-    return root
-
-
-def _idx(path: Path, arr: np.ndarray, gz: bool) -> None:
-    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    data = header + arr.astype(np.uint8).tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def make_fashion_mnist(root: Path, gz: bool) -> Path:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", 40), ("t10k", 30)):
-        _idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)), gz)
-        _idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, gz)
-    return root
 
 
 def _classes(ds) -> set[int]:
