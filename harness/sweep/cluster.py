@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 # Seconds to wait for a TCP connection to --address before giving up (Ray itself
 # retries an unreachable GCS for minutes).
 CONNECT_TIMEOUT_S = 10.0
+# Seconds to wait for a Ray GCS's answer at --address (a port that accepts connections
+# but is something else: Ray would retry it for minutes, printing raw warnings).
+PROTOCOL_TIMEOUT_S = 10.0
 
 
 def check_address(address: str) -> None:
@@ -45,6 +48,52 @@ def check_address(address: str) -> None:
         ) from None
 
 
+def _host_port(address: str) -> str:
+    target = address.split("://", 1)[-1].rstrip("/")
+    return target if ":" in target.strip("[]") else f"{target}:6379"
+
+
+# Ray's own GCS client, in a process of its own: it reads its connect timeouts from the
+# environment once per process, and its C++ side logs raw warnings to stderr.
+_GCS_PROBE = """
+import sys
+from ray._raylet import GcsClient
+try:
+    GcsClient(address=sys.argv[1])
+except Exception as e:
+    print("NO", (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+else:
+    print("RAY")
+"""
+
+
+def check_ray_answers(address: str, timeout: float = PROTOCOL_TIMEOUT_S) -> None:
+    """Fail fast, with one line, when what answers at ``--address`` is not a Ray GCS
+    (Ray would retry it for minutes): Ray's own GCS client asks it for the cluster id,
+    the first thing a joining driver asks, with short connect timeouts."""
+    if address in ("auto", "local"):
+        return
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_py_gcs_connect_timeout_s": str(int(timeout)),
+           "RAY_gcs_rpc_server_connect_timeout_s": str(max(1, int(timeout) // 3))}
+    try:
+        probe = subprocess.run([sys.executable, "-c", _GCS_PROBE, _host_port(address)],
+                               capture_output=True, text=True, env=env, timeout=2 * timeout + 10)
+        lines = probe.stdout.strip().splitlines()
+        answer = lines[-1] if lines else f"the probe failed: {probe.stderr.strip().splitlines()[-1:]}"
+    except subprocess.TimeoutExpired:
+        answer = f"NO no answer in the Ray protocol within {2 * timeout + 10:.0f} s"
+    if answer == "RAY" or "auth" in answer.lower():  # a GCS that wants a token is Ray
+        return
+    raise ClusterError(
+        f"--address {address}: something answers there but it is not a Ray cluster's GCS "
+        f"({answer.removeprefix('NO ')}); give the head node's GCS port (`ray start --head` "
+        "prints it, default 6379), or 'auto' on a cluster node"
+    )
+
+
 def start_ray(address: str | None) -> bool:
     """Join ``address`` or start a local instance sized to this machine.
 
@@ -66,6 +115,7 @@ def start_ray(address: str | None) -> bool:
         return False
     if address:
         check_address(address)
+        check_ray_answers(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as e:
