@@ -164,6 +164,11 @@ class TrainConfig(_Section):
     # How long a data-parallel rank waits in a collective (its peers' next step, rank 0's
     # evaluation) before it gives up with an error: the process group's timeout.
     collective_timeout_s: float = Field(1800.0, gt=0)
+    # In a sweep, every how many epochs a trial hands its run folder to Tune as a
+    # checkpoint (uploaded to the storage, e.g. S3, while the other ranks wait); the last
+    # epoch always is. A lost node costs up to this many epochs. last.pt is still written
+    # locally every epoch.
+    checkpoint_every: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _divisible(self) -> "TrainConfig":

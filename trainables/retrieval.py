@@ -153,7 +153,11 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
             started_at=meta["started_at"],
             **{OBJECTIVE_KEY: worst(mode) if best is None else best},
         )
-        report(record, out_dir)
+        # the run folder goes to Tune's storage every train.checkpoint_every epochs (and
+        # at the last epoch): each upload is the whole folder, while the other ranks wait
+        every = run_config.train.checkpoint_every
+        keep = epoch % every == 0 or epoch >= run_config.train.epochs
+        report(record, out_dir if keep else None)
 
     epochs_seen = 0
 

@@ -150,7 +150,8 @@ class DistributedTrainer(Trainer):
         ]
         pooling = getattr(self.model, "pooling", None)
         self._proto_hook = None
-        if pooling is not None and hasattr(pooling, "initialized") and not bool(pooling.initialized):
+        # the host mirror of ``initialized``: no device read (a GPU sync)
+        if pooling is not None and hasattr(pooling, "initialized") and not pooling._initialized:
             self._proto_hook = pooling.register_forward_pre_hook(self._init_prototypes)
 
     @property
@@ -206,7 +207,11 @@ class DistributedTrainer(Trainer):
         """First batch: initialise the prototypes from the gathered features (as one
         process does from the whole batch), then broadcast rank 0's."""
         (features,) = args
-        if not module.training or bool(module.initialized):
+        if module._initialized:  # resumed from a checkpoint: nothing to initialise, ever
+            self._proto_hook.remove()
+            self._proto_hook = None
+            return None
+        if not module.training:
             return None
         local = features.detach()
         capacity = self.config.train.batch_size // self.world

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from harness.config import ModelConfig
 from harness.core.xml import PrototypePooling
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 
 __all__ = [
     "ModelOutput", "EmbeddingModel", "GapPooling", "create_model", "create_backbone",
@@ -113,10 +113,24 @@ def _tiny_cnn_small(pretrained: bool | str) -> Backbone:
     return Backbone(TinyConvNet(widths=(16, 32, 64)), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
+class WeightsDownloadError(HarnessError):
+    """Pretrained weights could not be fetched (network, hub): one line for ``harness
+    train``, and worth retrying for a sweep's trial (the network may be back)."""
+
+    retryable = True
+
+
 def _timm_backbone(name: str, pretrained: bool | str) -> Backbone:
     try:
         module = timm.create_model(name, pretrained=pretrained is True, num_classes=0, global_pool="")
     except Exception as e:  # offline hub, bad variant ... : one line with the fix
+        if pretrained is True and isinstance(e, OSError):  # connection, timeout, HTTP: transient
+            raise WeightsDownloadError(
+                f"could not download timm pretrained weights for {name} ({type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0][:160]}); retry when the hub is reachable, "
+                "or fetch them once per node beforehand (cluster.yaml's setup does), or use "
+                "model.pretrained=false or a local checkpoint path"
+            ) from None
         if pretrained is True:
             raise ConfigError(
                 f"could not get timm pretrained weights for {name} ({type(e).__name__}): no network? "

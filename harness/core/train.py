@@ -59,7 +59,7 @@ OUTCOME_CONTINUE, OUTCOME_DIVERGED, OUTCOME_FAILED = 0, 1, 2
 # what is learnt (more epochs, other loader / device settings).
 RESUMABLE_CHANGES = {
     "train.epochs", "train.device", "train.amp", "train.eval_batch_size", "data.workers",
-    "train.eval_untrained", "train.collective_timeout_s", "train.staleness.every", "train.staleness.probe", "train.staleness.sample",
+    "train.eval_untrained", "train.collective_timeout_s", "train.checkpoint_every", "train.staleness.every", "train.staleness.probe", "train.staleness.sample",
 }
 
 

@@ -283,8 +283,10 @@ class Trainer:
     def embed_probe(self) -> torch.Tensor:
         kw = self._eval_kwargs()
         kw.pop("ks")
-        # embedded every epoch: a persistent loader, like validation
-        return embed(self.model, self.probe, loader_for=self.eval_loaders, **kw)[0].float().cpu()
+        # A few dozen images, in this process: a persistent loader of its own would keep
+        # data.workers more processes alive for the whole run (validation's are enough).
+        kw["workers"] = 0
+        return embed(self.model, self.probe, **kw)[0].float().cpu()
 
     def drift(self) -> dict[str, float]:
         """Per-image L2 distance of the probe embeddings to the previous epoch's."""

@@ -22,6 +22,8 @@ DETERMINISTIC = (HarnessError, TypeError, ValueError, KeyError, AttributeError, 
 
 def is_deterministic(error: BaseException, started_training: bool) -> bool:
     """Whether retrying the trial cannot succeed."""
+    if getattr(error, "retryable", False):  # e.g. a weights download that met the network
+        return False
     if isinstance(error, HarnessError):
         return True
     return not started_training and isinstance(error, DETERMINISTIC)

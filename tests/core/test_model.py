@@ -137,3 +137,26 @@ def test_bf16_evaluation_embeds_in_fp32_after_the_backbone(prototypes):
     torch.testing.assert_close(bf16, out.embeddings, rtol=1e-6, atol=1e-6)
     cosine = (bf16 * fp32).sum(dim=1)
     assert float(cosine.min()) > 0.999, float(cosine.min())
+
+
+def test_a_network_error_fetching_pretrained_weights_is_one_line_and_retryable(monkeypatch):
+    """A transient download failure (an OSError: connection, timeout, HTTP) is retried by a
+    sweep, unlike a config that can never work (a variant without weights)."""
+    from harness.core.model import WeightsDownloadError, create_backbone
+    from harness.sweep.failures import is_deterministic
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded with url: /timm/resnet18.a1_in1k")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(WeightsDownloadError, match="could not download timm pretrained weights for resnet18") as e:
+        create_backbone("resnet18", pretrained=True)
+    assert "\n" not in str(e.value) and not is_deterministic(e.value, started_training=False)
+
+    def no_weights(*args, **kwargs):
+        raise RuntimeError("No pretrained weights exist for this model")
+
+    monkeypatch.setattr(timm, "create_model", no_weights)
+    with pytest.raises(ConfigError) as e:
+        create_backbone("resnet18", pretrained=True)
+    assert is_deterministic(e.value, started_training=False)

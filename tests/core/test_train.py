@@ -239,3 +239,23 @@ def test_autocast_path_runs_on_cpu_with_bf16(tmp_path):
     assert result.status == "completed" and math.isfinite(result.test["test.recall@1"])
     epoch = json.loads((tmp_path / "epochs.jsonl").read_text().splitlines()[0])
     assert math.isfinite(epoch["loss"]) and epoch["loss.xml"] > 0
+
+
+@pytest.mark.slow
+def test_loader_processes_are_training_and_validation_only(tmp_path):
+    """With data.workers=2 a run keeps 2 training and 2 validation loader workers alive
+    between epochs; the probe set (a few dozen images) is embedded in the process, not by
+    a third persistent loader (issue 20, defect 9: 21-28 processes on an 8-vCPU trial)."""
+    import os
+    from pathlib import Path
+
+    def children() -> int:
+        me = os.getpid()
+        return sum(len(Path(t, "children").read_text().split()) for t in Path(f"/proc/{me}/task").iterdir()
+                   if Path(t, "children").exists())
+
+    before = children()
+    seen = []
+    run_training(build_config(tiny(data={"workers": 2}, train={"epochs": 2, "eval_untrained": False})),
+                 tmp_path, on_epoch=lambda e, m: seen.append(children() - before))
+    assert seen == [4, 4]

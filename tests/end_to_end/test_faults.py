@@ -332,6 +332,30 @@ def test_unreachable_address_fails_with_one_line_and_leaves_nothing_behind(resul
         assert not set(leftovers) & {"sweep.json", "sweep.lock", "space.json", "trials.parquet"}
 
 
+def test_an_address_that_answers_but_is_not_ray_fails_in_seconds_with_one_line(results_storage, tmp_path):
+    """A plain HTTP server at --address (it accepts the connection, then speaks HTTP/1):
+    one line naming the problem, well before Ray's own minutes of retries."""
+    import threading
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(yaml.safe_dump(TINY))
+    server = HTTPServer(("127.0.0.2", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        t0 = time.monotonic()
+        proc = harness("sweep", exp, "--storage", results_storage, "--address", f"127.0.0.2:{port}", timeout=180)
+        took = time.monotonic() - t0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_one_line(proc, rf"--address 127\.0\.0\.2:{port}: something answers there but it is not a Ray "
+                          r"cluster's GCS \(.+\); give the head node's GCS port")
+    # <= 30 s on an idle machine (the probe itself: ~13 s); bounded loosely for a loaded CI
+    assert took < 60, took
+
+
 # ---- 6: non-finite models --------------------------------------------------------------
 
 
