@@ -11,7 +11,7 @@ STAMP := $(VENV)/.deps-$(DEPS_HASH)
 STORAGE ?= results
 PYTEST_ARGS ?=
 
-.PHONY: venv install system-deps fonts demo test test-fast bench clean
+.PHONY: venv install system-deps fonts demo test test-fast fuzz bench clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,12 @@ test: system-deps install
 
 test-fast: system-deps install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The Hypothesis fuzz tests (marker fuzz) with 40 times the examples `make test` gives them
+# (still derandomized: the same inputs on every run, so a failure reproduces).
+FUZZ_SCALE ?= 40
+fuzz: install
+	HARNESS_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q -m fuzz $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/memory_step.py

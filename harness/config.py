@@ -259,8 +259,17 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set '{item}': value is not valid YAML ({e.problem})") from None
+            raise ConfigError(f"--set '{item}': value is not valid YAML ({yaml_problem(e)})") from None
     return out
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's reason for refusing a text, on one line."""
+    reason = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error) or type(error).__name__
+    if getattr(error, "character", None) is not None and getattr(error, "reason", None):
+        char = error.character
+        reason = f"{reason}: character {char if isinstance(char, int) else repr(char)}"
+    return " ".join(str(reason).split())
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -282,8 +291,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise ConfigError(f"malformed YAML at {where}: {getattr(e, 'problem', e)}") from None
+        if mark is not None:
+            where = f"{p}:{mark.line + 1}"
+        elif isinstance(getattr(e, "position", None), int):  # a ReaderError: a character YAML refuses
+            where = f"{p}:{text[: e.position].count(chr(10)) + 1}"
+        else:
+            where = str(p)
+        raise ConfigError(f"malformed YAML at {where}: {yaml_problem(e)}") from None
     if data is None:
         # an empty file would silently mean "all defaults"
         raise ConfigError(f"{p} is empty (it would silently mean all defaults); write the sections to set")

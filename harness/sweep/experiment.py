@@ -165,7 +165,8 @@ def load_experiment(
         for key, value in parsed.items():
             set_dotted(base, key, value)
         exp = exp.model_copy(update={"base": base})
-    root = exp.base.get("data", {}).get("root")
+    data = exp.base.get("data")
+    root = data.get("root") if isinstance(data, dict) else None
     if isinstance(root, str) and not Path(root).expanduser().is_absolute():
         # Trials run in their own folders (and on other nodes): pin the driver's meaning.
         base = copy.deepcopy(exp.base)

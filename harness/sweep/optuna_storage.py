@@ -145,18 +145,33 @@ class StoredOptunaSearch(OptunaSearch):
                     if ot._trial_id in trials and not trials[ot._trial_id].state.is_finished()}
             except Exception:  # database unreachable right now: keep the last copy
                 pass
+        # A snapshot holds no database: no storage object, study or live Optuna trial
+        # (each names the URL, and unpickling one connects to it: a moved storage's old
+        # path is gone, and a copy's would read the original's file), not even the URL.
+        # The restoring driver attaches its own database in reconcile().
+        study = state.get("_ot_study")
+        if study is not None:
+            state["_study_sampler"], state["_study_directions"] = study.sampler, list(study.directions)
+        state.update(_ot_study=None, _storage=None, _url=None,
+                     _ot_trials={tid: None for tid in state.get("_ot_trials", {})})
         return state
 
     def reconcile(self, url: str | None = None) -> None:
         """After Tune restored this searcher from its snapshot: make the database and
         the snapshot agree (the module docstring says who wins what). ``url``: the
         database of this driver (a copied sweep folder has its own optuna.db)."""
-        if url and url != self._url:
+        url = url or self._url
+        if url is None:
+            raise ConfigError(f"Optuna study '{self._study_name}': no database to resume it from; "
+                              "resume with --optuna-storage URL")
+        if self._storage is None or url != self._url:
             self._url, self._storage = url, open_storage(url)
         old = self._ot_study
-        study = optuna.create_study(storage=self._storage, sampler=old.sampler,
+        sampler = old.sampler if old is not None else self._study_sampler
+        directions = old.directions if old is not None else self._study_directions
+        study = optuna.create_study(storage=self._storage, sampler=sampler,
                                     pruner=optuna.pruners.NopPruner(), study_name=self._study_name,
-                                    directions=old.directions, load_if_exists=True)
+                                    directions=directions, load_if_exists=True)
         for k, v in self._user_attrs.items():
             study.set_user_attr(k, v)
         in_db = {t.user_attrs.get("trial_id"): t for t in study.get_trials(deepcopy=False)}

@@ -75,12 +75,14 @@ class CompareSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         url = getattr(self, "optuna_url", None)  # set by this driver, not the snapshot's
+        # else the database this driver's own searchers were built with (a snapshot names none)
+        own = {label: getattr(s, "_url", None) for label, s in self.searchers.items()}
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
         self.optuna_url = url
-        for searcher in self.searchers.values():  # studies in a database: agree with it
+        for label, searcher in self.searchers.items():  # studies in a database: agree with it
             if hasattr(searcher, "reconcile"):
-                searcher.reconcile(url)
+                searcher.reconcile(url or own.get(label))
 
 
 def searcher_label(value: str | None) -> str:

@@ -198,6 +198,42 @@ def test_resumed_copy_finishes_every_trial_and_writes_only_there(interrupted, re
     assert "Traceback" not in done.stderr and "Token authentication" not in done.stderr
 
 
+@pytest.fixture(scope="module")
+def resumed_after_move(interrupted):
+    """The interrupted storage moved elsewhere (its old path gone), then resumed there."""
+    base, original = interrupted["base"], interrupted["storage"]
+    moved = base / "moved"
+    shutil.copytree(original, moved)
+    away = base / "original-away"
+    original.rename(away)  # the old path no longer exists while the moved copy resumes
+    try:
+        done = harness("sweep", "tiny", "--resume", "--storage", moved)
+    finally:
+        away.rename(original)
+    return {"moved": moved, "old": original, "done": done}
+
+
+@pytest.mark.slow
+def test_moved_storage_resumes_and_keeps_no_old_path_in_its_resume_state(interrupted, resumed_after_move):
+    # Before: exit 1 after a 160-line sqlalchemy "unable to open database file": the
+    # searcher state in tune/ (tuner.pkl, searcher-state-*.pkl) named the old optuna.db.
+    done, moved = resumed_after_move["done"], resumed_after_move["moved"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    trials = pd.read_parquet(moved / "tiny" / "trials.parquet")
+    assert trials.trial_id.is_unique and trials.phase.value_counts().to_dict() == PLANNED
+    old = str(resumed_after_move["old"]).encode()
+    holding = sorted(str(p.relative_to(moved)) for p in moved.rglob("*")
+                     if p.is_file() and re.search(re.escape(old) + rb"(?![\w.-])", p.read_bytes()))
+    # The searcher's snapshots (and the sweep's own state) name no database path at all.
+    # Not yet covered (issue 23, open): Tune's own tuner.pkl and search_gen_state-*.json
+    # still hold the old storage path in its run config and experiment spec; the resume
+    # above no longer depends on that path existing.
+    resume_state = [h for h in holding if re.search(r"(searcher-state-.*\.pkl|sweep\.json)$", h)]
+    assert not resume_state, holding
+    assert any(p.name.startswith("searcher-state-") for p in moved.rglob("*.pkl"))
+
+
 @pytest.mark.slow
 def test_second_driver_is_refused_while_the_advised_resume_runs(interrupted, resumed_copy, tmp_path):
     storage = interrupted["storage"]

@@ -178,3 +178,40 @@ def test_eval_show_writes_the_picture(trained, harness_cli):
     assert all(f"retrievals/{p.name}" in md for p in pngs) and html.count("data:image/png;base64,") == 5
     strip = Image.open(pngs[0])
     assert strip.width > 4 * strip.height  # the query and its 5 retrieved images in a row
+
+
+@pytest.fixture(scope="module")
+def fuzz_index(trained, tmp_path_factory):
+    root, data, ckpt = trained
+    out_dir = tmp_path_factory.mktemp("fuzz") / "index"
+    from harness.index import IndexParams, build_index
+
+    build_index(ckpt, out_dir, "folder", str(data), "test", IndexParams("exact"))
+    return out_dir, sorted(data.glob("*/*.png"))[0].read_bytes()
+
+
+@pytest.mark.fuzz
+def test_index_query_on_non_images_answers_or_says_one_line(fuzz_index, harness_cli, tmp_path_factory):
+    # Hypothesis (derandomized, tests/fixtures/fuzzing.py): random bytes, mutated PNGs,
+    # text, empty files; each queried through `harness index query` in-process.
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from fixtures.fuzzing import file_contents, fuzz_settings
+
+    out_dir, png = fuzz_index
+
+    @fuzz_settings(15)
+    @given(content=st.one_of(file_contents(png), st.just(b""), st.text(max_size=50).map(str.encode)),
+           suffix=st.sampled_from([".png", ".jpg", ".txt", ""]))
+    def run(content, suffix):
+        query = tmp_path_factory.mktemp("q") / f"query{suffix}"
+        query.write_bytes(content)
+        code, out, err = harness_cli(["index", "query", str(out_dir), str(query), "-k", "2"])
+        assert "Traceback" not in err
+        if code != 0:
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+        else:
+            assert "score" in out
+
+    run()

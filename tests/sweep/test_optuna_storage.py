@@ -9,6 +9,9 @@ trials exist; a lost database is rebuilt from the snapshot.
 
 from __future__ import annotations
 
+import pickle
+import shutil
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -94,6 +97,27 @@ def test_resume_rebuilds_a_lost_database_from_the_snapshot(interrupted):
     trials = load(url)
     assert trials["t2"].value == 0.8
     assert trials["t2"].params == pytest.approx({"optim.lr": trials["t2"].params["optim.lr"]})
+
+
+def test_snapshot_of_a_moved_storage_holds_no_database_and_resumes_there(interrupted, tmp_path_factory):
+    # Tune pickles the searcher twice (tuner.pkl at the start, searcher-state-*.pkl per
+    # snapshot); before, both held the live study, whose unpickling connected to the old
+    # sqlite path: "unable to open database file" once the storage had moved.
+    url, snapshot, old = interrupted
+    start = pickle.dumps(searcher(f"sqlite:///{old / 'other.db'}"))  # as tuner.pkl holds it
+    assert str(old).encode() not in snapshot.read_bytes() and str(old).encode() not in start
+    new = tmp_path_factory.mktemp("moved") / "storage"
+    shutil.move(str(old), new)
+    new_url = f"sqlite:///{new / 'optuna.db'}"
+    resumed = pickle.loads(start)  # what Tuner.restore unpickles first
+    resumed.optuna_url = new_url  # harness.sweep.tuner.fit_phase: this driver's database
+    resumed.restore(str(new / "searcher-state.pkl"))
+    trials = load(new_url)
+    assert trials["t1"].value == 0.5 and trials["t2"].value == 0.9 and trials["t3"].state == TrialState.FAIL
+    resumed.suggest("t4")
+    resumed.on_trial_complete("t4", {OBJECTIVE: 0.6})
+    assert load(new_url)["t4"].value == 0.6
+    assert not old.exists()  # nothing recreated at the old place
 
 
 def test_unusable_storage_url_is_one_config_error(tmp_path):
