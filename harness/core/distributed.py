@@ -61,6 +61,7 @@ from harness.core.collectives import (
     gather_labels,
     gather_rows,
     rank,
+    rank_sizes,
     world_size,
 )
 from harness.core.global_batchnorm import sync_batchnorm
@@ -159,6 +160,7 @@ class DistributedTrainer(Trainer):
         self._used_hooks: list = []
         self._ddp_forward = False  # a DDP forward awaits its backward
         self._warmup_step = False
+        self._sizes: tuple[int, ...] | None = None
         pooling = getattr(self.model, "pooling", None)
         self._proto_hook = None
         # the host mirror of ``initialized``: no device read (a GPU sync)
@@ -176,7 +178,7 @@ class DistributedTrainer(Trainer):
 
     def gather_batch(self, out, labels):
         capacity = self.config.train.batch_size // self.world
-        all_labels, sizes = gather_labels(labels, capacity)
+        all_labels, sizes = gather_labels(labels, capacity, self._sizes)
         # XML reads the GAP vectors and histograms too; the plain loss (and the warm-up)
         # only the embeddings: gathering what no loss reads would hand the prototypes a
         # zero gradient that one process does not have
@@ -277,13 +279,15 @@ class DistributedTrainer(Trainer):
         return int(t.item())
 
     def gather_sources(self, sources):
-        return gather_labels(sources, self.config.train.batch_size // self.world)[0]
+        return gather_labels(sources, self.config.train.batch_size // self.world, self._sizes)[0]
 
     def train_step(self, images, labels, optimizer, halves=None, **kw):
         # XML's class-disjoint halves are those of the gathered global batch: the loss
         # splits the global labels itself (the halves of this rank's slice would index
         # the wrong rows).
         self._warmup_step = bool(kw.get("warmup", False))
+        # every rank's row count, from the host lengths before the forward is queued
+        self._sizes = rank_sizes(len(labels))
         return super().train_step(images, labels, optimizer, halves=None, **kw)
 
     def _init_prototypes(self, module, args):

@@ -131,6 +131,17 @@ def test_model_gradients_are_averaged_during_backward(runs, case):
 
 
 @pytest.mark.slow
+def test_gathering_the_global_batch_reads_nothing_on_the_host(runs):
+    """The ranks' row counts come from the host lengths over a gloo group before the
+    forward (``rank_sizes``), so the gather of labels and embeddings reads no tensor
+    (issue 20, defect 11: it read the gathered labels' counts with ``.tolist()``)."""
+    for case in CASES:
+        _, ranks = runs[case]
+        for r in ranks:
+            assert r["gather_reads"] == [0] * STEPS, (case, r["gather_reads"])
+
+
+@pytest.mark.slow
 def test_gradient_buckets_launch_while_backward_runs():
     """The overlap itself: on 2 ranks with tiny_cnn (1.6 MB of weights: DDP's 1 MiB first
     bucket and a second one), a bucket's all-reduce is launched before the last model
