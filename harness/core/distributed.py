@@ -204,6 +204,10 @@ class DistributedTrainer(Trainer):
         trainable = tuple(p.requires_grad for p in self.model.parameters())
         if trainable != self._ddp_trainable:
             self._ddp_trainable = trainable
+            if self._ddp is not None:  # its reducer's gradient hooks must not outlive it
+                remove = getattr(self._ddp.reducer, "_remove_autograd_hooks", None)
+                if remove is not None:
+                    remove()
             self._ddp = None
             self._stop_watching_used()
             # The stage's first step runs without DDP (the flat all-reduce) and notes which
