@@ -250,13 +250,9 @@ class DistributedTrainer(Trainer):
         return self._ddp(images) if self._ddp_forward else self.model(images)
 
     def skip_backward(self, out) -> None:
-        # DDP's reducer expects the backward of its forward: give it zero gradients
-        # (every rank takes this branch together, the loss being the same on all)
-        if self._ddp_forward:
-            tensors = [t for t in out if t is not None and t.requires_grad]
-            torch.autograd.backward(tensors, [torch.zeros_like(t) for t in tensors])
-            for p in self.model.parameters():
-                p.grad = None
+        # a DDP forward without backward leaves its reducer untouched (no gradient hook
+        # fired), so the next step starts clean; every rank takes this branch together,
+        # the loss being the same on all (tests/core/test_distributed.py, "detached")
         self._ddp_forward = False
 
     def reduce_gradients(self, finite: Tensor) -> Tensor:
