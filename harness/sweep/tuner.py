@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ray import tune
 
 from harness.results_contract import PHASE_SEARCH
+from harness.sweep.disk import DiskFullWatch
 from harness.sweep.experiment import Experiment
 from harness.sweep.progress import SweepProgress
 from harness.sweep.recorder import ResultsRecorder
@@ -60,10 +61,12 @@ REUSE_ACTORS = True
 
 def create_callbacks(plan: SweepPlan, phase: str, planned: int, slots: int, git: str | None,
                      watch: tune.Callback | None) -> list[tune.Callback]:
-    """The driver's callbacks of a phase: rows, live view, Ctrl-C watch, trackers, and
-    the trials' TensorBoard logger that leaves out non-finite values (a failed trial's)."""
+    """The driver's callbacks of a phase: the full-disk stop (first: before a row is
+    written to that disk), rows, live view, Ctrl-C watch, trackers, and the trials'
+    TensorBoard logger that leaves out non-finite values (a failed trial's)."""
     exp = plan.experiment
     return with_tune_tensorboard([
+        DiskFullWatch(),
         ResultsRecorder(exp, plan.storage, git, watch),
         SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode, planned, slots,
                       runs_per_trial=exp.search.objective.runs if phase == PHASE_SEARCH else 1),
