@@ -112,6 +112,11 @@ def test_full_storage_stops_at_once_with_one_line_and_resumes_every_trial_once(s
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     in_place = sweep("tiny", "--resume", "--storage", small_disk, cwd=tmp_path)
 
+    # nothing of the copy names the full disk's path (Tune's saved state re-pointed)
+    old = str(small_disk).encode()
+    assert not [str(p) for p in copy.rglob("*")
+                if p.is_file() and re.search(re.escape(old) + rb"(?![\w.-])", p.read_bytes())]
+
     for done, storage in ((from_copy, copy), (in_place, small_disk)):
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Traceback" not in done.stderr and not error_lines(done.stderr), done.stderr[-3000:]
