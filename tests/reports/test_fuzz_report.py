@@ -20,6 +20,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from harness.errors import ResultsError
 from reports import render_report
 
 from fixtures.fuzzing import NASTY_TOKENS, file_contents, fuzz_settings, one_line_or_success, scalars
@@ -137,3 +138,20 @@ def test_report_on_mutated_tables_renders_or_says_one_line(experiment, tmp_path,
     finally:
         path.write_bytes(original)
     assert outcomes  # the examples ran (both outcomes are allowed)
+
+
+@pytest.mark.parametrize("epoch", [[None, None], ["1", "x"], [1.5, 2.0]])
+def test_epochs_whose_epoch_column_is_not_whole_numbers_is_one_line(experiment, tmp_path, epoch):
+    # Found by the fuzz above: an all-null `epoch` column rendered up to the epoch curves,
+    # then "TypeError: ufunc 'isfinite' not supported" from matplotlib.
+    path = experiment / "epochs.parquet"
+    original = path.read_bytes()
+    try:
+        epochs = pd.read_parquet(path).iloc[:2].copy()
+        epochs["epoch"] = pd.Series(epoch, dtype=object, index=epochs.index)
+        epochs.to_parquet(path, index=False)
+        with pytest.raises(ResultsError, match=r"epochs\.parquet: column epoch holds \d value\(s\) that are not "
+                                               r"whole numbers \(row \d: .*\); "):
+            render_report([experiment], tmp_path / "out", formats=("md",))
+    finally:
+        path.write_bytes(original)
