@@ -49,6 +49,20 @@ def truncate(path: Path, keep: int) -> None:
 
 
 SOP_TRAIN, SOP_TEST = "Ebay_train.txt", "Ebay_test.txt"
+
+
+def npy_header(root: Path, old: str, new: str) -> None:
+    """Replace ``old`` by ``new`` in images.npy's header (same length: the header stays aligned)."""
+    path = root / "images.npy"
+    raw = path.read_bytes()
+    header_end = raw.index(b"\n") + 1
+    header = raw[:header_end].decode("latin-1")
+    assert old in header, header
+    patched = header[:-1].rstrip(" ").replace(old, new, 1).ljust(len(header) - 1) + "\n"
+    assert len(patched) == len(header), patched
+    path.write_bytes(patched.encode("latin-1") + raw[header_end:])
+
+
 INSHOP = "Eval/list_eval_partition.txt"
 DF2 = "train/annos/000001.json"
 
@@ -118,6 +132,11 @@ CASES = [
     # ---- inshop
     ("inshop-count-not-a-number", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "many"),
      r"list_eval_partition.txt:1: 'many' is not the image count"),
+    # Found by `make fuzz`: str.strip() drops \x1c and isdigit() takes '²', int() reads neither.
+    ("inshop-count-control-character", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "\x1c21"),
+     r"list_eval_partition.txt:1: '\\x1c21' is not the image count; expected line 1 to be a whole number"),
+    ("inshop-count-superscript", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "2\u00b9"),
+     r"list_eval_partition.txt:1: '2\u00b9' is not the image count"),
     ("inshop-count-mismatch", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "20"),
      r"list_eval_partition.txt:1: says 20 images but 21 are listed"),
     ("inshop-bad-status", "inshop", make_inshop,
@@ -184,6 +203,15 @@ CASES = [
      r"images.npy is missing, truncated or not a NPY file"),
     ("glyphs-npy-header-truncated", "glyphs", make_glyphs, lambda r: truncate(r / "images.npy", 20),
      r"images.npy is missing, truncated or not a NPY file"),
+    # Found by `make fuzz`: numpy's header parser raises more than ValueError on a mutated header.
+    ("glyphs-npy-header-syntax", "glyphs", make_glyphs, lambda r: npy_header(r, "'|u1'", "'|,1'"),
+     r"images.npy is missing, truncated or not a NPY file \(SyntaxError: .*\); expected the uint8 NPY array"),
+    ("glyphs-npy-header-token", "glyphs", make_glyphs, lambda r: npy_header(r, "8), }", "8), 0"),
+     r"images.npy is missing, truncated or not a NPY file \(TokenError: .*\)"),
+    ("glyphs-npy-header-bytes-key", "glyphs", make_glyphs, lambda r: npy_header(r, ", 'fortran", ",b'fortran"),
+     r"images.npy is missing, truncated or not a NPY file \(TypeError: .*\)"),
+    ("glyphs-npy-header-huge-dimension", "glyphs", make_glyphs, lambda r: npy_header(r, "(18,", "(99999999999999999999,"),
+     r"images.npy is missing, truncated or not a NPY file \(OverflowError: .*\)"),
     ("glyphs-npy-wrong-dtype", "glyphs", make_glyphs, lambda r: np.save(r / "images.npy", np.zeros((18, 8, 8))),
      r"images.npy holds an array of shape \(18, 8, 8\) and dtype float64; expected uint8"),
     ("glyphs-codepoint-text", "glyphs", make_glyphs,
@@ -259,3 +287,17 @@ def test_data_check_of_a_non_numeric_class_id_is_one_line_exit_2(tmp_path, harne
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "Ebay_train.txt:2: class_id 'x1' is not an integer" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("dataset, maker, damage, says", [
+    ("inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "\x1c21"), r"'\x1c21' is not the image count"),
+    ("glyphs", make_glyphs, lambda r: npy_header(r, "'|u1'", "'|,1'"), "not a NPY file (SyntaxError:"),
+], ids=["inshop-control-character", "glyphs-npy-header-syntax"])
+def test_data_check_of_fuzz_found_inputs_is_one_line_exit_2(tmp_path, harness_cli, dataset, maker, damage, says):
+    # `make fuzz` found these ending in a ValueError / SyntaxError traceback.
+    maker(tmp_path)
+    damage(tmp_path)
+    code, out, err = harness_cli(["data", "check", dataset, "--root", str(tmp_path)])
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert says in " ".join(err.split()), err
