@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,11 @@ def set_cars(root: Path, index: int, field: str, value) -> None:
 
 def truncate(path: Path, keep: int) -> None:
     path.write_bytes(path.read_bytes()[:keep])
+
+
+def patch(path: Path, offset: int, data: bytes) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[:offset] + data + raw[offset + len(data):])
 
 
 SOP_TRAIN, SOP_TEST = "Ebay_train.txt", "Ebay_test.txt"
@@ -129,6 +138,18 @@ CASES = [
      r"cannot read .*cars_annos.mat as a MATLAB file"),
     ("cars-empty-file", "cars196", make_cars, lambda r: truncate(r / "cars_annos.mat", 0),
      r"cannot read .*cars_annos.mat as a MATLAB file"),
+    # The MAT-file header and element tags are checked before scipy.io.loadmat reads the file
+    # (harness/data/matfile.py); the two inputs that crashed loadmat are in test_cars_mat_...
+    ("cars-not-a-mat-file", "cars196", make_cars, lambda r: (r / "cars_annos.mat").write_bytes(b"x" * 400),
+     r"cannot read .*cars_annos.mat as a MATLAB file \(the header does not start with 'MATLAB 5.0 MAT-file'"),
+    ("cars-header-short", "cars196", make_cars, lambda r: truncate(r / "cars_annos.mat", 100),
+     r"cannot read .*cars_annos.mat as a MATLAB file \(100 bytes, shorter than the 128-byte MAT-file header"),
+    ("cars-bad-endian", "cars196", make_cars, lambda r: patch(r / "cars_annos.mat", 126, b"XY"),
+     r"header bytes 126-127 are b'XY'; expected the endian indicator 'IM' or 'MI'"),
+    ("cars-bad-version", "cars196", make_cars, lambda r: patch(r / "cars_annos.mat", 124, b"\x00\x02"),
+     r"header bytes 124-125 give version 0x0200; expected 0x0100"),
+    ("cars-tag-past-end", "cars196", make_cars, lambda r: truncate(r / "cars_annos.mat", 300),
+     r"cannot read .*cars_annos.mat as a MATLAB file \(byte 128: a data element of \d+ bytes runs past the end"),
     # ---- inshop
     ("inshop-count-not-a-number", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "many"),
      r"list_eval_partition.txt:1: 'many' is not the image count"),
@@ -301,3 +322,36 @@ def test_data_check_of_fuzz_found_inputs_is_one_line_exit_2(tmp_path, harness_cl
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert says in " ".join(err.split()), err
+
+
+# Found by `make fuzz` (40x): scipy.io.loadmat dies with SIGSEGV on these one-byte mutations
+# of cars_annos.mat (scipy 1.17.1; it indexes a fixed table by a tag's data type unchecked).
+# Run in a child process: on the code before, the reader kills the process, not the test run.
+CARS_CRASHES = {
+    # the miUTF8 (16) tag of the first relative_im_path, given data type 96
+    "tag-data-type-out-of-range": (b"\x10\x00\x00\x00\x12\x00\x00\x00car_ims/000001.jpg", 0, b"\x60",
+                                   r"byte \d+: data type 96 in a data element tag; expected one of 1-7, 9, 12-18"),
+    # the array flags of the first uint8 field (class 9) with the complex flag (0x800) set
+    "complex-flag-on-a-real-array": (b"\x06\x00\x00\x00\x08\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00"
+                                     b"\x05\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00", 9, b"\x08",
+                                     r"an array of class 9 \(complex\) with 1 data elements; expected 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CARS_CRASHES))
+def test_cars_mat_that_crashed_loadmat_is_one_line(tmp_path, case):
+    find, at, byte, message = CARS_CRASHES[case]
+    make_cars(tmp_path)
+    path = tmp_path / "cars_annos.mat"
+    raw = path.read_bytes()
+    offset = raw.index(find) + at
+    path.write_bytes(raw[:offset] + byte + raw[offset + 1:])
+    code = ("import sys; from harness.data import read_dataset; from harness.errors import DataError\n"
+            "try:\n    read_dataset('cars196', sys.argv[1])\nexcept DataError as e:\n    print(e)\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, f"exit {done.returncode} (negative: killed by that signal); {done.stderr[-500:]}"
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and "cannot read" in lines[0] and "cars_annos.mat as a MATLAB file" in lines[0], done.stdout
+    assert re.search(message, lines[0]), lines[0]
