@@ -40,6 +40,9 @@ from harness.core.trainer import Trainer
 from harness.doctor_fixtures import tiny_config
 from interleaved import rounds, timed  # benchmarks/interleaved.py (this script's folder)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fixtures.host_syncs import host_syncs  # noqa: E402  (shared with tests/core/test_memory.py)
+
 
 def old_train_step(self, images, labels, optimizer, halves=None):
     """``Trainer.train_step`` before issue 14 (git 7728673), verbatim but for the signature."""
@@ -74,10 +77,27 @@ def old_fit_prototypes(H, G, prior, alpha):
     return torch.linalg.solve(lhs, rhs)
 
 
+def old_indices(self, embeddings, labels, ref_emb, ref_labels, slots):
+    """``CrossBatchMemory._indices`` before issue 20 (boolean masks over the pairs)."""
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+    if self._compute_miner is not None:
+        t = self._compute_miner(embeddings, labels, ref_emb, ref_labels)
+    else:
+        t = lmu.get_all_pairs_indices(labels, ref_labels)
+    keep = t[1] != slots[t[0]]
+    if len(t) == 3:
+        return t[0][keep], t[1][keep], t[2][keep]
+    return t[0][keep], t[1][keep], t[2], t[3]
+
+
 @contextmanager
 def old_sync_points(trainer: Trainer):
+    from harness.core.memory import CrossBatchMemory
+
     pooling_forward = X.PrototypePooling.forward
     fit = X.fit_prototypes
+    indices = CrossBatchMemory._indices
 
     def forward_reading_flag(self, features):
         if self.training:
@@ -87,12 +107,14 @@ def old_sync_points(trainer: Trainer):
     trainer.memory.range_check_interval = 1
     X.PrototypePooling.forward = forward_reading_flag
     X.fit_prototypes = old_fit_prototypes
+    CrossBatchMemory._indices = old_indices
     try:
         yield lambda images, labels, opt, halves: old_train_step(trainer, images, labels, opt)
     finally:
         trainer.memory.range_check_interval = 16
         X.PrototypePooling.forward = pooling_forward
         X.fit_prototypes = fit
+        CrossBatchMemory._indices = indices
 
 
 @contextmanager
@@ -165,19 +187,32 @@ def main(argv=None) -> int:
 
         for r, variant, record in rounds(("before", "now"), args.warmup, args.rounds):
             one(variant, r, record=record)
+        # the operations that make a GPU's host wait, counted on one more step of each
+        # (untimed: the counting mode slows every op)
+        sync_ops: dict[str, tuple[int, int]] = {}
+        for variant in ("before", "now"):
+            images, labels, halves = batches[0]
+            with (old_sync_points(trainer) if variant == "before" else _nothing()) as step:
+                step = step or new_step
+                with host_syncs() as syncs:
+                    step(images, labels, trainer.optimizer, halves)
+            ours = sum(" at harness/" in s or " at benchmarks/" in s for s in syncs)
+            torch_ops = sum(" at torch/" in s for s in syncs)
+            sync_ops[variant] = (ours, len(syncs) - ours - torch_ops, torch_ops)
         trainer.close()
 
     print(f"train step: {args.memory} + XML, tiny_cnn_small at {args.image_size}px, batch {args.batch}, "
           f"memory 1024, device {trainer.device}, threads {torch.get_num_threads()}; "
           f"{args.rounds} interleaved rounds after {args.warmup} warm-up")
     print(f"{'variant':<34}{'wall ms/step':>13}{'CPU ms/step':>13}{'host reads/step':>17}"
-          f"{'wall / before':>15}{'CPU / before':>14}")
+          f"{'sync ops: ours+pml+torch':>26}{'wall / before':>15}{'CPU / before':>14}")
     base = statistics.median(times["before"])
     cbase = statistics.median(cpu_times["before"])
     for variant, label in (("before", "before: syncs mid-step (baseline)"), ("now", "now: one read after the step")):
         med, cmed = statistics.median(times[variant]), statistics.median(cpu_times[variant])
+        ours, pml, tops = sync_ops[variant]
         print(f"{label:<34}{med * 1e3:>13.2f}{cmed * 1e3:>13.2f}{statistics.mean(reads[variant]):>17.2f}"
-              f"{med / base:>15.3f}{cmed / cbase:>14.3f}")
+              f"{f'{ours}+{pml}+{tops}':>26}{med / base:>15.3f}{cmed / cbase:>14.3f}")
     return 0
 
 

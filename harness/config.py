@@ -164,6 +164,10 @@ class TrainConfig(_Section):
     # How long a data-parallel rank waits in a collective (its peers' next step, rank 0's
     # evaluation) before it gives up with an error: the process group's timeout.
     collective_timeout_s: float = Field(1800.0, gt=0)
+    # Data-parallel gradient averaging overlapped with backward (torch's
+    # DistributedDataParallel reducer: bucketed asynchronous all-reduces launched as the
+    # gradients become ready); false: one flat all-reduce after backward.
+    overlap_grad_reduce: bool = True
     # In a sweep, every how many epochs a trial hands its run folder to Tune as a
     # checkpoint (uploaded to the storage, e.g. S3, while the other ranks wait); the last
     # epoch always is. A lost node costs up to this many epochs. last.pt is still written

@@ -1,14 +1,17 @@
 """``harness doctor``: a one-minute self-check of a node before it runs trials.
 
 Checks, in order: the NVIDIA driver and the GPUs it sees (NVML, independent of torch),
+whether the driver is new enough for torch's CUDA build (one line naming both versions),
 torch's CUDA build and whether it can use those GPUs, that a Ray task sees exactly the
 GPUs Ray assigned to it (none for a zero-GPU task), which faiss is installed (one
 distribution) and that the exact retrieval search on the training device agrees with
-the CPU one, bf16/fp16 autocast support, then a tiny run of two epochs on the training
+the CPU one, bf16/fp16 autocast support, two data-parallel ranks (all-reduce, SyncBatchNorm, DDP's
+gradient mean: NCCL on two GPUs, gloo on the CPU), then a tiny run of two epochs on the training
 device for every memory kind with XML, one of them killed (SIGKILL) after its first
-epoch and resumed, with every state tensor checked on the training device, and an
+epoch and resumed (its loader with worker processes and, on CUDA, pinned memory), with every state tensor checked on the training device, and an
 evaluation of its best checkpoint; last, the loader's images/s per CPU and the GPU's
-training images/s, i.e. the vCPUs a GPU trial needs. On a CPU-only machine it says so and checks the CPU
+training images/s, i.e. the vCPUs a GPU trial needs (a FAIL under ``--require-gpu``
+when the node has fewer per GPU). On a CPU-only machine it says so and checks the CPU
 path. Each check gives one row of a verdict table: PASS, FAIL, SKIP or INFO. The checks
 themselves are in :mod:`harness.doctor_checks`; this module runs them.
 """
@@ -30,7 +33,9 @@ from harness.doctor_checks import (  # noqa: F401  (Check and the verdicts: the 
     SKIP,
     Check,
     check_amp,
+    check_collectives,
     check_driver,
+    check_driver_cuda,
     check_evaluate,
     check_faiss,
     check_kill_resume,
@@ -67,6 +72,7 @@ def run_doctor(require_gpu: bool = False, with_ray: bool = True,
         return extra
 
     driver_gpus = add(check_driver) or 0
+    add(check_driver_cuda)
     device = add(check_torch, driver_gpus, require_gpu)
     if device is None:
         checks.append(Check("training checks", SKIP, "no usable training device (see above)"))
@@ -78,12 +84,13 @@ def run_doctor(require_gpu: bool = False, with_ray: bool = True,
         checks.append(Check("Ray GPU assignment", SKIP, "--no-ray"))
     add(check_faiss, device)
     add(check_amp, device)
+    add(check_collectives, device)
     with tempfile.TemporaryDirectory(prefix="harness-doctor-") as tmp:
         root = Path(tmp)
         add(check_memory_kinds, device, root)
         run_dir = add(check_kill_resume, device, root)
         add(check_evaluate, device, run_dir)
-    add(check_throughput, device)
+    add(check_throughput, device, require_gpu)
     return checks
 
 

@@ -86,6 +86,77 @@ def _nvidia_smi() -> str | None:
     return "; ".join(out.stdout.strip().splitlines()) if out.returncode == 0 else None
 
 
+# The oldest Linux driver of each CUDA major version (NVIDIA's CUDA compatibility
+# table): a build for CUDA X.y runs on any driver that supports CUDA X.0 (minor-version
+# compatibility), not on an older major.
+MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+
+
+def driver_versions() -> tuple[str, int] | None:
+    """(driver version, newest CUDA version it supports as 1000*major + 10*minor) from
+    NVML, else nvidia-smi; None when neither answers."""
+    import re
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return (driver.decode() if isinstance(driver, bytes) else driver), int(cuda)
+    except Exception:  # noqa: BLE001 - no NVML: try nvidia-smi
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    d = re.search(r"Driver Version:\s*([\d.]+)", out)
+    c = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", out)
+    if not (d and c):
+        return None
+    return d.group(1), int(c.group(1)) * 1000 + int(c.group(2)) * 10
+
+
+def driver_mismatch(torch_version: str, torch_cuda: str | None, driver: str, driver_cuda: int) -> str | None:
+    """The one-line failure when torch's CUDA build needs a newer driver than the
+    node's (None: they match). ``torch_cuda``: ``torch.version.cuda`` ("13.0", None for a
+    CPU-only build); ``driver_cuda``: the newest CUDA the driver supports, as NVML gives
+    it (12040 = 12.4)."""
+    if not torch_cuda:
+        return None
+    major, minor = (int(x) for x in torch_cuda.split(".")[:2])
+    have_major, have_minor = driver_cuda // 1000, driver_cuda % 1000 // 10
+    if have_major >= major:
+        return None
+    need = MIN_DRIVER.get(major)
+    return (f"torch {torch_version} is built for CUDA {major}.{minor} but NVIDIA driver {driver} supports "
+            f"CUDA <= {have_major}.{have_minor}: install driver >= {need or f'one for CUDA {major}'} "
+            f"(an AMI that ships it) or a torch build for CUDA {have_major} "
+            f"(pip install torch --index-url https://download.pytorch.org/whl/cu{have_major}{have_minor})")
+
+
+def check_driver_cuda() -> Check:
+    """torch's CUDA build against the driver's newest supported CUDA (NVML)."""
+    build = torch.version.cuda
+    if not build:
+        return Check("driver vs torch CUDA", INFO, f"torch {torch.__version__} is a CPU-only build")
+    found = driver_versions()
+    if found is None:
+        return Check("driver vs torch CUDA", INFO,
+                     f"torch {torch.__version__} is built for CUDA {build} (needs driver >= "
+                     f"{MIN_DRIVER.get(int(build.split('.')[0]), '?')}); no NVIDIA driver to compare")
+    driver, cuda = found
+    problem = driver_mismatch(torch.__version__, build, driver, cuda)
+    if problem:
+        return Check("driver vs torch CUDA", FAIL, problem)
+    return Check("driver vs torch CUDA", PASS,
+                 f"torch {torch.__version__} built for CUDA {build}; driver {driver} supports CUDA <= "
+                 f"{cuda // 1000}.{cuda % 1000 // 10}")
+
+
 def check_torch(driver_gpus: int, require_gpu: bool) -> tuple[Check, torch.device | None]:
     """torch's build and the device a `device: auto` run picks (None: it would refuse)."""
     from harness.core.device import describe_device, pick_device
@@ -241,6 +312,9 @@ run_training(cfg, sys.argv[2], on_epoch=on_epoch)
 """
 
 
+LOADER_WORKERS = 2
+
+
 def check_kill_resume(device: torch.device, root: Path) -> tuple[Check, Path | None]:
     """SIGKILL a run after epoch 1, resume it: state on the device, epoch 2 matches."""
     import yaml
@@ -251,6 +325,8 @@ def check_kill_resume(device: torch.device, root: Path) -> tuple[Check, Path | N
     from harness.core.trainer import Trainer
 
     raw = tiny_config("axbn", device.type)
+    # the loader as a trial has it: worker processes, and pinned memory on CUDA
+    raw["data"]["workers"] = LOADER_WORKERS
     cfg_path = root / "resume.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     cfg = build_config(raw)
@@ -282,7 +358,9 @@ def check_kill_resume(device: torch.device, root: Path) -> tuple[Check, Path | N
     tol = 1e-6 if device.type == "cpu" else 1e-2
     if not diff <= tol:
         problems.append(f"epoch 2 loss differs from the uninterrupted run by {diff:.2e} (> {tol:g})")
-    detail = (f"SIGKILL after epoch 1, resumed on {device.type}: state on the device, "
+    pinned = "pinned memory" if device.type == "cuda" else "no pinned memory (CPU)"
+    detail = (f"{LOADER_WORKERS} loader workers, {pinned}; "
+              f"SIGKILL after epoch 1, resumed on {device.type}: state on the device, "
               f"epoch 2 loss rel. diff {diff:.1e}, drift {drift:.4f}")
     return Check("kill + resume", FAIL if problems else PASS, "; ".join(problems + [detail])), out
 
@@ -303,20 +381,48 @@ def check_evaluate(device: torch.device, run_dir: Path | None) -> Check:
                  f"on {device.type}: recall@1 {m['recall@1']:.4f}, map@r {m['map@r']:.4f} ({m['n_queries']} queries)")
 
 
-def check_throughput(device: torch.device) -> Check:
+def check_throughput(device: torch.device, require_gpu: bool = False) -> Check:
     """Loader images/s per CPU (224 px, RandAugment) and, on a GPU, the shipped ResNet-50's
     training images/s: how many vCPUs a GPU trial needs to keep its GPU busy."""
-    from harness.throughput import gpu_step_images_per_s, per_cpu_loader_rate, vcpus_needed
+    from harness.throughput import gpu_step_images_per_s, per_cpu_loader_rate
 
     per_cpu = per_cpu_loader_rate()
-    loader = f"loader {per_cpu:.0f} images/s per CPU (224 px, RandAugment)"
     if device.type != "cuda":
-        return Check("throughput", INFO, f"{loader}; no GPU to size for")
+        return Check("throughput", INFO, f"loader {per_cpu:.0f} images/s per CPU (224 px, RandAugment); no GPU to size for")
     gpu = gpu_step_images_per_s(device)
-    need = vcpus_needed(gpu, per_cpu)
-    have = (os.cpu_count() or 1) / max(torch.cuda.device_count(), 1)
-    short = have < need
-    return Check("throughput", INFO,
-                 f"resnet50 224 px batch 64: {gpu:.0f} images/s; {loader} -> a GPU trial needs {need} vCPUs "
-                 f"(cpus: {need}, data.workers: {need - 1}); this node has {have:.0f} per GPU"
-                 + ("; SHORT: the GPU will wait for data" if short else ""))
+    cpus_per_gpu = (os.cpu_count() or 1) / max(torch.cuda.device_count(), 1)
+    return throughput_verdict(gpu, per_cpu, cpus_per_gpu, require_gpu)
+
+
+def throughput_verdict(gpu_rate: float, per_cpu: float, cpus_per_gpu: float, require_gpu: bool) -> Check:
+    """Whether this node's CPUs can feed its GPUs: a trial needs ``vcpus_needed`` vCPUs
+    (loader workers at ``per_cpu`` images/s each, plus the training process). Short of
+    that the GPU waits for data: a FAIL under ``--require-gpu`` (a GPU worker's setup),
+    else INFO."""
+    from harness.throughput import vcpus_needed
+
+    need = vcpus_needed(gpu_rate, per_cpu)
+    short = cpus_per_gpu < need
+    detail = (f"resnet50 224 px batch 64: {gpu_rate:.0f} images/s; loader {per_cpu:.0f} images/s per CPU "
+              f"(224 px, RandAugment) -> a GPU trial needs {need} vCPUs (cpus: {need}, data.workers: "
+              f"{need - 1}); this node has {cpus_per_gpu:.0f} per GPU")
+    if short:
+        detail = (f"loader short: {cpus_per_gpu:.0f} vCPUs per GPU feed about "
+                  f"{per_cpu * max(cpus_per_gpu - 1, 0):.0f} images/s, the GPU trains {gpu_rate:.0f}/s: use a node "
+                  f"type with >= {need} vCPUs per GPU or fewer GPUs per node; " + detail)
+    return Check("throughput", FAIL if short and require_gpu else INFO, detail)
+
+
+def check_collectives(device: torch.device) -> Check:
+    """Two data-parallel ranks on this node: all-reduce, synchronised BatchNorm and DDP's
+    gradient averaging (:mod:`harness.doctor_collectives`). NCCL on two GPUs where the
+    node has 2+, else gloo on the CPU (the path of a CPU run)."""
+    from harness.doctor_collectives import two_rank_problems
+
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    backend = "nccl" if gpus >= 2 else "gloo"
+    where = "NCCL on cuda:0 and cuda:1" if backend == "nccl" else "gloo on the CPU" + (
+        " (1 GPU: no NCCL pair to check)" if gpus == 1 else "")
+    problems = two_rank_problems(backend)
+    detail = f"2 ranks, {where}: all-reduce, SyncBatchNorm (output and gradient == one BatchNorm), DDP gradient mean"
+    return Check("2-rank collectives", FAIL if problems else PASS, "; ".join(problems + [detail]))

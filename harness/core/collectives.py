@@ -49,21 +49,54 @@ class _GatherRows(torch.autograd.Function):
         return full[start: start + ctx.n], None, None
 
 
-def gather_labels(labels: Tensor, capacity: int) -> tuple[Tensor, tuple[int, ...]]:
+_HOST_GROUP: dict = {}  # the default group -> its gloo companion for host-side values
+
+
+def _host_group():
+    """The process group for values the host already holds: the default group when it is
+    gloo (CPU tensors), else a gloo group made once beside NCCL (every rank makes it at
+    the same call), so that these values never pass through the device."""
+    if dist.get_backend() == "gloo":
+        return None
+    world = dist.group.WORLD
+    if world not in _HOST_GROUP:  # one per process group (a process may join a new one)
+        _HOST_GROUP.clear()
+        _HOST_GROUP[world] = dist.new_group(backend="gloo")
+    return _HOST_GROUP[world]
+
+
+def rank_sizes(n: int) -> tuple[int, ...]:
+    """Every rank's row count ``n`` (a host integer: its batch's length), in rank order.
+
+    Gathered as CPU tensors over gloo, so nothing waits for the device: with NCCL the
+    sizes read from gathered device labels (``.tolist()``) would make the host wait for
+    the forward pass every step."""
+    if not is_distributed():
+        return (n,)
+    mine = torch.tensor([n], dtype=torch.int64)
+    parts = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(parts, mine, group=_host_group())
+    return tuple(int(p) for p in parts)  # CPU tensors: no device sync
+
+
+def gather_labels(labels: Tensor, capacity: int,
+                  sizes: tuple[int, ...] | None = None) -> tuple[Tensor, tuple[int, ...]]:
     """All ranks' labels in rank order and the number of rows of every rank.
 
     Every rank holds at most ``capacity`` rows (its share of the global batch; fewer
-    when images were skipped as corrupt). Labels are class indices >= 0, so -1 pads.
+    when images were skipped as corrupt): ``sizes`` (``rank_sizes``, known on the host
+    before the step), else gathered here over the host group. The labels travel padded
+    to ``capacity`` and are cut on the host's sizes: no read of the device.
     """
     if not is_distributed():
         return labels, (len(labels),)
+    if sizes is None:
+        sizes = rank_sizes(len(labels))
     padded = labels.new_full((capacity,), -1)
     padded[: len(labels)] = labels
     parts = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(parts, padded)
-    stacked = torch.stack(parts)
-    sizes = tuple(int(s) for s in (stacked >= 0).sum(1).tolist())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), tuple(sizes)
 
 
 def gather_rows(x: Tensor, capacity: int, sizes: tuple[int, ...]) -> Tensor:

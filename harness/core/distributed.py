@@ -52,6 +52,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from harness.config import RunConfig
 from harness.core.collectives import (
@@ -60,6 +61,7 @@ from harness.core.collectives import (
     gather_labels,
     gather_rows,
     rank,
+    rank_sizes,
     world_size,
 )
 from harness.core.global_batchnorm import sync_batchnorm
@@ -148,6 +150,17 @@ class DistributedTrainer(Trainer):
             p for m in [self.model, *loss_modules] for p in m.parameters()
             if not (id(p) in seen or seen.add(id(p)))
         ]
+        # the parameters averaged by hand after backward: all of them without overlap,
+        # else those outside the model (the memory's and XML's; DDP reduces the model's)
+        model_ids = {id(p) for p in self.model.parameters()}
+        self._loss_params = [p for p in self._grad_params if id(p) not in model_ids]
+        self._ddp: DistributedDataParallel | None = None
+        self._ddp_trainable: tuple[bool, ...] | None = None
+        self._ddp_unused: list[torch.nn.Parameter] = []
+        self._used_hooks: list = []
+        self._ddp_forward = False  # a DDP forward awaits its backward
+        self._warmup_step = False
+        self._sizes: tuple[int, ...] | None = None
         pooling = getattr(self.model, "pooling", None)
         self._proto_hook = None
         # the host mirror of ``initialized``: no device read (a GPU sync)
@@ -165,9 +178,11 @@ class DistributedTrainer(Trainer):
 
     def gather_batch(self, out, labels):
         capacity = self.config.train.batch_size // self.world
-        all_labels, sizes = gather_labels(labels, capacity)
-        # XML reads the GAP vectors and histograms too; the plain loss only the embeddings
-        xml = self.xml_loss is not None
+        all_labels, sizes = gather_labels(labels, capacity, self._sizes)
+        # XML reads the GAP vectors and histograms too; the plain loss (and the warm-up)
+        # only the embeddings: gathering what no loss reads would hand the prototypes a
+        # zero gradient that one process does not have
+        xml = self.xml_loss is not None and not self._warmup_step
         parts = [out.embeddings] + ([out.gap, out.histogram] if xml else [])
         parts = [t for t in parts if t is not None]
         # one differentiable gather for every per-image tensor the losses read
@@ -179,8 +194,77 @@ class DistributedTrainer(Trainer):
         # ``pooled`` is read by no loss: not gathered
         return type(out)(emb, None, gap, hist), all_labels
 
+    def _set_stage(self, warmup: bool) -> None:
+        super()._set_stage(warmup)
+        if not self.config.train.overlap_grad_reduce:
+            return
+        # DDP's reducer buckets the parameters that require gradients when it is built:
+        # a new wrapper whenever the trainable set changes (the warm-up freezes the
+        # backbone). Every rank changes stage at the same epoch and step.
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if trainable != self._ddp_trainable:
+            self._ddp_trainable = trainable
+            self._ddp = None
+            self._stop_watching_used()
+            # The stage's first step runs without DDP (the flat all-reduce) and notes which
+            # parameters autograd reaches from the loss: DDP then reduces exactly those.
+            # One that the stage's loss does not reach (XML's prototypes in the warm-up,
+            # which trains on the batch loss alone) keeps no gradient, as in one process.
+            # Those reached only after the embeddings' gather (XML's head and prototypes)
+            # are reduced by DDP too: its hooks fire when the gradient is accumulated.
+            self._used: set[int] = set()
+            self._used_hooks = [
+                p.register_post_accumulate_grad_hook(lambda p: self._used.add(id(p)))
+                for p in self.model.parameters() if p.requires_grad
+            ]
+
+    def _stop_watching_used(self) -> None:
+        for h in getattr(self, "_used_hooks", []):
+            h.remove()
+        self._used_hooks = []
+
+    def _build_ddp(self) -> None:
+        """DDP over the model's parameters that the first step of this stage reached."""
+        self._stop_watching_used()
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in self._used]
+        self._ddp_unused = [p for p in self.model.parameters() if p.requires_grad and id(p) not in self._used]
+        if len(names) == sum(self._ddp_trainable):
+            return  # nothing reached: nothing for DDP to reduce in this stage
+        # (DDP reads this attribute of the module when it is built)
+        self.model._ddp_params_and_buffers_to_ignore = names
+        cuda = self.device.type == "cuda"
+        self._ddp = DistributedDataParallel(
+            self.model,
+            device_ids=[torch.cuda.current_device() if self.device.index is None else self.device.index]
+            if cuda else None,
+            # BatchNorm statistics are the global batch's on every rank already
+            forward_sync_buffers=False,
+        )
+
+    def forward_train(self, images):
+        self._ddp_forward = self._ddp is not None and torch.is_grad_enabled()
+        return self._ddp(images) if self._ddp_forward else self.model(images)
+
+    def skip_backward(self, out) -> None:
+        # DDP's reducer expects the backward of its forward: give it zero gradients
+        # (every rank takes this branch together, the loss being the same on all)
+        if self._ddp_forward:
+            tensors = [t for t in out if t is not None and t.requires_grad]
+            torch.autograd.backward(tensors, [torch.zeros_like(t) for t in tensors])
+            for p in self.model.parameters():
+                p.grad = None
+        self._ddp_forward = False
+
     def reduce_gradients(self, finite: Tensor) -> Tensor:
-        return average_gradients(self._grad_params, finite)
+        if self._ddp_forward:
+            # the model's gradients were averaged during backward (DDP's buckets); the
+            # loss modules' (and any the first step did not reach) are averaged here
+            self._ddp_forward = False
+            return average_gradients(self._loss_params + self._ddp_unused, finite)
+        agreed = average_gradients(self._grad_params, finite)
+        if self._used_hooks:  # the first step of an overlapped stage
+            self._build_ddp()
+        return agreed
 
     def agree_finite(self, finite: Tensor) -> Tensor:
         bad = (~finite).reshape(1).float()
@@ -195,12 +279,15 @@ class DistributedTrainer(Trainer):
         return int(t.item())
 
     def gather_sources(self, sources):
-        return gather_labels(sources, self.config.train.batch_size // self.world)[0]
+        return gather_labels(sources, self.config.train.batch_size // self.world, self._sizes)[0]
 
     def train_step(self, images, labels, optimizer, halves=None, **kw):
         # XML's class-disjoint halves are those of the gathered global batch: the loss
         # splits the global labels itself (the halves of this rank's slice would index
         # the wrong rows).
+        self._warmup_step = bool(kw.get("warmup", False))
+        # every rank's row count, from the host lengths before the forward is queued
+        self._sizes = rank_sizes(len(labels))
         return super().train_step(images, labels, optimizer, halves=None, **kw)
 
     def _init_prototypes(self, module, args):

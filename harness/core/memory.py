@@ -268,7 +268,15 @@ class CrossBatchMemory(nn.Module):
         if self.adaptive:
             p_sq = p * p
             if self._fill + bsz > M:  # overwritten rows (slots < fill) leave the sums
-                old = slots if self._fill == M else slots[slots < self._fill]
+                # before the ring is full the pointer is the fill, so the rows that
+                # wrap to the front (slots M - fill ...) are the overwritten ones: a
+                # slice known on the host, not a boolean mask (a host sync)
+                if self._fill == M:
+                    old = slots
+                elif self._ptr == self._fill:
+                    old = slots[M - self._fill:]
+                else:  # not reached by the ring's own updates
+                    old = slots[slots < self._fill]
                 old_rows = buf[old]
                 self._sum -= old_rows.sum(0, dtype=torch.float64)
                 self._sumsq -= old_rows.pow(2).sum(0, dtype=torch.float64)
@@ -320,15 +328,26 @@ class CrossBatchMemory(nn.Module):
         return norm
 
     def _indices(self, embeddings, labels, ref_emb, ref_labels, slots):
-        if self._compute_miner is not None:
-            t = self._compute_miner(embeddings, labels, ref_emb, ref_labels)
-        else:
-            t = lmu.get_all_pairs_indices(labels, ref_labels)
-        # drop each query's comparison with its own stored copy (slot `slots[a]`)
-        keep = t[1] != slots[t[0]]
+        """The mined (or all) pairs of the batch against the memory, without each query's
+        comparison with its own stored copy (slot ``slots[a]``).
+
+        Without a miner: pytorch-metric-learning's ``get_all_pairs_indices`` with the
+        own copy cleared in the match matrix before its ``torch.where`` (the same pairs in
+        the same order, no extra host sync: a boolean mask over the pairs would be one
+        per index tensor). With a miner: one ``nonzero`` of the kept positions, then
+        ``index_select`` (one sync instead of one per index tensor)."""
+        if self._compute_miner is None:
+            matches = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+            diffs = ~matches
+            matches[torch.arange(len(labels), device=matches.device), slots] = False
+            a1, p = torch.where(matches)
+            a2, n = torch.where(diffs)
+            return a1, p, a2, n
+        t = self._compute_miner(embeddings, labels, ref_emb, ref_labels)
+        kept = (t[1] != slots[t[0]]).nonzero().squeeze(1)
         if len(t) == 3:
-            return t[0][keep], t[1][keep], t[2][keep]
-        return t[0][keep], t[1][keep], t[2], t[3]
+            return tuple(x.index_select(0, kept) for x in t)
+        return t[0].index_select(0, kept), t[1].index_select(0, kept), t[2], t[3]
 
     def _memory_loss(self, embeddings: Tensor, labels: Tensor, slots: Tensor) -> Tensor:
         n = self._fill

@@ -212,7 +212,8 @@ class Trainer:
         """
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            out = self.model(images)
+            out = self.forward_train(images)
+        local = out
         # The losses run in fp32: similarities and the closed-form XML fit are
         # sensitive to half precision.
         out = type(out)(*(None if t is None else t.float() for t in out))
@@ -237,6 +238,7 @@ class Trainer:
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
+            self.skip_backward(local)
             finite = self.agree_finite(finite)
         # The step's one host read: all parts (and whether every rank's loss was finite)
         # in one copy.
@@ -248,6 +250,14 @@ class Trainer:
         return host
 
     # Data-parallel hooks (harness/core/distributed.py): one process is the whole batch.
+    def forward_train(self, images):
+        """The model's forward of a training step (DistributedTrainer: through torch's
+        DDP wrapper, whose reducer then averages the gradients during backward)."""
+        return self.model(images)
+
+    def skip_backward(self, out) -> None:
+        """A training forward whose loss has no gradient (here: nothing to do)."""
+
     def gather_batch(self, out, labels):
         """The model outputs and labels of the global batch (here: this batch)."""
         return out, labels

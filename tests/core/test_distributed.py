@@ -24,8 +24,25 @@ from harness.data.sampler import ClassBalancedBatchSampler
 from harness.errors import ConfigError
 
 STEPS = 3
-CASES = [("none", False), ("xbm", False), ("xbm+batch", False), ("xbn", False), ("axbn", False),
-         ("none", True), ("axbn", True)]
+# (memory kind, XML, variant): "" is the default (gradients averaged by DDP's reducer
+# during backward); "flat": train.overlap_grad_reduce false (one all-reduce after
+# backward); "warmup": the first step in the warm-up stage (frozen backbone, batch loss),
+# then the stage change (a new DDP wrapper) and two normal steps.
+CASES = [("none", False, ""), ("xbm", False, ""), ("xbm+batch", False, ""), ("xbn", False, ""),
+         ("axbn", False, ""), ("none", True, ""), ("axbn", True, ""), ("axbn", True, "flat"),
+         ("axbn", True, "warmup")]
+
+
+def _case_config(kind, xml, variant, workers):
+    train = {"overlap_grad_reduce": variant != "flat"}
+    cfg = equivalence_config(kind, xml, workers=workers, **train)
+    if variant == "warmup":
+        cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"warmup_epochs": 1})})
+    return cfg
+
+
+def _job(case, workers):
+    return (_case_config(*case, workers), STEPS, 1 if case[2] == "warmup" else 0)
 # Float tolerances: the two runs sum the same numbers in another order (BN statistics,
 # gradients summed over ranks). Gradients are compared relative to the largest entry of
 # their tensor. Step 1 starts from the same weights: the gradients agree to ~1e-5 (measured
@@ -43,18 +60,18 @@ WEIGHT_TOL = dict(rtol=1e-4, atol=5e-4)  # after 3 AdamW steps at lr 1e-2
 @pytest.fixture(scope="module")
 def runs():
     """{case: (single-process record, [rank records])}: one spawn for all cases."""
-    jobs = [(equivalence_config(kind, xml, workers=2), STEPS) for kind, xml in CASES]
-    ranks = run_ranks(2, jobs)
+    ranks = run_ranks(2, [_job(case, 2) for case in CASES])
     out = {}
-    for i, (kind, xml) in enumerate(CASES):
+    for i, case in enumerate(CASES):
+        config, steps, warmup = _job(case, 1)
         with tempfile.TemporaryDirectory() as tmp:
-            single = record_steps(equivalence_config(kind, xml, workers=1), Path(tmp), STEPS)
-        out[(kind, xml)] = (single, [r[i] for r in ranks])
+            single = record_steps(config, Path(tmp), steps, warmup)
+        out[case] = (single, [r[i] for r in ranks])
     return out
 
 
 def _ids(case):
-    return f"{case[0]}{'+xml' if case[1] else ''}"
+    return f"{case[0]}{'+xml' if case[1] else ''}{'-' + case[2] if case[2] else ''}"
 
 
 @pytest.mark.slow
@@ -78,7 +95,8 @@ def test_two_ranks_equal_one_process(runs, case):
                 assert torch.equal(rank["memory"][key], ref), key
         if case[0] == "axbn":
             k, ref = rank["kalman"], single["kalman"]
-            assert k["iteration"] == ref["iteration"] == STEPS
+            # the warm-up step neither uses nor advances the memory
+            assert k["iteration"] == ref["iteration"] == STEPS - (case[2] == "warmup")
             assert k["P"] == pytest.approx(ref["P"]) and k["K"] == pytest.approx(ref["K"])
             torch.testing.assert_close(k["mean"], ref["mean"], **MEMORY_TOL)
             torch.testing.assert_close(k["std"], ref["std"], **MEMORY_TOL)
@@ -94,9 +112,59 @@ def test_two_ranks_equal_one_process(runs, case):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c[2] != "flat"], ids=_ids)
+def test_model_gradients_are_averaged_during_backward(runs, case):
+    """With overlap (the default) DDP's reducer has averaged the model's gradients by the
+    time backward returns: they are already the same on both ranks (each rank's own
+    gradients differ, as the flat variant shows) and equal what the optimizer saw."""
+    _, (r0, r1) = runs[case]
+    first_of_stage = {0, 1} if case[2] == "warmup" else {0}  # flat: before DDP is built
+    for step, (g0, g1, seen) in enumerate(zip(r0["after_backward"], r1["after_backward"], r0["grads"])):
+        if step in first_of_stage:
+            continue
+        assert g0.keys() == seen.keys()
+        assert all(torch.equal(g0[n], g1[n]) for n in g0)
+        assert all(torch.equal(g0[n], seen[n]) for n in g0)
+    _, (f0, f1) = runs[("axbn", True, "flat")]
+    first = f0["after_backward"][0]
+    assert any(not torch.equal(first[n], f1["after_backward"][0][n]) for n in first)
+
+
+@pytest.mark.slow
+def test_gathering_the_global_batch_reads_nothing_on_the_host(runs):
+    """The ranks' row counts come from the host lengths over a gloo group before the
+    forward (``rank_sizes``), so the gather of labels and embeddings reads no tensor
+    (issue 20, defect 11: it read the gathered labels' counts with ``.tolist()``)."""
+    for case in CASES:
+        _, ranks = runs[case]
+        for r in ranks:
+            assert r["gather_reads"] == [0] * STEPS, (case, r["gather_reads"])
+
+
+@pytest.mark.slow
+def test_gradient_buckets_launch_while_backward_runs():
+    """The overlap itself: on 2 ranks with tiny_cnn (1.6 MB of weights: DDP's 1 MiB first
+    bucket and a second one), a bucket's all-reduce is launched before the last model
+    gradient of the step is accumulated. From the third step on: the first step of a stage
+    notes the parameters its loss reaches and reduces after backward, the second is DDP's
+    first (one bucket, from which it learns the order the gradients arrive in), and DDP
+    then rebuilds its buckets in that order."""
+    cfg = equivalence_config("xbm", workers=2)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": "tiny_cnn"})})
+    (r0,), _ = run_ranks(2, [(cfg, 4, 0, True)])
+    steps = "".join("s" if e == "step" else "g" if e == "grad" else "b"
+                    for e in r0["events"]).split("s")[1:]
+    assert len(steps) == 4
+    assert "b" not in steps[0] and steps[1].count("b") == 1
+    for events in steps[2:]:
+        assert events.count("b") >= 2, events
+        assert events.index("b") < events.rindex("g"), events
+
+
+@pytest.mark.slow
 def test_memory_sees_the_global_batch(runs):
     """The memory holds every image of the global batch (both ranks'), not a rank's half."""
-    single, ranks = runs[("xbm", False)]
+    single, ranks = runs[("xbm", False, "")]
     fill = int(ranks[0]["memory"]["filled"])
     assert fill == min(40, STEPS * 16) == int(single["memory"]["filled"])
     labels = ranks[0]["memory"]["labels"][:fill]

@@ -252,3 +252,23 @@ def test_a_loss_reused_by_a_second_memory_keeps_the_shared_path():
     assert first.shared_similarity and second.shared_similarity
     z, y = _batches(1)[0]
     torch.testing.assert_close(second(z, y), losses.CrossBatchMemory(losses.SupConLoss(), 6, 30, miner=miners.PairMarginMiner(0.2, 0.8))(z, y))
+
+
+@pytest.mark.parametrize("with_miner", [False, True], ids=["all-pairs", "miner"])
+def test_pair_selection_adds_no_host_sync(with_miner):
+    """Dropping each query's own stored copy from its pairs makes no host sync of its own
+    (issue 20, defect 11): without a miner the own copy is cleared in the match matrix
+    before the pairs' one ``torch.where`` (which pytorch-metric-learning's all-pairs helper
+    makes anyway); with a miner, one ``nonzero`` of the kept pairs instead of a boolean
+    mask per index tensor. The losses stay those of test_memory_matches_literal_reference."""
+    from fixtures.host_syncs import host_syncs
+
+    miner = miners.PairMarginMiner(0.2, 0.8) if with_miner else None
+    mem = CrossBatchMemory(losses.SupConLoss(), 5, 24, kind="axbn", miner=miner)
+    for z, y in _batches(5, B=10, d=5, seed=2):  # fills, wraps around, then full
+        e = z.clone().requires_grad_()
+        with host_syncs() as syncs:
+            mem(e, y).backward()
+        ours = [s for s in syncs if "harness/core/memory.py" in s]
+        assert not [s for s in ours if s.startswith(("index", "masked"))], ours  # no boolean masks
+        assert [s.split(" ")[0] for s in ours] == ["nonzero.default"] * (1 if with_miner else 2), ours
