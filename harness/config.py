@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.errors import ConfigError, config_error
+from harness.errors import ConfigError, config_error, printable
 from harness.results_contract import MemoryKind
 
 
@@ -248,7 +248,7 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
         if nxt is None:
             nxt = cur[p] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"config key '{key}': '{p}' is not a section")
+            raise ConfigError(f"config key '{printable(key)}': '{printable(p)}' is not a section")
         cur = nxt
     cur[parts[-1]] = value
 
@@ -258,12 +258,12 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--set '{item}': expected key=value, e.g. --set train.epochs=3")
+            raise ConfigError(f"--set '{printable(item)}': expected key=value, e.g. --set train.epochs=3")
         key, raw = item.split("=", 1)
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set '{item}': value is not valid YAML ({yaml_problem(e)})") from None
+            raise ConfigError(f"--set '{printable(item)}': value is not valid YAML ({yaml_problem(e)})") from None
     return out
 
 
@@ -273,40 +273,40 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     if getattr(error, "character", None) is not None and getattr(error, "reason", None):
         char = error.character
         reason = f"{reason}: character {char if isinstance(char, int) else repr(char)}"
-    return " ".join(str(reason).split())
+    return printable(" ".join(str(reason).split()))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a syntax error is a one-line ConfigError."""
     p = Path(path)
     if p.is_dir():
-        raise ConfigError(f"{p} is a folder; give a YAML file")
+        raise ConfigError(f"{printable(p)} is a folder; give a YAML file")
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {printable(p)}")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         line = p.read_bytes()[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+        raise ConfigError(f"{printable(p)}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
                           "save the file as UTF-8") from None
     except OSError as e:
-        raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {printable(p)}: {e.strerror}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         if mark is not None:
-            where = f"{p}:{mark.line + 1}"
+            where = f"{printable(p)}:{mark.line + 1}"
         elif isinstance(getattr(e, "position", None), int):  # a ReaderError: a character YAML refuses
-            where = f"{p}:{text[: e.position].count(chr(10)) + 1}"
+            where = f"{printable(p)}:{text[: e.position].count(chr(10)) + 1}"
         else:
-            where = str(p)
+            where = printable(p)
         raise ConfigError(f"malformed YAML at {where}: {yaml_problem(e)}") from None
     if data is None:
         # an empty file would silently mean "all defaults"
-        raise ConfigError(f"{p} is empty (it would silently mean all defaults); write the sections to set")
+        raise ConfigError(f"{printable(p)} is empty (it would silently mean all defaults); write the sections to set")
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
+        raise ConfigError(f"{printable(p)}: expected a mapping of config sections at the top level")
     return data
 
 
@@ -322,7 +322,7 @@ def build_config(
         try:
             set_dotted(data, key, value)
         except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+            raise ConfigError(f"{printable(source)}: {e}") from None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

@@ -44,14 +44,23 @@ class SweepInterrupted(HarnessError):
     prefix = "[yellow]interrupted:[/yellow]"
 
 
+def printable(text: object) -> str:
+    """``str(text)`` with every character that is not printable (``\\n``, ``\\r``, ``\\t``, other
+    control and line/paragraph separators) escaped as ``repr()`` writes it, so that a message
+    built from user text (a key, a ``--set`` item, a path) stays one line; the rest as is."""
+    s = str(text)
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def validation_error_message(error: ValidationError, source: str) -> str:
-    """One line from pydantic's first error: ``source: dotted.key: what is wrong``."""
+    """One line from pydantic's first error: ``source: dotted.key: what is wrong`` (keys and
+    messages built from user text escaped by :func:`printable`)."""
     err = error.errors()[0]
     loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
-    return f"{source}: {loc or '(top level)'}: {msg}"
+    return printable(f"{source}: {loc or '(top level)'}: {msg}")
 
 
 def config_error(error: ValidationError, source: str) -> ConfigError:

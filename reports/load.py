@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.errors import ResultsError
 from harness.results_contract import (
+    COL_EPOCH,
     COL_COMPARE_KEY,
     COL_COMPARE_VALUE,
     COL_EXPERIMENT,
@@ -86,6 +87,19 @@ def _read_parquet(path: Path, required: tuple[str, ...], what: str) -> pd.DataFr
     return df
 
 
+def _whole_numbers(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """``df[column]`` as int64, or one line naming the first value that is not a whole number."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        raise ResultsError(
+            f"{path}: column {column} holds {int(bad.sum())} value(s) that are not whole numbers "
+            f"(row {i}: {df[column].iloc[i]!r}); {rebuild_advice(path)}"
+        )
+    return values.astype("int64")
+
+
 def _read_space(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -127,6 +141,8 @@ def load_experiment(path: str | Path) -> ExperimentResults:
             # An epochs table that is still empty is normal early on; a foreign one is not.
             if "has no rows" not in str(e):
                 raise
+    if epochs is not None:
+        epochs[COL_EPOCH] = _whole_numbers(epochs, COL_EPOCH, epochs_path)
     space = _read_space(root / SPACE_FILE)
     names = sorted(trials[COL_EXPERIMENT].astype(str).unique())
     name = names[0] if len(names) == 1 else (space or {}).get("experiment") or root.name

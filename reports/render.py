@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import jinja2
 
+from harness.atomic import atomic_write_text
 from harness.best_trial import values_without_reproduction
 from harness.clock import utc_display
 from harness.errors import ConfigError, ResultsError
@@ -228,8 +229,6 @@ def _write_retrieval_pngs(png_dir: Path, sections) -> None:
 
 
 def _write(path: Path, text: str) -> Path:
-    # Temp file + rename: a browser or a CI job never sees half a report.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    # Temp file + fsync + rename: a browser or a CI job never sees half a report.
+    atomic_write_text(path, text)
     return path.resolve()

@@ -83,3 +83,34 @@ def test_shipped_digits_configs_validate():
     assert any(p.name == "digits.yaml" for p in configs)
     for p in configs:
         load_config(p)
+
+
+# Found by `make fuzz` (40x): a key or value holding a line break was echoed raw, so the
+# "one-line" error spanned two lines. Each is now escaped as repr() writes it (\n, \r).
+@pytest.mark.parametrize("yaml_text, overrides, shown", [
+    ("train: {epochs: 2}\n", ["train.ep\nochs=3"], r"--set: train.ep\nochs: unknown key"),
+    ("train: {epochs: 2}\n", ["train.epochs\r"], r"--set 'train.epochs\r': expected key=value"),
+    ("train: {epochs: 2}\n", ["train.epochs=[1,\n"], r"--set 'train.epochs=[1,\n': value is not valid YAML"),
+    ("train: {epochs: 2}\n", ["train.epochs.x\ny=1"], r"config key 'train.epochs.x\ny': 'epochs' is not a section"),
+    ("train: {epochs: 2}\n", ["train.select_metric=\"a\\nb\""], r"train.select_metric 'a\nb' is not computed"),
+    ('train: {"ep\\nochs": 2}\n', None, r"train.ep\nochs: unknown key"),
+    ('"da\\rta": {name: digits}\n', None, r"da\rta: unknown key"),
+], ids=["set-key-newline", "set-no-equals-cr", "set-bad-yaml-newline", "set-not-a-section", "set-value-newline",
+        "yaml-key-newline", "yaml-key-cr"])
+def test_line_breaks_in_user_text_are_escaped_in_the_one_line_error(tmp_path, yaml_text, overrides, shown):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides)
+    message = str(err.value)
+    assert "\n" not in message and "\r" not in message, repr(message)
+    assert shown in message, message
+
+
+def test_a_set_key_with_a_line_break_is_one_line_exit_2(tmp_path, harness_cli):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train: {epochs: 2}\n")
+    code, out, err = harness_cli(["train", str(path), "--set", "train.ep\nochs=3"])
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert r"train.ep\nochs: unknown key" in err, err

@@ -1,4 +1,6 @@
-"""``cars196``: Stanford Cars, ``cars_annos.mat`` (read with scipy.io.loadmat).
+"""``cars196``: Stanford Cars, ``cars_annos.mat`` (read with scipy.io.loadmat, after
+harness/data/matfile.py has checked its header and element tags: loadmat segfaults on some
+damaged files).
 
 ``annotations`` is a struct array with fields ``relative_im_path`` (``car_ims/000001.jpg``),
 ``bbox_x1..bbox_y2``, ``class`` (1-196) and ``test``. The DML protocol ignores the
@@ -15,6 +17,7 @@ import numpy as np
 
 from harness.data.annotations import no_duplicates, relative_path
 from harness.data.datasets import DatasetParts, ImageFileDataset, RetrievalSplit, register_dataset
+from harness.data.matfile import check_mat5
 from harness.errors import DataError
 
 LAYOUT = "root/cars_annos.mat (struct 'annotations': relative_im_path, class, ...), root/car_ims/<NNNNNN>.jpg"
@@ -43,6 +46,9 @@ def read_cars196(root: Path) -> DatasetParts:
     path = root / "cars_annos.mat"
     if not path.is_file():
         raise DataError(f"cars196: {path} not found; expected layout: {LAYOUT}")
+    # loadmat segfaults on some damaged files (a tag's data type out of range, a complex
+    # flag on a real array): check the header and every element tag first.
+    check_mat5(path, "cars196")
     try:
         mat = loadmat(str(path))
     except Exception as e:  # scipy raises several types for a bad file

@@ -30,6 +30,8 @@ import hashlib
 import json
 import os
 import shutil
+import tokenize
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,11 +208,18 @@ def read_build(root: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     manifest = read_manifest(root)
     path = Path(root) / IMAGES
     try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"glyphs: {path} is missing, truncated or not a NPY file ({reason}); rebuild with "
-                        "`harness data build glyphs`") from None
+        with warnings.catch_warnings():  # numpy warns (Python 2 header, overflow) on mutated headers
+            warnings.simplefilter("ignore")
+            images = np.load(path, mmap_mode="r", allow_pickle=False)
+    # A mutated header reaches numpy's header parser (ast.literal_eval, tokenize): besides
+    # ValueError it raises SyntaxError, tokenize.TokenError, TypeError (a bytes key sorted
+    # with str keys) and OverflowError (a dimension beyond a C long).
+    except (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, TypeError, OverflowError,
+            MemoryError) as e:
+        text = str(e).strip().splitlines()[0][:100] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
+        raise DataError(f"glyphs: {path} is missing, truncated or not a NPY file ({reason}); expected the uint8 "
+                        "NPY array `harness data build glyphs` writes; rebuild with `harness data build glyphs`") from None
     labels = np.array([c["codepoint"] for c in manifest["classes"] for _ in c["faces"]], dtype=np.int64)
     face_ids = np.array([f for c in manifest["classes"] for f in c["faces"]], dtype=np.int64)
     if not isinstance(images, np.ndarray) or images.ndim != 3 or images.dtype != np.uint8:

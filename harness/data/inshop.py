@@ -33,8 +33,11 @@ def read_inshop(root: Path) -> DatasetParts:
         raise DataError(f"inshop: list_eval_partition.txt not found under {root}; expected layout: {LAYOUT}")
     where = f"inshop: {path}"
     lines = read_lines(path, "inshop", LAYOUT)
-    if lines[0][0] != 1 or not lines[0][1].strip().isdigit():
-        raise DataError(f"{where}:1: {lines[0][1].strip()[:40]!r} is not the image count; expected line 1 to be "
+    # ASCII digits only: str.strip() also drops control characters such as \x1c and
+    # isdigit() takes '²', neither of which int() reads.
+    count_text = lines[0][1].strip(" \t")
+    if lines[0][0] != 1 or not (count_text.isascii() and count_text.isdigit()):
+        raise DataError(f"{where}:1: {short(count_text, 40)} is not the image count; expected line 1 to be "
                         f"a whole number; expected layout: {LAYOUT}")
     if len(lines) < 2 or lines[1][0] != 2 or lines[1][1].split() != HEADER:
         raise DataError(f"{where}:2: line 2 should be '{' '.join(HEADER)}'; expected layout: {LAYOUT}")
@@ -46,7 +49,7 @@ def read_inshop(root: Path) -> DatasetParts:
         if r[2] not in STATUSES:
             raise DataError(f"{where}:{n}: evaluation_status {short(r[2])}; expected train, query or gallery")
         rows.append((n, r))
-    count = int(lines[0][1])
+    count = int(count_text)
     if count != len(rows):
         raise DataError(f"{where}:1: says {count} images but {len(rows)} are listed; expected the two to agree "
                         "(a truncated file? re-download it)")

@@ -28,7 +28,7 @@ from pydantic import Field, ValidationError
 
 from harness.config import RunConfig, build_config, load_yaml, parse_overrides, set_dotted
 from harness.core.pairs import positive_pair_problem
-from harness.errors import ConfigError, config_error
+from harness.errors import ConfigError, config_error, printable
 from harness.results_contract import XML_SUFFIX, method_name
 from harness.sweep.search_spec import METHOD_KEY, ReferenceSpec, SearchSpec, StrictModel
 from harness.sweep.space import corner_overrides, grid_for
@@ -94,10 +94,10 @@ class Experiment(StrictModel):
     def run_config(self, overrides: dict[str, Any] | None = None) -> RunConfig:
         workers = {"train.workers": self.search.resources.workers}
         return build_config(self.base, {**workers, **(overrides or {})},
-                            source=f"experiment {self.name}: base")
+                            source=f"experiment {printable(self.name)}: base")
 
     def dataset(self) -> str:
-        return str(self.base.get("data", {}).get("name", "digits"))
+        return str(_section(self.base, "data").get("name", "digits"))
 
     def methods(self) -> list[str]:
         """The method labels this experiment compares (for ``harness list``)."""
@@ -110,6 +110,13 @@ class Experiment(StrictModel):
         if self.compare_key:
             return [f"{method} ({self.compare_key}={v})" for v in self.compare_labels]
         return [method]
+
+
+def _section(base: dict[str, Any], name: str) -> dict[str, Any]:
+    """``base[name]`` when it is a mapping, else ``{}`` (absent, or a section left empty in
+    YAML, ``train:``, which parses to null)."""
+    section = base.get(name)
+    return section if isinstance(section, dict) else {}
 
 
 def method_of(cfg: RunConfig) -> str:
@@ -133,16 +140,16 @@ def find_experiment(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if p.is_dir():
-            raise ConfigError(f"{p} is a folder; give an experiment YAML file or a name from `harness list`")
+            raise ConfigError(f"{printable(p)} is a folder; give an experiment YAML file or a name from `harness list`")
         if not p.is_file():
-            raise ConfigError(f"experiment file not found: {p}")
+            raise ConfigError(f"experiment file not found: {printable(p)}")
         return p
     candidate = builtin_dir() / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
     known = ", ".join(builtin_names()) or "(none)"
     raise ConfigError(
-        f"unknown experiment '{name_or_path}'; known: {known} (or give a path to a YAML file)"
+        f"unknown experiment '{printable(name_or_path)}'; known: {known} (or give a path to a YAML file)"
     )
 
 
@@ -155,10 +162,10 @@ def load_experiment(
     path = find_experiment(name_or_path)
     raw = load_yaml(path)
     raw.setdefault("name", path.stem)
-    exp = parse_experiment(raw, source=str(path))
+    exp = parse_experiment(raw, source=printable(path))
     if overrides:
         # the file's own problems name the file, the overrides' name --set
-        build_config(exp.base, source=f"{path}: base")
+        build_config(exp.base, source=f"{printable(path)}: base")
         parsed = parse_overrides(overrides)
         build_config(exp.base, parsed, source="--set")
         base = copy.deepcopy(exp.base)
@@ -202,35 +209,36 @@ def _config_has(key: str, flat: dict[str, Any]) -> bool:
 
 def check_experiment(exp: Experiment) -> None:
     """Checks that need the run config: every key exists, every corner builds."""
-    src = f"experiment {exp.name}"
+    src = f"experiment {printable(exp.name)}"
     base_cfg = exp.run_config()
     flat = base_cfg.flat()
     search = exp.search
     if exp.compare_key and exp.compare_key != METHOD_KEY and not _config_has(exp.compare_key, flat):
         raise ConfigError(
-            f"{src}: search.compare.key: '{exp.compare_key}' is not a config key "
+            f"{src}: search.compare.key: '{printable(exp.compare_key)}' is not a config key "
             f"(use a dotted key such as memory.kind, or 'method')"
         )
     for key, spec in search.space.items():
         if not _config_has(key, flat):
             raise ConfigError(
-                f"{src}: search.space.{key}: the run config has no key '{key}' "
+                f"{src}: search.space.{printable(key)}: the run config has no key '{printable(key)}' "
                 f"(see `harness train --help` for the config sections)"
             )
         for cond in spec.when or {}:
             if not _config_has(cond, flat):
-                raise ConfigError(f"{src}: search.space.{key}.when: unknown config key '{cond}'")
+                raise ConfigError(f"{src}: search.space.{printable(key)}.when: unknown config key "
+                                  f"'{printable(cond)}'")
         if search.algorithm == "grid":
             try:
                 spec.grid_values()
             except ValueError as e:
-                raise ConfigError(f"{src}: search.space.{key}: {e}") from None
+                raise ConfigError(printable(f"{src}: search.space.{key}: {e}")) from None
     if not search.reproduction_seeds:
         raise ConfigError(f"{src}: search.reproduction_seeds: give at least one seed")
-    base_workers = exp.base.get("train", {}).get("workers")
+    base_workers = _section(exp.base, "train").get("workers")
     if base_workers is not None and base_workers != search.resources.workers:
         raise ConfigError(
-            f"{src}: base train.workers is {base_workers} but search.resources.workers is "
+            f"{src}: base train.workers is {printable(base_workers)} but search.resources.workers is "
             f"{search.resources.workers}; set the worker count in search.resources only"
         )
     if search.objective.runs > 1 and search.resources.workers > 1:
@@ -257,8 +265,8 @@ def check_experiment(exp: Experiment) -> None:
     for label in exp.compare_labels:
         for corner in ("low", "high"):
             overrides = corner_overrides(exp, label, corner)
-            where = f"{src} (compare={label}, space at {corner})"
+            where = f"{src} (compare={printable(label)}, space at {corner})"
             cfg = build_config(exp.base, overrides, source=where)
             problem = positive_pair_problem(cfg)
             if problem:
-                raise ConfigError(f"{where}: {problem}")
+                raise ConfigError(printable(f"{where}: {problem}"))

@@ -44,6 +44,8 @@ from harness.results_contract import (
     TRIALS_FILE,
 )
 from harness.sweep.cluster import start_ray, trial_slots
+from harness.sweep.disk import disk_full_error, quiet_tune_disk_full_logs
+from harness.sweep.failures import disk_full
 from harness.sweep.interrupt import watching
 from harness.sweep.lock import SweepLock
 from harness.sweep.optuna_storage import recorded_url, resolve_storage_url
@@ -140,6 +142,13 @@ def run_sweep(plan: SweepPlan, train_fn: Callable | None = None, render: bool = 
         return _run_locked(plan, train_fn, render, warn or (lambda msg: None))
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's loop
         raise SweepInterrupted(f"continue with `{plan.resume_command()}`") from None
+    except Exception as e:
+        # a full disk, met by a trial (DiskFullWatch ended Tune's loop) or by the driver's
+        # own writes (tables, Tune's state): one line, the rest of the sweep left to --resume
+        found = disk_full(e)
+        if found is None:
+            raise
+        raise disk_full_error(plan, found) from None
     finally:
         lock.release()
 
@@ -157,6 +166,7 @@ def _run_locked(plan: SweepPlan, train_fn: Callable | None, render: bool,
         raise ResultsError(f"results of '{exp.name}' appeared at {plan.store.root} meanwhile; "
                            f"continue with `{plan.resume_command()}`")
     plan.optuna_storage = resolve_storage_url(plan, plan.optuna_storage)
+    quiet_tune_disk_full_logs()
     started_ray = start_ray(plan.address)  # before any file: a failed start leaves nothing
     if exp.search.resources.workers > 1 and plan.max_concurrent is None:
         # Tune would start a (light) driver per trial and queue their worker groups

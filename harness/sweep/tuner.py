@@ -8,12 +8,17 @@ restored experiment this driver's callbacks, storage and Optuna database.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import ray.cloudpickle
 from ray import tune
 
+from harness.atomic import atomic_write_bytes
+
 from harness.results_contract import PHASE_SEARCH
+from harness.sweep.disk import DiskFullWatch
 from harness.sweep.experiment import Experiment
 from harness.sweep.progress import SweepProgress
 from harness.sweep.recorder import ResultsRecorder
@@ -60,10 +65,12 @@ REUSE_ACTORS = True
 
 def create_callbacks(plan: SweepPlan, phase: str, planned: int, slots: int, git: str | None,
                      watch: tune.Callback | None) -> list[tune.Callback]:
-    """The driver's callbacks of a phase: rows, live view, Ctrl-C watch, trackers, and
-    the trials' TensorBoard logger that leaves out non-finite values (a failed trial's)."""
+    """The driver's callbacks of a phase: the full-disk stop (first: before a row is
+    written to that disk), rows, live view, Ctrl-C watch, trackers, and the trials'
+    TensorBoard logger that leaves out non-finite values (a failed trial's)."""
     exp = plan.experiment
     return with_tune_tensorboard([
+        DiskFullWatch(),
         ResultsRecorder(exp, plan.storage, git, watch),
         SweepProgress(f"{exp.name}: {phase}", exp.search.metric, exp.search.mode, planned, slots,
                       runs_per_trial=exp.search.objective.runs if phase == PHASE_SEARCH else 1),
@@ -90,6 +97,7 @@ def fit_phase(plan: SweepPlan, phase: str, trainable, callbacks: list[tune.Callb
     run it to the end and return Tune's ``ResultGrid``."""
     path = plan.tune_dir(phase)
     if plan.resume and tune.Tuner.can_restore(path):
+        _repoint_search_state(path)
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
         _use_callbacks(tuner, callbacks)
         scheduler = tuner._local_tuner._tune_config.scheduler
@@ -99,10 +107,55 @@ def fit_phase(plan: SweepPlan, phase: str, trainable, callbacks: list[tune.Callb
         searcher = getattr(searcher, "searcher", searcher)  # inside a ConcurrencyLimiter
         if isinstance(searcher, CompareSearcher):  # its studies: this driver's database URL
             searcher.optuna_url = plan.optuna_storage
+        _save_restored_settings(tuner, path)
     else:
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=_run_config(plan, phase, callbacks))
     return tuner.fit()
+
+
+def _repoint_search_state(path: str) -> None:
+    """Tune's search-generator snapshots (``search_gen_state-*.json``, a cloudpickle)
+    hold the experiment with the storage of the sweep's first start; a restored
+    generator creates new trials with it and saves it again. Re-pointed here, before
+    ``Tuner.restore`` reads them, to the storage they are in (a copied or moved sweep)."""
+    if is_uri(path):
+        return
+    tune_root = str(Path(_absolute(path)).parent)
+    for file in Path(path).glob("search_gen_state-*.json"):
+        try:
+            state = ray.cloudpickle.loads(file.read_bytes())
+            storages = {id(s): s for s in (getattr(state.get("experiment"), "storage", None),
+                                           (getattr(state.get("experiment"), "spec", None) or {}).get("storage"))
+                        if s is not None}
+        except Exception:  # noqa: BLE001 - not ours to judge: Tune's restore reads it as it is
+            continue
+        changed = False
+        for storage in storages.values():
+            if getattr(storage, "storage_fs_path", tune_root) != tune_root:
+                storage.storage_fs_path, changed = tune_root, True
+            # the record of its last upload (the old folder), kept for a retry of it
+            last = getattr(getattr(storage, "syncer", None), "_current_cmd", None)
+            if last is not None and not str(last[1].get("fs_path", "")).startswith(tune_root):
+                storage.syncer._current_cmd, changed = None, True
+        if changed:
+            atomic_write_bytes(file, ray.cloudpickle.dumps(state))
+
+
+def _save_restored_settings(tuner, path: str) -> None:
+    """``tuner.pkl`` again, with what this driver re-pointed in the restored Tuner: the
+    storage path (``Tuner.restore`` takes it from the folder it restores, in memory
+    only), the callbacks, the scheduler's folder and the searcher's database URL. Tune
+    writes the file at the first start only, so a copied or moved sweep's kept naming
+    the storage it was copied from."""
+    if is_uri(path):
+        return
+    file = Path(path) / "tuner.pkl"
+    old = pickle.loads(file.read_bytes())
+    state = tuner._local_tuner.__getstate__()
+    for key in ("__trainable_name", "__flattened_param_space_keys", "_is_restored", "_resume_config"):
+        state[key] = old.get(key)  # as the first start saved them
+    atomic_write_bytes(file, pickle.dumps(state))
 
 
 def _use_callbacks(tuner, callbacks: list[tune.Callback]) -> None:

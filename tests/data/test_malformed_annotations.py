@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +52,26 @@ def truncate(path: Path, keep: int) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
 
+def patch(path: Path, offset: int, data: bytes) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[:offset] + data + raw[offset + len(data):])
+
+
 SOP_TRAIN, SOP_TEST = "Ebay_train.txt", "Ebay_test.txt"
+
+
+def npy_header(root: Path, old: str, new: str) -> None:
+    """Replace ``old`` by ``new`` in images.npy's header (same length: the header stays aligned)."""
+    path = root / "images.npy"
+    raw = path.read_bytes()
+    header_end = raw.index(b"\n") + 1
+    header = raw[:header_end].decode("latin-1")
+    assert old in header, header
+    patched = header[:-1].rstrip(" ").replace(old, new, 1).ljust(len(header) - 1) + "\n"
+    assert len(patched) == len(header), patched
+    path.write_bytes(patched.encode("latin-1") + raw[header_end:])
+
+
 INSHOP = "Eval/list_eval_partition.txt"
 DF2 = "train/annos/000001.json"
 
@@ -115,9 +138,26 @@ CASES = [
      r"cannot read .*cars_annos.mat as a MATLAB file"),
     ("cars-empty-file", "cars196", make_cars, lambda r: truncate(r / "cars_annos.mat", 0),
      r"cannot read .*cars_annos.mat as a MATLAB file"),
+    # The MAT-file header and element tags are checked before scipy.io.loadmat reads the file
+    # (harness/data/matfile.py); the two inputs that crashed loadmat are in test_cars_mat_...
+    ("cars-not-a-mat-file", "cars196", make_cars, lambda r: (r / "cars_annos.mat").write_bytes(b"x" * 400),
+     r"cannot read .*cars_annos.mat as a MATLAB file \(the header does not start with 'MATLAB 5.0 MAT-file'"),
+    ("cars-header-short", "cars196", make_cars, lambda r: truncate(r / "cars_annos.mat", 100),
+     r"cannot read .*cars_annos.mat as a MATLAB file \(100 bytes, shorter than the 128-byte MAT-file header"),
+    ("cars-bad-endian", "cars196", make_cars, lambda r: patch(r / "cars_annos.mat", 126, b"XY"),
+     r"header bytes 126-127 are b'XY'; expected the endian indicator 'IM' or 'MI'"),
+    ("cars-bad-version", "cars196", make_cars, lambda r: patch(r / "cars_annos.mat", 124, b"\x00\x02"),
+     r"header bytes 124-125 give version 0x0200; expected 0x0100"),
+    ("cars-tag-past-end", "cars196", make_cars, lambda r: truncate(r / "cars_annos.mat", 300),
+     r"cannot read .*cars_annos.mat as a MATLAB file \(byte 128: a data element of \d+ bytes runs past the end"),
     # ---- inshop
     ("inshop-count-not-a-number", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "many"),
      r"list_eval_partition.txt:1: 'many' is not the image count"),
+    # Found by `make fuzz`: str.strip() drops \x1c and isdigit() takes '²', int() reads neither.
+    ("inshop-count-control-character", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "\x1c21"),
+     r"list_eval_partition.txt:1: '\\x1c21' is not the image count; expected line 1 to be a whole number"),
+    ("inshop-count-superscript", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "2\u00b9"),
+     r"list_eval_partition.txt:1: '2\u00b9' is not the image count"),
     ("inshop-count-mismatch", "inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "20"),
      r"list_eval_partition.txt:1: says 20 images but 21 are listed"),
     ("inshop-bad-status", "inshop", make_inshop,
@@ -184,6 +224,15 @@ CASES = [
      r"images.npy is missing, truncated or not a NPY file"),
     ("glyphs-npy-header-truncated", "glyphs", make_glyphs, lambda r: truncate(r / "images.npy", 20),
      r"images.npy is missing, truncated or not a NPY file"),
+    # Found by `make fuzz`: numpy's header parser raises more than ValueError on a mutated header.
+    ("glyphs-npy-header-syntax", "glyphs", make_glyphs, lambda r: npy_header(r, "'|u1'", "'|,1'"),
+     r"images.npy is missing, truncated or not a NPY file \(SyntaxError: .*\); expected the uint8 NPY array"),
+    ("glyphs-npy-header-token", "glyphs", make_glyphs, lambda r: npy_header(r, "8), }", "8), 0"),
+     r"images.npy is missing, truncated or not a NPY file \(TokenError: .*\)"),
+    ("glyphs-npy-header-bytes-key", "glyphs", make_glyphs, lambda r: npy_header(r, ", 'fortran", ",b'fortran"),
+     r"images.npy is missing, truncated or not a NPY file \(TypeError: .*\)"),
+    ("glyphs-npy-header-huge-dimension", "glyphs", make_glyphs, lambda r: npy_header(r, "(18,", "(99999999999999999999,"),
+     r"images.npy is missing, truncated or not a NPY file \(OverflowError: .*\)"),
     ("glyphs-npy-wrong-dtype", "glyphs", make_glyphs, lambda r: np.save(r / "images.npy", np.zeros((18, 8, 8))),
      r"images.npy holds an array of shape \(18, 8, 8\) and dtype float64; expected uint8"),
     ("glyphs-codepoint-text", "glyphs", make_glyphs,
@@ -259,3 +308,50 @@ def test_data_check_of_a_non_numeric_class_id_is_one_line_exit_2(tmp_path, harne
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "Ebay_train.txt:2: class_id 'x1' is not an integer" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("dataset, maker, damage, says", [
+    ("inshop", make_inshop, lambda r: set_line(r / INSHOP, 1, "\x1c21"), r"'\x1c21' is not the image count"),
+    ("glyphs", make_glyphs, lambda r: npy_header(r, "'|u1'", "'|,1'"), "not a NPY file (SyntaxError:"),
+], ids=["inshop-control-character", "glyphs-npy-header-syntax"])
+def test_data_check_of_fuzz_found_inputs_is_one_line_exit_2(tmp_path, harness_cli, dataset, maker, damage, says):
+    # `make fuzz` found these ending in a ValueError / SyntaxError traceback.
+    maker(tmp_path)
+    damage(tmp_path)
+    code, out, err = harness_cli(["data", "check", dataset, "--root", str(tmp_path)])
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert says in " ".join(err.split()), err
+
+
+# Found by `make fuzz` (40x): scipy.io.loadmat dies with SIGSEGV on these one-byte mutations
+# of cars_annos.mat (scipy 1.17.1; it indexes a fixed table by a tag's data type unchecked).
+# Run in a child process: on the code before, the reader kills the process, not the test run.
+CARS_CRASHES = {
+    # the miUTF8 (16) tag of the first relative_im_path, given data type 96
+    "tag-data-type-out-of-range": (b"\x10\x00\x00\x00\x12\x00\x00\x00car_ims/000001.jpg", 0, b"\x60",
+                                   r"byte \d+: data type 96 in a data element tag; expected one of 1-7, 9, 12-18"),
+    # the array flags of the first uint8 field (class 9) with the complex flag (0x800) set
+    "complex-flag-on-a-real-array": (b"\x06\x00\x00\x00\x08\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00"
+                                     b"\x05\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00", 9, b"\x08",
+                                     r"an array of class 9 \(complex\) with 1 data elements; expected 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CARS_CRASHES))
+def test_cars_mat_that_crashed_loadmat_is_one_line(tmp_path, case):
+    find, at, byte, message = CARS_CRASHES[case]
+    make_cars(tmp_path)
+    path = tmp_path / "cars_annos.mat"
+    raw = path.read_bytes()
+    offset = raw.index(find) + at
+    path.write_bytes(raw[:offset] + byte + raw[offset + 1:])
+    code = ("import sys; from harness.data import read_dataset; from harness.errors import DataError\n"
+            "try:\n    read_dataset('cars196', sys.argv[1])\nexcept DataError as e:\n    print(e)\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, f"exit {done.returncode} (negative: killed by that signal); {done.stderr[-500:]}"
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and "cannot read" in lines[0] and "cars_annos.mat as a MATLAB file" in lines[0], done.stdout
+    assert re.search(message, lines[0]), lines[0]

@@ -106,7 +106,8 @@ def assert_one_line(proc_or_text, pattern: str, code: int = 2) -> str:
     else:
         text = proc_or_text
     assert "Traceback" not in text, text[-3000:]
-    got = lines(text)
+    # the error is one line; the pre-flight check's warnings about the tiny data may precede it
+    got = [ln for ln in lines(text) if not ln.startswith("warning:")]
     assert len(got) == 1, text[-3000:]
     assert re.search(pattern, got[0]), got[0]
     assert not re.search(r"\b(delete|remove)\b", got[0], re.I), got[0]  # never advised
@@ -225,12 +226,11 @@ def test_moved_storage_resumes_and_keeps_no_old_path_in_its_resume_state(interru
     old = str(resumed_after_move["old"]).encode()
     holding = sorted(str(p.relative_to(moved)) for p in moved.rglob("*")
                      if p.is_file() and re.search(re.escape(old) + rb"(?![\w.-])", p.read_bytes()))
-    # The searcher's snapshots (and the sweep's own state) name no database path at all.
-    # Not yet covered (issue 23, open): Tune's own tuner.pkl and search_gen_state-*.json
-    # still hold the old storage path in its run config and experiment spec; the resume
-    # above no longer depends on that path existing.
-    resume_state = [h for h in holding if re.search(r"(searcher-state-.*\.pkl|sweep\.json)$", h)]
-    assert not resume_state, holding
+    # No file of the resumed copy names the old storage: not the searcher's snapshots or
+    # the sweep's state (no database path at all), and not Tune's own files either
+    # (tuner.pkl's run settings, search_gen_state-*.json's experiment: before, both kept
+    # the storage of the first start; the resume re-points them, harness/sweep/tuner.py).
+    assert not holding, holding
     assert any(p.name.startswith("searcher-state-") for p in moved.rglob("*.pkl"))
 
 
@@ -496,8 +496,9 @@ def test_trial_budget_that_does_not_divide_is_announced(tmp_path):
     from harness.sweep.runner import prepare_sweep
 
     plan = prepare_sweep(str(experiment_file(tmp_path, trials=5)), storage=str(tmp_path / "r"))
-    assert plan.warnings == ["search.trials 5 is not a multiple of the 2 compared values: "
-                             "2 trials each, 4 in all"]
+    # (the pre-flight check adds its own line for this tiny data: digits' 3 training classes)
+    assert [w for w in plan.warnings if w.startswith("search.trials")] == [
+        "search.trials 5 is not a multiple of the 2 compared values: 2 trials each, 4 in all"]
 
 
 def test_positive_pairs_checked_by_training_too(tmp_path):

@@ -324,3 +324,21 @@ def test_shipped_paper_experiments_carry_table_references():
     assert "Table 1" in df2.source and df2.values["test.recall@1"]["none"].mean == 36.45
     assert space_description(load_experiment("sop-axbn"))["reference"]["values"]["test.recall@1"]["none"] == {
         "mean": 75.94, "std": 0.03}
+
+
+def test_report_files_are_written_atomically_with_the_usual_permissions(tmp_path):
+    """harness.atomic's temp file + fsync + rename, not a second copy of it: no temp file
+    left behind, and the files readable like any file the user writes (not mkstemp's 0600)."""
+    import os
+    import stat
+
+    from fixtures.report_tables import write_experiment
+    from reports.render import render_report
+
+    exp = write_experiment(tmp_path / "results")
+    written = render_report([exp], tmp_path / "out", formats=("md", "html"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in written.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert not list((tmp_path / "out").glob("*.tmp")) and not list((tmp_path / "out").glob(".*.tmp"))

@@ -187,3 +187,40 @@ def test_reference_section_is_validated(tmp_path):
     doc["reference"]["values"] = {"test.recall@1": {"xbn": {"mean": 1, "sd": 2}}}
     with pytest.raises(ConfigError, match=r"reference\.values\.test\.recall@1\.xbn\.sd: unknown key"):
         load_experiment(write(tmp_path, doc))
+
+
+# Found by `make fuzz` (40x): a base section that parses to null ended in
+# AttributeError: 'NoneType' object has no attribute 'get'.
+@pytest.mark.parametrize("section", ["train", "data", "model", "memory"])
+def test_a_null_base_section_loads_or_is_one_line(tmp_path, section):
+    doc = minimal()
+    doc["base"][section] = None
+    try:
+        exp = load_experiment(write(tmp_path, doc))
+    except ConfigError as e:
+        assert "\n" not in str(e), str(e)
+    else:
+        exp.dataset(), exp.methods()
+
+
+# Found by `make fuzz` (40x): user text with a line break was echoed raw (two lines).
+@pytest.mark.parametrize("doc, shown", [
+    (minimal(space={"model.wi\ndth": {"type": "int", "low": 1, "high": 4}}),
+     r"search.space.model.wi\ndth: the run config has no key 'model.wi\ndth'"),
+    (minimal(space={"xml.weight": {"type": "float", "low": 0.1, "high": 1, "when": {"xml.o\rn": True}}}),
+     r"unknown config key 'xml.o\rn'"),
+    (minimal(compare={"key": "memory.ki\nnds", "values": ["xbm"]}), r"compare.key: 'memory.ki\nnds' is not a config key"),
+    ({**minimal(), "sea\nrch": {}}, r"sea\nrch: unknown key"),
+], ids=["space-key", "when-key", "compare-key", "top-level-key"])
+def test_line_breaks_in_experiment_keys_are_escaped(tmp_path, doc, shown):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(write(tmp_path, doc))
+    message = str(err.value)
+    assert "\n" not in message and "\r" not in message, repr(message)
+    assert shown in message, message
+
+
+def test_an_unknown_experiment_name_with_a_line_break_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        find_experiment("no\npe")
+    assert "\n" not in str(err.value) and r"unknown experiment 'no\npe'" in str(err.value), str(err.value)
