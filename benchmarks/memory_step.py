@@ -4,7 +4,7 @@ A step = loss of a batch against a full memory + memory update (adapt, enqueue) 
 backward of the loss w.r.t. the batch embeddings. Every variant is measured in the same
 run, interleaved (one step of each variant per round), after a warm-up; the table gives
 the median ms per step and ratios against the library's CrossBatchMemory (the baseline)
-and against our xbm. Targets (issue 2): our xbn/axbn <= 1.10x our xbm; our xbm <= 1.0x
+and against our xbm. Targets: our xbn/axbn <= 1.10x our xbm; our xbm <= 1.0x
 the library's.
 
 Default loss: ContrastiveLoss without a miner (all pairs). The protocol default

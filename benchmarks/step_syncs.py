@@ -1,6 +1,6 @@
 """Per-step time of the training step with the device-to-host syncs removed vs before.
 
-Before (issue 14): each step read six values on the host in the middle of the step --
+Before (git 7728673): each step read six values on the host in the middle of the step --
 the memory's two loss parts, the XML loss, the total loss (``float(tensor)``), the
 pending affine's range check (``bool(tensor)``) and the prototypes' ``initialized`` flag
 -- plus two implicit syncs on a GPU: ``split_halves`` on the device labels
@@ -45,7 +45,7 @@ from fixtures.host_syncs import host_syncs  # noqa: E402  (shared with tests/cor
 
 
 def old_train_step(self, images, labels, optimizer, halves=None):
-    """``Trainer.train_step`` before issue 14 (git 7728673), verbatim but for the signature."""
+    """``Trainer.train_step`` as of git 7728673 (before the host-sync work), verbatim but for the signature."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
         out = self.model(images)
@@ -78,7 +78,7 @@ def old_fit_prototypes(H, G, prior, alpha):
 
 
 def old_indices(self, embeddings, labels, ref_emb, ref_labels, slots):
-    """``CrossBatchMemory._indices`` before issue 20 (boolean masks over the pairs)."""
+    """``CrossBatchMemory._indices`` before the sync-free pair selection (boolean masks over the pairs)."""
     from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
     if self._compute_miner is not None:

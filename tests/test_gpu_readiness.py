@@ -1,4 +1,4 @@
-"""What a first run on a cloud GPU would hit, made visible on the CPU (issue 14).
+"""What a first run on a cloud GPU would hit, made visible on the CPU.
 
 Checkpoints written on a GPU node (their tensors tagged ``cuda:N``) resumed elsewhere,
 every state tensor on the training device after a resume, a run saved without a grad

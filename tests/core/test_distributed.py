@@ -1,4 +1,4 @@
-"""Data-parallel training (issue 12): 2 gloo ranks x B/2 == 1 process x B.
+"""Data-parallel training: 2 gloo ranks x B/2 == 1 process x B.
 
 The equivalence tests spawn two CPU processes joined by gloo (no Ray) that run the
 harness's own DistributedTrainer for three optimizer steps, and compare them with one
@@ -138,7 +138,7 @@ def test_model_gradients_are_averaged_during_backward(runs, case):
 def test_gathering_the_global_batch_reads_nothing_on_the_host(runs):
     """The ranks' row counts come from the host lengths over a gloo group before the
     forward (``rank_sizes``), so the gather of labels and embeddings reads no tensor
-    (issue 20, defect 11: it read the gathered labels' counts with ``.tolist()``)."""
+    (it used to read the gathered labels' counts with ``.tolist()``)."""
     for case in CASES:
         _, ranks = runs[case]
         for r in ranks:

@@ -1,4 +1,4 @@
-"""Data-parallel runs that end together (issue 20, defects 1 and 2), on gloo CPU ranks.
+"""Data-parallel runs that end together, on gloo CPU ranks.
 
 - ``harness train`` with ``train.workers: 2`` and ``data.workers: 2``: the spawned ranks
   start their DataLoader workers, and the run equals the 1-worker run as

@@ -257,7 +257,7 @@ def test_a_loss_reused_by_a_second_memory_keeps_the_shared_path():
 @pytest.mark.parametrize("with_miner", [False, True], ids=["all-pairs", "miner"])
 def test_pair_selection_adds_no_host_sync(with_miner):
     """Dropping each query's own stored copy from its pairs makes no host sync of its own
-    (issue 20, defect 11): without a miner the own copy is cleared in the match matrix
+    (a host sync stalls a GPU step): without a miner the own copy is cleared in the match matrix
     before the pairs' one ``torch.where`` (which pytorch-metric-learning's all-pairs helper
     makes anyway); with a miner, one ``nonzero`` of the kept pairs instead of a boolean
     mask per index tensor. The losses stay those of test_memory_matches_literal_reference."""

@@ -245,7 +245,7 @@ def test_autocast_path_runs_on_cpu_with_bf16(tmp_path):
 def test_loader_processes_are_training_and_validation_only(tmp_path):
     """With data.workers=2 a run keeps 2 training and 2 validation loader workers alive
     between epochs; the probe set (a few dozen images) is embedded in the process, not by
-    a third persistent loader (issue 20, defect 9: 21-28 processes on an 8-vCPU trial)."""
+    a third persistent loader (21-28 processes on an 8-vCPU trial before)."""
     import os
     from pathlib import Path
 

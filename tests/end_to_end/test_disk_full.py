@@ -1,4 +1,4 @@
-"""A sweep whose --storage fills up (issue 23): a real 2 MB tmpfs, real Ray, real Tune.
+"""A sweep whose --storage fills up: a real 2 MB tmpfs, real Ray, real Tune.
 
 Trials train with a fake whose checkpoint is 400 KB (tests/fixtures/fake_sweep_driver.py:
 the real CLI, only run_training replaced), so the disk fills after a few of the 6 planned

@@ -1,4 +1,4 @@
-"""The fault suite of issue 9: faults injected for real, and what the user sees.
+"""The fault suite: faults injected for real, and what the user sees.
 
 Real `harness` processes (each in a session of its own, signalled only by its pids),
 real files, real Ray, real training on tiny digits. Points of the issue:

@@ -4,7 +4,7 @@ A folder of 10 classes x 40 real product photos (Fashion-MNIST written as 64 px 
 tests/fixtures/photos.py), then the README's commands as `harness` processes in the
 folder that holds `photos/`: `harness data check folder --root photos/`, `harness sweep
 demo --set data.name=folder --set data.root=photos --set data.image_size=64 --storage
-results`, and the report the third command opens. Issue 24's case: the shipped `demo`
+results`, and the report the third command opens. The case that once lost XBN: the shipped `demo`
 draws memory.fraction 0.25, which this data makes 30 embeddings, less than one batch.
 
 The demo fine-tunes the glyph-pretrained backbone (`model.pretrained: glyphs`), which the

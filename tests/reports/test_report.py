@@ -1,4 +1,4 @@
-"""Comparison reports (issue 5): numbers, winner, significance, progress, errors, escaping, CLI.
+"""Comparison reports: numbers, winner, significance, progress, errors, escaping, CLI.
 
 The tables come from tests/fixtures/report_tables.py, with known numbers: test Recall@1 in %
 over seeds 0, 1, 2 is xbm 70/72/74, xbn 78/79/80, axbn 80/81/82.

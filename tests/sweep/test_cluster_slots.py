@@ -1,4 +1,4 @@
-"""How many trials a sweep runs at once on a cluster (issue 20, defect 3).
+"""How many trials a sweep runs at once on a cluster (an autoscaling one included).
 
 After `ray up cluster.yaml` only the head node exists (no CPU for trials), so slots
 counted from the resources present were 1 for the whole sweep, and a data-parallel

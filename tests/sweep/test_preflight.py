@@ -47,7 +47,7 @@ def test_a_memory_fraction_below_one_batch_becomes_one_batch(caplog):
     assert cfg.memory.capacity(1000, 32) == 250  # not touched when it holds a batch
     explicit = build_config({"memory": {"kind": "xbm", "size": 30}})
     assert explicit.memory.capacity(120, 32) == 30  # an explicit size is the user's (pre-flight refuses it)
-    # the training core's memory follows: the case of issue 24 trains instead of failing
+    # the training core's memory follows: the 10 x 40 photos case trains instead of failing
     with caplog.at_level("WARNING"):
         memory, _ = build_losses(cfg, n_train=120, num_classes=3)
     assert memory.memory_size == 32
@@ -58,7 +58,7 @@ def test_a_memory_fraction_below_one_batch_becomes_one_batch(caplog):
 
 
 def test_demo_on_ten_classes_of_forty_photos_plans_with_one_warning(photos, tmp_path):
-    """The case of issue 24: 0.25 of 120 training images is 30, less than a batch of 32."""
+    """10 classes x 40 photos: 0.25 of 120 training images is 30, less than a batch of 32."""
     storage = tmp_path / "results"
     plan = prepare_sweep("demo", overrides(photos(10, 40)), storage=str(storage))
     memory = [w for w in plan.warnings if w.startswith("memory.fraction")]

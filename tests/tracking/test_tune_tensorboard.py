@@ -2,7 +2,7 @@
 
 A failed trial reports its objective as -inf (trainables/retrieval.py), which Ray Tune's
 own TBXLoggerCallback hands to tensorboardX, which prints "NaN or Inf found in input
-tensor." on stderr without saying from where (issue 24). Real Tune runs, real event files.
+tensor." on stderr without saying from where. Real Tune runs, real event files.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """train.checkpoint_every: a trial hands its run folder to Tune (an upload of the whole
 folder to the sweep's storage, S3 on the cluster) every K epochs and at the last one,
-not every epoch (issue 20, defect 8). Every epoch is still reported."""
+not every epoch. Every epoch is still reported."""
 
 from __future__ import annotations
 
