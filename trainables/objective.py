@@ -75,13 +75,7 @@ def _finished(out_dir: Path) -> RunResult | None:
     path = out_dir / "summary.json"
     if not path.is_file():
         return None
-    s = json.loads(path.read_text())
-    pick = lambda prefix: {k: float(v) for k, v in s.items() if k.startswith(prefix)}  # noqa: E731
-    return RunResult(
-        status=s["status"], epochs_run=int(s["epochs_run"]), best_epoch=s.get("best_epoch"),
-        best_val=pick("val."), test=pick("test."), wall_seconds=float(s["wall_seconds"]),
-        device=str(s["device"]), out_dir=out_dir, test_untrained=pick("test_untrained."),
-    )
+    return RunResult.from_summary(json.loads(path.read_text()), out_dir)
 
 
 def _mean(dicts: list[dict[str, Any]]) -> dict[str, float]:

@@ -56,6 +56,12 @@ def worst(mode: str) -> float:
     return -math.inf if mode == "max" else math.inf
 
 
+def scored_value(record: dict[str, Any], metric: str) -> Any:
+    """What an epoch record scores the trial on: the search metric, or for a trial of
+    several runs (trainables/objective.py) the mean of their best-so-far values."""
+    return record.get(OBJECTIVE_SO_FAR_KEY, record.get(metric))
+
+
 def better(a: float, b: float | None, mode: str) -> bool:
     return b is None or (a > b if mode == "max" else a < b)
 
@@ -135,15 +141,14 @@ def _run_trial(run_config, out_dir: Path, metric: str, mode: str, train_fn,
 
     metric_key = metric.removeprefix("val.")
     best: float | None = None
-    # a trial of several runs (trainables/objective.py) scores the mean of their bests
     for rec in read_epochs(out_dir):  # best so far from epochs before a restart
-        v = rec.get(OBJECTIVE_SO_FAR_KEY, rec.get(metric))
+        v = scored_value(rec, metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and better(v, best, mode):
             best = float(v)
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         nonlocal best
-        v = metrics.get(OBJECTIVE_SO_FAR_KEY, metrics.get(metric))
+        v = scored_value(metrics, metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and better(v, best, mode):
             best = float(v)
         record = {k: float(x) for k, x in metrics.items() if isinstance(x, (int, float))}

@@ -30,6 +30,19 @@ class RunResult:
     # and search-metric value (trainables/objective.py); empty for a single run.
     units: list[dict[str, Any]] = field(default_factory=list)
 
+    @classmethod
+    def from_summary(cls, s: dict[str, Any], out_dir: Path) -> "RunResult":
+        """The inverse of :meth:`summary` (a ``summary.json`` read back)."""
+        def pick(prefix: str) -> dict[str, float]:
+            return {k: float(v) for k, v in s.items() if k.startswith(prefix)}
+
+        return cls(
+            status=s["status"], epochs_run=int(s["epochs_run"]), best_epoch=s.get("best_epoch"),
+            best_val=pick("val."), test=pick("test."), wall_seconds=float(s["wall_seconds"]),
+            device=str(s["device"]), out_dir=out_dir, test_untrained=pick("test_untrained."),
+            units=list(s.get("units") or []),
+        )
+
     def summary(self) -> dict[str, Any]:
         """The flat ``summary.json`` mapping."""
         d = {k: v for k, v in asdict(self).items()

@@ -89,7 +89,11 @@ def split_validation(train: LabeledDataset, val_fraction: float, seed: int):
             f"{len(classes)} training classes, leaving {len(classes) - n_val} (training needs 2); {fix}"
         )
     rng = np.random.default_rng(seed)
-    val_classes = rng.permutation(classes)[:n_val]
+    return _carve(train, rng.permutation(classes)[:n_val])
+
+
+def _carve(train: LabeledDataset, val_classes) -> tuple[LabeledDataset, RetrievalSplit]:
+    """(train without ``val_classes``, the one-set validation split of those classes)."""
     is_val = np.isin(train.labels, val_classes)
     return train.subset(np.flatnonzero(~is_val)), RetrievalSplit(train.subset(np.flatnonzero(is_val)))
 
@@ -109,8 +113,7 @@ def fold_classes(labels, folds: int, seed: int) -> list[np.ndarray]:
 
 def split_fold(train: LabeledDataset, folds: int, fold: int, seed: int):
     """Validation = part ``fold`` of :func:`fold_classes`, training = the other parts."""
-    is_val = np.isin(train.labels, fold_classes(train.labels, folds, seed)[fold])
-    return train.subset(np.flatnonzero(~is_val)), RetrievalSplit(train.subset(np.flatnonzero(is_val)))
+    return _carve(train, fold_classes(train.labels, folds, seed)[fold])
 
 
 def cap_images(train: LabeledDataset, max_images: int | None, seed: int) -> LabeledDataset:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -137,9 +138,8 @@ def objective_columns(units: list[dict[str, Any]] | None) -> dict[str, Any]:
         return {}
     values = [u.get("value") for u in units]
     finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    mean = sum(finite) / len(finite) if finite else math.nan
-    std = (math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
-           if len(finite) > 1 else math.nan)
+    mean = statistics.fmean(finite) if finite else math.nan
+    std = statistics.stdev(finite) if len(finite) > 1 else math.nan
     runs = [{"fold": u.get("fold"), "seed": u.get("seed"), "value": u.get("value")} for u in units]
     return {COL_OBJECTIVE_MEAN: mean, COL_OBJECTIVE_STD: std, COL_OBJECTIVE_RUNS: json.dumps(runs)}
 
