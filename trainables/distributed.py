@@ -34,7 +34,7 @@ from harness.config import build_config
 from harness.sweep.failures import is_deterministic
 from harness.trial_spec import spec_of
 from trainables.retrieval import FINAL_REPORT, TRIAL_META, _run_trial
-from trainables.trial_setup import run_folder, trial_run_config
+from trainables.trial_setup import run_folder, seal_checkpoint, trial_run_config
 
 # Resources of the Tune trial itself, a driver that only waits on its TorchTrainer: no
 # CPU (the workers hold the real resources, so a 4-GPU node fits 4 workers with all its
@@ -44,7 +44,7 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
 
 
 def ray_train_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-    checkpoint = None if checkpoint_dir is None else ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+    checkpoint = None if checkpoint_dir is None else ray.train.Checkpoint.from_directory(str(seal_checkpoint(checkpoint_dir)))
     ray.train.report(metrics, checkpoint=checkpoint)
 
 

@@ -41,7 +41,7 @@ from harness.results_contract import (
 from harness.sweep.failures import is_deterministic, one_line
 from harness.trial_spec import spec_of
 from trainables.objective import objective_training
-from trainables.trial_setup import read_epochs, run_folder, trial_run_config
+from trainables.trial_setup import read_epochs, run_folder, seal_checkpoint, trial_run_config
 
 # Every trial reports its objective under OBJECTIVE_KEY (Optuna and ASHA read it): the
 # experiment's metric, best so far on validation; the worst value before one exists.
@@ -111,7 +111,7 @@ def train_retrieval(
 
 def tune_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
     """Report to the Tune trial, with ``checkpoint_dir`` as its checkpoint."""
-    checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(str(checkpoint_dir))
+    checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(str(seal_checkpoint(checkpoint_dir)))
     tune.report(metrics, checkpoint=checkpoint)
 
 

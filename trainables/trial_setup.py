@@ -2,8 +2,11 @@
 
 :func:`trial_run_config` turns a trial's ``spec`` (its dotted overrides and seed) into
 the run config; :func:`run_folder` gives the trial its local run folder, restored from
-the trial's last checkpoint when it restarts, and removes it afterwards. Used by
-:mod:`trainables.retrieval` (one worker) and :mod:`trainables.distributed` (every rank).
+the trial's last checkpoint when it restarts, and removes it afterwards;
+:func:`seal_checkpoint` lists a checkpoint's files before Tune copies it, so that
+:func:`is_complete_checkpoint` can tell a whole copy from one cut short by a kill. Used
+by :mod:`trainables.retrieval` (one worker) and :mod:`trainables.distributed` (every
+rank).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from typing import Any, Iterator
 
 from harness.config import RunConfig, build_config
 from harness.trial_spec import TrialSpec, run_overrides
+
+# A checkpoint's own list of its files and their sizes (written last into the folder
+# that Tune then copies): a copy is whole when every listed file is there at its size.
+CHECKPOINT_MANIFEST = "checkpoint_files.json"
 
 
 def trial_run_config(base: dict[str, Any] | None, spec: TrialSpec,
@@ -60,3 +67,24 @@ def read_epochs(out_dir: Path) -> list[dict[str, Any]]:
                 if "epoch" in rec:
                     rows[int(rec["epoch"])] = rec
     return [rows[k] for k in sorted(rows)]
+
+
+def seal_checkpoint(folder: Path) -> Path:
+    """Write ``folder``'s manifest (each file's relative path and size) and return the
+    folder: what the trial reports to Tune as its checkpoint."""
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != CHECKPOINT_MANIFEST}
+    (folder / CHECKPOINT_MANIFEST).write_text(json.dumps(files))
+    return folder
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` (a copied checkpoint) holds every file its manifest lists, each
+    at its listed size; False for a folder without one or with an unreadable one."""
+    try:
+        files = json.loads((folder / CHECKPOINT_MANIFEST).read_text())
+        return isinstance(files, dict) and all(
+            (folder / name).is_file() and (folder / name).stat().st_size == size
+            for name, size in files.items())
+    except (OSError, ValueError):
+        return False

@@ -8,12 +8,14 @@ restored experiment this driver's callbacks, storage and Optuna database.
 
 from __future__ import annotations
 
+import json
 import pickle
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
 import ray.cloudpickle
 from ray import tune
+from ray.tune.result import TRAINING_ITERATION
 
 from harness.atomic import atomic_write_bytes
 
@@ -29,6 +31,7 @@ from harness.tracking import create_tracking_callbacks, with_tune_tensorboard
 from harness.trial_spec import spec_of
 from trainables.distributed import DRIVER_RESOURCES, train_retrieval_distributed
 from trainables.retrieval import train_retrieval
+from trainables.trial_setup import is_complete_checkpoint
 
 if TYPE_CHECKING:
     from harness.sweep.plan import SweepPlan
@@ -98,6 +101,7 @@ def fit_phase(plan: SweepPlan, phase: str, trainable, callbacks: list[tune.Callb
     path = plan.tune_dir(phase)
     if plan.resume and tune.Tuner.can_restore(path):
         _repoint_search_state(path)
+        repoint_lost_checkpoints(path)
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
         _use_callbacks(tuner, callbacks)
         scheduler = tuner._local_tuner._tune_config.scheduler
@@ -140,6 +144,62 @@ def _repoint_search_state(path: str) -> None:
                 storage.syncer._current_cmd, changed = None, True
         if changed:
             atomic_write_bytes(file, ray.cloudpickle.dumps(state))
+
+
+def repoint_lost_checkpoints(path: str) -> None:
+    """Point each trial whose recorded checkpoint is gone at its newest whole one.
+
+    Tune deletes a trial's older checkpoint (``num_to_keep``) as soon as the newer one
+    arrives, but records the newer one in ``experiment_state-*.json`` only at its next
+    snapshot; a driver killed in between leaves a state naming a deleted checkpoint,
+    and ``Tuner.restore`` would then fail that trial ("does not exist on storage
+    anymore"). The newest complete ``checkpoint_*`` in the trial's folder (a copy cut
+    short by the kill is not: :func:`is_complete_checkpoint`) is at least as far on;
+    its training iteration counts the reports since the recorded one, one a checkpoint.
+    """
+    if is_uri(path):
+        return
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    for file in Path(path).glob("experiment_state-*.json"):
+        try:
+            state = json.loads(file.read_text())
+            entries = state["trial_data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours to judge: Tune's restore reads it as it is
+        changed = False
+        for entry in entries:
+            try:
+                metadata = _TrainingRunMetadata.from_json_state(entry[1])
+                latest = metadata.checkpoint_manager.latest_checkpoint_result
+            except Exception:  # noqa: BLE001 - as above
+                continue
+            if latest is None or latest.checkpoint is None:
+                continue
+            recorded = PurePosixPath(latest.checkpoint.path)  # maybe where the sweep was first
+            trial_dir = Path(path) / recorded.parent.name
+            if (trial_dir / recorded.name).is_dir():
+                continue
+            found = sorted((d for d in trial_dir.glob("checkpoint_*") if is_complete_checkpoint(d)),
+                           key=lambda d: d.name)
+            if not found:
+                continue
+            newest = found[-1].name
+            metrics = dict(latest.metrics)
+            if TRAINING_ITERATION in metrics:
+                metrics[TRAINING_ITERATION] += _checkpoint_index(newest) - _checkpoint_index(recorded.name)
+            # in place: the manager's list of kept checkpoints holds the same object
+            latest.checkpoint = tune.Checkpoint(path=str(recorded.parent / newest),
+                                                filesystem=latest.checkpoint.filesystem)
+            latest.metrics = metrics
+            metadata.invalidate_cache()
+            entry[1], changed = metadata.get_json_state(), True
+        if changed:
+            atomic_write_bytes(file, json.dumps(state).encode())
+
+
+def _checkpoint_index(name: str) -> int:
+    return int(name.rsplit("_", 1)[-1])
 
 
 def _save_restored_settings(tuner, path: str) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from fixtures.processes import session_pids
+from trainables.trial_setup import is_complete_checkpoint
 
 pytestmark = [pytest.mark.slow]
 
@@ -108,8 +109,9 @@ assert "objective" in FOLDS and "epochs: 4," in FOLDS
 
 
 def _checkpoint_runs(trial_dir) -> dict[str, list[dict]]:
-    """The per-run epochs.jsonl records of a trial's (only kept) Tune checkpoint."""
-    ckpt = max(trial_dir.glob("checkpoint_*"))
+    """The per-run epochs.jsonl records of a trial's newest whole Tune checkpoint (the
+    kill may leave a newer one cut short, or the one before not yet deleted)."""
+    ckpt = max(d for d in trial_dir.glob("checkpoint_*") if is_complete_checkpoint(d))
     return {run.name: [json.loads(x) for x in (run / "epochs.jsonl").read_text().splitlines()]
             for run in sorted((ckpt / "runs").iterdir())}
 
@@ -123,7 +125,9 @@ def test_sigkilled_multi_fold_trial_resumes_its_runs_where_they_were(results_sto
     # Tune restarts a trial from the last checkpoint its experiment state recorded, a
     # snapshot taken every >= 10 s by default; every controller step here, so that the
     # kill below (after two snapshots that follow the first checkpoint) tests this
-    # harness's resume of the runs, not Tune's snapshot lag (docs/architecture.md).
+    # harness's resume of the runs, not Tune's snapshot lag (docs/architecture.md). A
+    # kill between Tune deleting the recorded checkpoint and the next snapshot is
+    # repaired at the resume (tests/sweep/test_lost_checkpoint.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     proc = subprocess.Popen([*HARNESS, "sweep", str(exp), "--storage", str(storage)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,

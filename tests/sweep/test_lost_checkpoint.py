@@ -1,0 +1,104 @@
+"""A resumed sweep whose Tune experiment state names a checkpoint that Tune had already
+deleted (the driver killed between ``num_to_keep`` deleting it and the next snapshot
+recording its successor) continues the trial from the newest whole checkpoint on disk,
+not from scratch and not as a failed trial; a copy cut short by the kill is passed over."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from harness.sweep.tuner import repoint_lost_checkpoints
+from trainables.trial_setup import CHECKPOINT_MANIFEST, is_complete_checkpoint, seal_checkpoint
+
+EPOCHS = 4
+
+
+def _counting_trainable(config):
+    """Reports epochs 1..EPOCHS, each with a checkpoint holding the epoch; the first
+    attempt dies after epoch 2 (a marker file says whether it ran already)."""
+    start, resumed_from = 1, 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resumed_from = json.loads((Path(d) / "epoch.json").read_text())
+            start = resumed_from + 1
+    marker = Path(config["marker"])
+    for epoch in range(start, EPOCHS + 1):
+        folder = Path(config["scratch"]) / f"{tune.get_context().get_trial_id()}-{epoch}"
+        folder.mkdir(parents=True)
+        (folder / "epoch.json").write_text(json.dumps(epoch))
+        tune.report({"epoch": epoch, "resumed_from": resumed_from},
+                    checkpoint=tune.Checkpoint.from_directory(str(seal_checkpoint(folder))))
+        if epoch == 2 and not marker.exists():
+            marker.write_text("died once")
+            raise RuntimeError("worker lost")
+
+
+def _run_until_the_trial_errors(tmp_path: Path) -> Path:
+    tuner = tune.Tuner(
+        _counting_trainable,
+        param_space={"marker": str(tmp_path / "died"), "scratch": str(tmp_path / "scratch")},
+        run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path / "tune"), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    assert tuner.fit()[0].error is not None
+    return tmp_path / "tune" / "exp"
+
+
+def _lose_the_recorded_checkpoint(exp: Path) -> Path:
+    """The state the kill leaves: the recorded checkpoint (epoch 2) gone, a whole newer
+    one (epoch 3) and a newer copy cut short (epoch 4, a file missing) on disk."""
+    (trial_dir,) = [d for d in exp.iterdir() if d.is_dir() and list(d.glob("checkpoint_*"))]
+    recorded = max(trial_dir.glob("checkpoint_*"))
+    assert json.loads((recorded / "epoch.json").read_text()) == 2
+    whole = trial_dir / "checkpoint_000002"
+    shutil.copytree(recorded, whole)
+    (whole / "epoch.json").write_text(json.dumps(3))
+    seal_checkpoint(whole)
+    cut = trial_dir / "checkpoint_000003"
+    shutil.copytree(whole, cut)
+    (cut / "epoch.json").write_text(json.dumps(4))
+    seal_checkpoint(cut)
+    (cut / "epoch.json").unlink()
+    shutil.rmtree(recorded)
+    assert is_complete_checkpoint(whole) and not is_complete_checkpoint(cut)
+    assert (cut / CHECKPOINT_MANIFEST).is_file()
+    return trial_dir
+
+
+def _resume(exp: Path):
+    return tune.Tuner.restore(str(exp), _counting_trainable, resume_errored=True).fit()[0]
+
+
+def test_resume_continues_from_the_newest_whole_checkpoint(ray_session, tmp_path):
+    exp = _run_until_the_trial_errors(tmp_path)
+    _lose_the_recorded_checkpoint(exp)
+
+    repoint_lost_checkpoints(str(exp))
+    result = _resume(exp)
+
+    assert result.error is None
+    assert result.metrics["resumed_from"] == 3 and result.metrics["epoch"] == EPOCHS
+    # Tune's count of reports goes on from the restored checkpoint's: 3 before, 1 after
+    assert result.metrics["training_iteration"] == EPOCHS
+
+
+def test_without_the_repair_tune_fails_the_trial(ray_session, tmp_path):
+    """What the repair is for: Tune's own restore of the same state."""
+    exp = _run_until_the_trial_errors(tmp_path)
+    _lose_the_recorded_checkpoint(exp)
+
+    result = _resume(exp)
+
+    assert result.error is not None and "does not exist on storage anymore" in str(result.error)
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
+def test_a_checkpoint_with_an_unreadable_manifest_is_not_complete(tmp_path, content):
+    (tmp_path / CHECKPOINT_MANIFEST).write_text(content)
+    assert not is_complete_checkpoint(tmp_path)
+    assert not is_complete_checkpoint(tmp_path / "missing")
