@@ -20,6 +20,12 @@ TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 SPACE_FILE = "space.json"  # the experiment's search space, compare axis, objective
 STATE_FILE = "sweep.json"  # the driver's own state (phase, best configs)
+# <experiment>/retrievals/<trial_id>/: what the report draws a best-config reproduction's
+# retrieval pictures from (its test neighbours and run config), copied out of the
+# trial's Tune checkpoint when the trial ends, so a report needs no ``tune/`` folder.
+RETRIEVALS_DIR = "retrievals"
+RETRIEVALS_FILE = "retrievals.npz"  # harness.retrieval_pictures.Neighbours
+RETRIEVAL_FILES = ("config.yaml", RETRIEVALS_FILE)  # written in this order: the .npz last
 
 # Columns every table has; rows are upserted by these keys.
 COL_SCHEMA_VERSION = "schema_version"
@@ -54,6 +60,23 @@ STATUS_STOPPED: TrialStatus = "stopped"  # stopped early (ASHA) or interrupted
 # ---- what a trial reports -------------------------------------------------------------
 
 OBJECTIVE_KEY = "objective"  # the search metric, under one fixed name for Tune and Optuna
+# Keys Ray Tune adds to every result (and a function trainable's reports carry), none of
+# them a metric of the run.
+TUNE_RESULT_KEYS = frozenset({
+    "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+    "time_since_restore", "iterations_since_restore", "done", "node_ip", "hostname", "date",
+    "trial_id", "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "config",
+    "timesteps_total", "episodes_total", "timesteps_since_restore",
+})
+DEFAULT_METRIC = "val.recall@1"  # the search metric of an experiment that names none
+# The test metrics of the report's summary tables, in the AXBN paper's order (Tables 1
+# and 2), with their display names; the ones a published reference may quote.
+TEST_METRICS: dict[str, str] = {
+    "test.recall@1": "Recall@1",
+    "test.recall@10": "Recall@10",
+    "test.map@r": "MAP@R",
+    "test.r_precision": "R-Precision",
+}
 # A trial of several runs (search.objective folds x seeds) reports, each epoch, the mean
 # over its runs of each run's best-so-far search metric under this key.
 OBJECTIVE_SO_FAR_KEY = "objective_so_far"

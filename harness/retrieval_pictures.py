@@ -25,7 +25,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-RETRIEVALS_FILE = "retrievals.npz"
+from harness.results_contract import RETRIEVALS_FILE
+
 SAVED_K = 10
 THUMB = 96
 COLOURS = {"query": (40, 90, 200), "right": (30, 150, 60), "wrong": (210, 40, 40)}

@@ -1,11 +1,12 @@
 """The report's retrieval pictures: for each compared value (method), its best reproduction.
 
 The best reproduction is the compared value's best-configuration reproduction with the
-highest test metric (the experiment's objective, on the test split). Its Tune checkpoint
-(``<experiment>/tune/reproduction/<trial_id>/checkpoint_*/``) holds ``retrievals.npz``
-(saved by the trainable, see ``harness.retrieval_pictures``) and the run's
-``config.yaml``, which names the dataset whose images are drawn. A reproduction without
-those files (a sweep of an older harness, a moved dataset) gets a note instead.
+highest test metric (the experiment's objective, on the test split). Its folder
+``<experiment>/retrievals/<trial_id>/`` holds ``retrievals.npz`` (saved by the
+trainable, see ``harness.retrieval_pictures``, and copied there from the trial's Tune
+checkpoint by the sweep's recorder) and the run's ``config.yaml``, which names the
+dataset whose images are drawn. A reproduction without those files (a moved dataset)
+gets a note instead.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from harness.results_contract import (
     COL_STATUS,
     COL_TRIAL_ID,
     PHASE_REPRODUCTION,
+    RETRIEVALS_DIR,
+    RETRIEVALS_FILE,
     STATUS_COMPLETED,
 )
-from harness.retrieval_pictures import RETRIEVALS_FILE, Neighbours, draw_pictures
+from harness.retrieval_pictures import Neighbours, draw_pictures
 from reports.search_analysis import objective
 from reports.tables import best_reproductions
 
@@ -57,7 +60,12 @@ def _slug(text: str) -> str:
 
 
 def find_run_files(exp_path: Path, trial_id: str) -> Path | None:
-    """The newest Tune checkpoint folder of ``trial_id`` that holds ``retrievals.npz``."""
+    """The folder holding ``trial_id``'s ``retrievals.npz`` and ``config.yaml``: its own
+    under the experiment (``retrievals/<trial_id>/``), else, for sweeps written before
+    the recorder copied them there, the newest Tune checkpoint that holds them."""
+    own = Path(exp_path) / RETRIEVALS_DIR / trial_id
+    if (own / RETRIEVALS_FILE).is_file():
+        return own
     found = sorted((Path(exp_path) / "tune" / PHASE_REPRODUCTION / trial_id).glob(f"checkpoint_*/{RETRIEVALS_FILE}"))
     return found[-1].parent if found else None
 

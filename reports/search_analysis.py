@@ -19,6 +19,7 @@ from harness.results_contract import (
     COL_OBJECTIVE_STD,
     COL_PHASE,
     COL_TRIAL_ID,
+    DEFAULT_METRIC,
     PHASE_SEARCH,
 )
 from reports.tables import value_sort_key
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 def objective(exp: ExperimentResults) -> tuple[str, str]:
     """(column, "max"|"min") of the sweep's objective, from space.json."""
     space = exp.space or {}
-    metric = str(space.get("metric") or "val.recall@1")
+    metric = str(space.get("metric") or DEFAULT_METRIC)
     if metric not in exp.trials.columns and f"val.{metric}" in exp.trials.columns:
         metric = f"val.{metric}"
     mode = str(space.get("mode") or "max")

@@ -23,6 +23,7 @@ from harness.results_contract import (
     MEMORY_KINDS,
     PHASE_REPRODUCTION,
     STATUS_COMPLETED,
+    TEST_METRICS,
     split_method,
 )
 from reports.statistics import summarize, welch
@@ -32,12 +33,7 @@ if TYPE_CHECKING:
     from reports.statistics import Comparison, Summary
 
 # Test metrics of the summary table, in the AXBN paper's order (Tables 1 and 2).
-METRICS: dict[str, str] = {
-    "test.recall@1": "Recall@1",
-    "test.recall@10": "Recall@10",
-    "test.map@r": "MAP@R",
-    "test.r_precision": "R-Precision",
-}
+METRICS: dict[str, str] = TEST_METRICS
 # Compare axes that the ``method`` column already spells out (memory kind, "+xml").
 METHOD_KEYS = {COL_METHOD, "memory.kind", "xml.enabled"}
 

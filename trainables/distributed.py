@@ -31,9 +31,10 @@ from ray.train import ScalingConfig
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from harness.config import build_config
+from harness.results_contract import DEFAULT_METRIC
 from harness.sweep.failures import is_deterministic
 from harness.trial_spec import spec_of
-from trainables.retrieval import FINAL_REPORT, TRIAL_META, _run_trial
+from trainables.retrieval import FINAL_REPORT, TRIAL_META, _report_failure, _run_trial, draws_pictures
 from trainables.trial_setup import run_folder, seal_checkpoint, trial_run_config
 
 # Resources of the Tune trial itself, a driver that only waits on its TorchTrainer: no
@@ -76,7 +77,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     with run_folder(f"{loop_config['name']}-rank{rank}", ray.train.get_checkpoint()) as out_dir:
         if rank == 0:
             _run_trial(run_config, out_dir, loop_config["metric"], loop_config["mode"], train_fn,
-                       report=ray_train_report)
+                       save_retrievals=loop_config.get("save_retrievals", False), report=ray_train_report)
             return
         # The other ranks train in lockstep and match rank 0's reports one for one.
         if (out_dir / FINAL_REPORT).is_file():
@@ -110,7 +111,7 @@ def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float)
 def train_retrieval_distributed(
     config: dict[str, Any],
     base: dict[str, Any] | None = None,
-    metric: str = "val.recall@1",
+    metric: str = DEFAULT_METRIC,
     mode: str = "max",
     workers: int = 2,
     cpus_per_worker: float = 1.0,
@@ -121,7 +122,12 @@ def train_retrieval_distributed(
     """The Tune function trainable of an N-worker trial (see the module docstring)."""
     from ray.train.torch import TorchConfig, TorchTrainer  # imports torch: only in the trial, not the driver
 
-    run_config = trial_run_config(base, spec_of(config), **{"train.workers": int(workers)})
+    spec = spec_of(config)
+    try:
+        run_config = trial_run_config(base, spec, **{"train.workers": int(workers)})
+    except Exception as e:  # noqa: BLE001 - a config error is reported, not retried
+        _report_failure(e, mode, epochs_run=0)
+        return
     ctx = tune.get_context()
     # Stable across restarts of this trial (Tune keeps its id), new for a new Tuner.
     trial_name, trial_id = ctx.get_trial_name(), ctx.get_trial_id()
@@ -131,6 +137,7 @@ def train_retrieval_distributed(
         train_loop_config={
             "run_config": run_config.model_dump(mode="json"), "metric": metric, "mode": mode,
             "cpus": cpus_per_worker, "gpus": gpus_per_worker, "name": name, "train_fn": train_fn,
+            "save_retrievals": draws_pictures(spec),
         },
         scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
         # the process group's timeout: how long a rank waits for the others in a collective

@@ -31,6 +31,7 @@ from harness.results_contract import (
     COL_ERROR,
     COL_PHASE,
     COL_STATUS,
+    DEFAULT_METRIC,
     OBJECTIVE_KEY,
     OBJECTIVE_SO_FAR_KEY,
     PHASE_REPRODUCTION,
@@ -69,7 +70,7 @@ def better(a: float, b: float | None, mode: str) -> bool:
 def train_retrieval(
     config: dict[str, Any],
     base: dict[str, Any] | None = None,
-    metric: str = "val.recall@1",
+    metric: str = DEFAULT_METRIC,
     mode: str = "max",
     cpus: float = 1.0,
     train_fn: Callable[..., Any] | None = None,
@@ -102,11 +103,14 @@ def train_retrieval(
 
     torch.set_num_threads(max(1, int(cpus)))
 
-    # The best configurations' reproductions keep their test-set neighbours for the
-    # report's retrieval pictures.
-    pictures = spec.get(COL_PHASE) == PHASE_REPRODUCTION and spec.get("best_config") is not False
     with run_folder(tune.get_context().get_trial_id(), tune.get_checkpoint()) as out_dir:
-        _run_trial(run_config, out_dir, metric, mode, train_fn, save_retrievals=pictures)
+        _run_trial(run_config, out_dir, metric, mode, train_fn, save_retrievals=draws_pictures(spec))
+
+
+def draws_pictures(spec) -> bool:
+    """The best configurations' reproductions keep their test-set neighbours for the
+    report's retrieval pictures."""
+    return spec.get(COL_PHASE) == PHASE_REPRODUCTION and spec.get("best_config") is not False
 
 
 def tune_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:

@@ -133,7 +133,7 @@ class SweepLock:
             if not (same_host and isinstance(holder.get("pid"), int) and not pid_alive(holder["pid"])):
                 self._refuse(holder, dead_elsewhere=not same_host)
         self.info = holder_info()
-        self.store._write_bytes(LOCK, json.dumps(self.info).encode())
+        self.store.write_bytes(LOCK, json.dumps(self.info).encode())
         return self
 
     def release(self) -> None:

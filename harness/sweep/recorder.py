@@ -34,14 +34,21 @@ from harness.results_contract import (
     COL_TRIAL_ID,
     OBJECTIVE_KEY,
     PHASE_REPRODUCTION,
+    RETRIEVAL_FILES,
+    RETRIEVALS_DIR,
     SCHEMA_VERSION,
+    STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_STOPPED,
+    TUNE_RESULT_KEYS,
 )
 from harness.sweep.experiment import Experiment, method_of
 from harness.sweep.failures import reason_from_traceback
 from harness.sweep.results import ResultsStore
 from harness.trial_spec import TrialSpec, run_overrides, spec_of
+
+# What ray.tune.integration.ray_train.TuneReportCallback names a Ray Train checkpoint by.
+TRAIN_CHECKPOINT_KEY = "checkpoint_path"
 
 
 def git_commit() -> str | None:
@@ -145,11 +152,10 @@ def objective_columns(units: list[dict[str, Any]] | None) -> dict[str, Any]:
 
 
 def epoch_of_result(result: dict[str, Any]) -> dict[str, Any]:
-    skip = {"final", "started_at", OBJECTIVE_KEY, "training_iteration", "timestamp", "time_this_iter_s",
-            "time_total_s", "pid", "time_since_restore", "iterations_since_restore", "done",
-            "node_ip", "hostname", "date", "trial_id", "experiment_tag", "checkpoint_dir_name",
-            "should_checkpoint"}
-    return {k: v for k, v in result.items() if k not in skip and not isinstance(v, (dict, str))}
+    """An epoch report's values for ``epochs.parquet``: its metrics and ``epoch``."""
+    skip = {"final", "started_at", OBJECTIVE_KEY}
+    return {k: v for k, v in result.items()
+            if k not in skip and k not in TUNE_RESULT_KEYS and not isinstance(v, (dict, str))}
 
 
 class ResultsRecorder(tune.Callback):
@@ -179,11 +185,22 @@ class ResultsRecorder(tune.Callback):
         return self._store
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.buffer_epoch(trial.trial_id, result)
+
+    def buffer_epoch(self, tune_trial_id: str, result: dict[str, Any]) -> None:
+        """Keep an epoch report of a running trial until its rows are written (a later
+        report of the same epoch, after a restart, replaces it)."""
         if not result.get("final") and "epoch" in result:
-            self._epochs.setdefault(trial.trial_id, {})[int(result["epoch"])] = epoch_of_result(result)
+            self._epochs.setdefault(tune_trial_id, {})[int(result["epoch"])] = epoch_of_result(result)
+
+    def take_buffered_epochs(self, other: "ResultsRecorder") -> None:
+        """The epochs ``other`` (the recorder a restored Tuner brought back) had buffered."""
+        self._epochs = {trial: dict(epochs) for trial, epochs in other._epochs.items()}
 
     def record(self, spec: TrialSpec, tune_trial_id: str, last_result: dict | None,
-               error: bool, reason: str | None = None) -> None:
+               error: bool, reason: str | None = None, checkpoint=None) -> None:
+        """Write the trial's rows; a completed reproduction's retrieval files, when its
+        last Tune checkpoint (``checkpoint``) holds them, go to the experiment folder."""
         if getattr(self.watch, "interrupted", None) and not (last_result or {}).get("final"):
             return  # cut short by Ctrl-C, not finished: the resume runs it again
         buffered = [self._epochs.get(tune_trial_id, {})[k]
@@ -191,16 +208,47 @@ class ResultsRecorder(tune.Callback):
         trial_id = spec.get("trial_id") or tune_trial_id
         row, epoch_rows = trial_rows(self.exp, spec, trial_id, last_result, error, buffered,
                                      self.git_commit, reason)
+        if row[COL_PHASE] == PHASE_REPRODUCTION and row[COL_STATUS] == STATUS_COMPLETED:
+            keep_retrievals(self.store, trial_id, checkpoint, last_result)  # before the row
         self.store.upsert_epochs(epoch_rows)
         self.store.upsert_trials([row])
         self._epochs.pop(tune_trial_id, None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.record(spec_of(trial.config), trial.trial_id, trial.last_result, error=False)
+        self.record(spec_of(trial.config), trial.trial_id, trial.last_result, error=False,
+                    checkpoint=trial.checkpoint)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.record(spec_of(trial.config), trial.trial_id, trial.last_result, error=True,
                     reason=trial_error_reason(trial))
+
+
+def keep_retrievals(store: ResultsStore, trial_id: str, checkpoint, last_result: dict | None = None) -> bool:
+    """Copy a reproduction's retrieval files (``RETRIEVAL_FILES``) out of its last
+    checkpoint into ``<experiment>/retrievals/<trial_id>/``; False when it has none (not
+    a best-config reproduction, a test double of training).
+
+    ``checkpoint``: the Tune trial's; a data-parallel trial has none, its Ray Train run's
+    checkpoint is named by the ``checkpoint_path`` its last result carries
+    (``TuneReportCallback``), on the sweep's own storage."""
+    if checkpoint is not None:
+        fs, folder = checkpoint.filesystem, checkpoint.path
+    elif (last_result or {}).get(TRAIN_CHECKPOINT_KEY):
+        import pyarrow.fs  # only for data-parallel trials
+
+        fs, folder = store.filesystem or pyarrow.fs.LocalFileSystem(), last_result[TRAIN_CHECKPOINT_KEY]
+    else:
+        return False
+    blobs = {}
+    try:
+        for name in RETRIEVAL_FILES:
+            with fs.open_input_stream(f"{folder}/{name}") as f:
+                blobs[name] = f.read()
+    except OSError:  # pyarrow's FileNotFoundError included
+        return False
+    for name, data in blobs.items():
+        store.write_bytes(f"{RETRIEVALS_DIR}/{trial_id}/{name}", data)
+    return True
 
 
 def trial_error_reason(trial) -> str | None:
@@ -223,4 +271,5 @@ def reconcile(recorder: ResultsRecorder, results) -> None:
         trial_id = spec.get("trial_id") or tune_id
         if trial_id and trial_id not in have:
             recorder.record(spec, tune_id, result.metrics, error=result.error is not None,
-                            reason=reason_from_traceback(str(result.error)) if result.error else None)
+                            reason=reason_from_traceback(str(result.error)) if result.error else None,
+                            checkpoint=result.checkpoint)

@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 
 from harness.clock import utc_stamp
 from harness.errors import ResultsError
-from harness.sweep.recorder import epoch_of_result, trial_error_reason
+from harness.sweep.recorder import trial_error_reason
 from harness.sweep.results import EPOCHS, TRIALS, ResultsStore
 from harness.trial_spec import spec_of
 
@@ -84,12 +84,12 @@ def rebuild_tables(store: ResultsStore, phase_dirs: list[str],
             if not spec or trial.status not in (Trial.TERMINATED, Trial.ERROR):
                 continue
             history = _results_history(trial)
-            recorder._epochs[trial.trial_id] = {
-                int(r["epoch"]): epoch_of_result(r) for r in history
-                if not r.get("final") and "epoch" in r}
+            for r in history:
+                recorder.buffer_epoch(trial.trial_id, r)
             last = trial.last_result or (history[-1] if history else None)
             error = trial.status == Trial.ERROR
             recorder.record(spec, trial.trial_id, last, error=error,
-                            reason=trial_error_reason(trial) if error else None)
+                            reason=trial_error_reason(trial) if error else None,
+                            checkpoint=trial.checkpoint)
             written += 1
     return written

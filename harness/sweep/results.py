@@ -64,6 +64,11 @@ class ResultsStore:
 
     # ---- raw file access (local or URI) ----------------------------------------------
 
+    @property
+    def filesystem(self):
+        """The pyarrow filesystem of a URI storage; None for a local one."""
+        return self._fs
+
     def path(self, name: str) -> str:
         return join(self.root, name)
 
@@ -75,9 +80,11 @@ class ResultsStore:
         info = self._fs.get_file_info(f"{self._root_path}/{name}")
         return info.type != pyarrow.fs.FileType.NotFound
 
-    def _write_bytes(self, name: str, data: bytes) -> None:
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write ``name`` (a path relative to the experiment folder) atomically."""
         if self._fs is not None:
-            self._fs.create_dir(self._root_path, recursive=True)
+            parent = f"{self._root_path}/{name}".rsplit("/", 1)[0]
+            self._fs.create_dir(parent, recursive=True)
             with self._fs.open_output_stream(f"{self._root_path}/{name}") as f:
                 f.write(data)
             return
@@ -92,7 +99,7 @@ class ResultsStore:
     # ---- JSON documents ---------------------------------------------------------------
 
     def write_json(self, name: str, doc: dict[str, Any]) -> None:
-        self._write_bytes(name, json.dumps(doc, indent=2, default=str).encode())
+        self.write_bytes(name, json.dumps(doc, indent=2, default=str).encode())
 
     def read_json(self, name: str) -> dict[str, Any]:
         if not self.exists(name):
@@ -156,7 +163,7 @@ class ResultsStore:
         table = _parquet_safe(new.drop_duplicates(subset=key, keep="last"))
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
-        self._write_bytes(name, buf.getvalue())
+        self.write_bytes(name, buf.getvalue())
         return table
 
     def upsert_trials(self, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

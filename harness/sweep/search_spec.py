@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.config import MemoryKind
-from harness.results_contract import COL_METHOD, XML_SUFFIX
+from harness.results_contract import COL_METHOD, DEFAULT_METRIC, TEST_METRICS, XML_SUFFIX
 
 METHOD_KEY = COL_METHOD  # `compare: {key: method}` compares the results' method column
 
@@ -193,7 +193,7 @@ class SearchSpec(StrictModel):
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     # The whole search budget; each compared value gets an equal share of it.
     trials: int = Field(8, ge=1)
-    metric: str = "val.recall@1"
+    metric: str = DEFAULT_METRIC
     mode: Literal["max", "min"] = "max"
     scheduler: AshaSpec | None = None
     compare: CompareSpec | None = None
@@ -212,7 +212,7 @@ class SearchSpec(StrictModel):
 
 
 # Test metrics a reference may quote (the report's summary columns).
-REFERENCE_METRICS = ("test.recall@1", "test.recall@10", "test.map@r", "test.r_precision")
+REFERENCE_METRICS = tuple(TEST_METRICS)
 
 
 class ReferenceValue(StrictModel):

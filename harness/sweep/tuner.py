@@ -231,7 +231,7 @@ def _use_callbacks(tuner, callbacks: list[tune.Callback]) -> None:
     old = [cb for cb in run_config.callbacks or [] if isinstance(cb, ResultsRecorder)]
     for cb in callbacks:
         if isinstance(cb, ResultsRecorder) and old:
-            cb._epochs = dict(old[0]._epochs)
+            cb.take_buffered_epochs(old[0])
     run_config.callbacks = list(callbacks)
 
 

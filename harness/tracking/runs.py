@@ -15,15 +15,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.results_contract import TUNE_RESULT_KEYS
 from harness.trial_spec import run_overrides, spec_of
 
-# Tune's bookkeeping and the trainable's non-metric report keys.
-NOT_METRICS = frozenset({
-    "final", "started_at", "status", "summary_json", "epoch", "training_iteration", "timestamp",
-    "time_this_iter_s", "time_total_s", "pid", "time_since_restore", "iterations_since_restore",
-    "done", "node_ip", "hostname", "date", "trial_id", "experiment_tag", "checkpoint_dir_name",
-    "should_checkpoint", "config", "timesteps_total", "episodes_total", "timesteps_since_restore",
-})
+# Tune's bookkeeping and the trainable's non-metric report keys (the epoch is the step).
+NOT_METRICS = TUNE_RESULT_KEYS | {"final", "started_at", "status", "summary_json", "epoch"}
 
 
 def metric_key(name: str) -> str:

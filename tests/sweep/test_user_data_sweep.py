@@ -7,6 +7,7 @@ pictures of the best reproduction (PNG files beside report.md, embedded in repor
 from __future__ import annotations
 
 import base64
+import shutil
 
 import pandas as pd
 import pytest
@@ -64,3 +65,12 @@ def test_own_data_trains_and_sweeps_with_retrieval_pictures(results_storage, kin
     html = (report / "report.html").read_text()
     assert base64.b64encode(pngs[0].read_bytes()).decode("ascii") in html
     assert outcome.reproductions == 1
+
+    # the results stand without Tune's folder (the README's `--exclude "tune/*"` sync)
+    copy = tmp_path / "synced" / f"own-{kind}"
+    shutil.copytree(results_storage / f"own-{kind}", copy, ignore=shutil.ignore_patterns("tune", "report"))
+    assert (copy / "retrievals" / repro["trial_id"] / "retrievals.npz").is_file()
+    code, out, err = harness_cli(["report", str(copy)])
+    assert code == 0, out + err
+    copied = sorted(p.name for p in (copy / "report" / "retrievals").glob("*.png"))
+    assert copied == [p.name for p in pngs]
