@@ -29,6 +29,10 @@ class TrialSpec(TypedDict, total=False):
     source_trial: str  # the search trial it reproduces
 
 
+# The one key of "no compare axis" wherever trials are grouped by compared value
+# (searchers, schedulers, the live view); the tables keep null.
+NO_COMPARE_LABEL = "__none__"
+
 def search_spec(compare_value: str | None, overrides: dict[str, Any], params: dict[str, Any],
                 seed: int) -> TrialSpec:
     return TrialSpec(phase=PHASE_SEARCH, compare_value=compare_value, overrides=overrides,
@@ -55,5 +59,7 @@ def run_overrides(spec: TrialSpec) -> dict[str, Any]:
 
 
 def compare_label(config: Mapping[str, Any] | None) -> str:
-    """The trial's compared value as a grouping key ("None" without a compare axis)."""
-    return str((spec_of(config) or {}).get("compare_value"))
+    """The trial's compared value as a grouping key (``NO_COMPARE_LABEL`` without a
+    compare axis)."""
+    value = (spec_of(config) or {}).get("compare_value")
+    return NO_COMPARE_LABEL if value is None else str(value)

@@ -122,10 +122,6 @@ def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
     return torch.bfloat16
 
 
-def amp_enabled(device: torch.device, mode: str = "auto") -> bool:
-    return amp_dtype(device, mode) is not None
-
-
 def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
     """fp16 gradients underflow without loss scaling; bf16 and fp32 do not need it."""
     return dtype == torch.float16

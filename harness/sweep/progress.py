@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from harness.results_contract import OBJECTIVE_KEY, STATUS_FAILED
-from harness.trial_spec import compare_label
+from harness.trial_spec import NO_COMPARE_LABEL, compare_label
 
 
 class SweepProgress(Callback):
@@ -120,7 +120,7 @@ class SweepProgress(Callback):
             best.add_column("compared value")
             best.add_column(f"best {self.metric} so far", justify="right")
             for label, value in sorted(self.best.items()):
-                best.add_row(label, f"{value:.4f}")
+                best.add_row("(all)" if label == NO_COMPARE_LABEL else label, f"{value:.4f}")
             outer = Table.grid()
             outer.add_row(table)
             outer.add_row(best)

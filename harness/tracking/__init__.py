@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from harness.results_contract import PHASE_TRAIN
 from harness.tracking.config import (
     TRACKERS,
     TrackingSpec,
@@ -88,7 +89,7 @@ def create_run_tracker(spec: TrackingSpec, config, out_dir: Path, experiment: st
     require_installed(spec.trackers)
     out_dir = Path(out_dir).absolute()
     run = TrackedRun(run_name=out_dir.name, experiment=experiment, method=method_of(config),
-                     phase="train", params=config.flat(), link=str(out_dir))
+                     phase=PHASE_TRAIN, params=config.flat(), link=str(out_dir))
     folder = out_dir.parent
     runs: list[Any] = []
     for name in spec.trackers:
