@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ClusterError
+from harness.sweep.internals import GCS_PROBE, autoscaler_config
 
 if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment
@@ -54,20 +55,6 @@ def _host_port(address: str) -> str:
     return target if ":" in target.strip("[]") else f"{target}:6379"
 
 
-# Ray's own GCS client, in a process of its own: it reads its connect timeouts from the
-# environment once per process, and its C++ side logs raw warnings to stderr.
-_GCS_PROBE = """
-import sys
-from ray._raylet import GcsClient
-try:
-    GcsClient(address=sys.argv[1])
-except Exception as e:
-    print("NO", (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
-else:
-    print("RAY")
-"""
-
-
 def check_ray_answers(address: str, timeout: float = PROTOCOL_TIMEOUT_S) -> None:
     """Fail fast, with one line, when what answers at ``--address`` is not a Ray GCS
     (Ray would retry it for minutes): Ray's own GCS client asks it for the cluster id,
@@ -80,7 +67,7 @@ def check_ray_answers(address: str, timeout: float = PROTOCOL_TIMEOUT_S) -> None
     env = {**os.environ, "RAY_py_gcs_connect_timeout_s": str(int(timeout)),
            "RAY_gcs_rpc_server_connect_timeout_s": str(max(1, int(timeout) // 3))}
     try:
-        probe = subprocess.run([sys.executable, "-c", _GCS_PROBE, _host_port(address)],
+        probe = subprocess.run([sys.executable, "-c", GCS_PROBE, _host_port(address)],
                                capture_output=True, text=True, env=env, timeout=2 * timeout + 10)
         lines = probe.stdout.strip().splitlines()
         answer = lines[-1] if lines else f"the probe failed: {probe.stderr.strip().splitlines()[-1:]}"
@@ -154,10 +141,8 @@ def _autoscaling_groups() -> tuple[list[NodeGroup], int | None] | None:
     autoscaler reports them to the GCS (what Ray Train checks worker groups against), else
     from the autoscaling config on this head node; None for a cluster that does not
     autoscale (a local Ray, nodes joined by hand)."""
-    import ray._private.state  # Ray's own view of the cluster config (Ray Train uses it)
-
     try:
-        config = ray._private.state.state.get_cluster_config()
+        config = autoscaler_config()
     except Exception:  # noqa: BLE001 - an older GCS without the key: fall back to the file
         config = None
     if config is not None and config.node_group_configs:

@@ -89,7 +89,7 @@ class SweepLock:
         )
 
     def acquire(self) -> "SweepLock":
-        if self.store._fs is not None:
+        if self.store.filesystem is not None:
             return self._acquire_object()
         root = Path(self.store.root)
         root.mkdir(parents=True, exist_ok=True)
@@ -137,10 +137,10 @@ class SweepLock:
         return self
 
     def release(self) -> None:
-        if self.store._fs is not None:
+        if self.store.filesystem is not None:
             if self.info:
                 try:
-                    self.store._fs.delete_file(f"{self.store._root_path}/{LOCK}")
+                    self.store.delete(LOCK)
                 except OSError:
                     pass
                 self.info = {}

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.errors import ConfigError
+from harness.sweep.internals import fail_optuna_trial, optuna_trial_id, optuna_trial_state
 from harness.tracking.config import local_folder
 
 DB_FILE = "optuna.db"
@@ -121,7 +122,7 @@ class StoredOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if trial_id in self._completed_trials or ot_trial is None:
             return False
-        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+        return optuna_trial_state(self._ot_study, optuna_trial_id(ot_trial)).is_finished()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not self._finished_in_storage(trial_id):  # the database wins
@@ -138,11 +139,11 @@ class StoredOptunaSearch(OptunaSearch):
         state = self.__dict__.copy()
         if self._ot_study is not None:
             try:
-                trials = {t._trial_id: t for t in self._ot_study.get_trials(deepcopy=False)}
+                trials = {optuna_trial_id(t): t for t in self._ot_study.get_trials(deepcopy=False)}
                 state["_history"] = [t for t in trials.values() if t.state.is_finished()]
                 state["_running"] = {
-                    tid: trials[ot._trial_id] for tid, ot in self._ot_trials.items()
-                    if ot._trial_id in trials and not trials[ot._trial_id].state.is_finished()}
+                    tid: trials[optuna_trial_id(ot)] for tid, ot in self._ot_trials.items()
+                    if optuna_trial_id(ot) in trials and not trials[optuna_trial_id(ot)].state.is_finished()}
             except Exception:  # database unreachable right now: keep the last copy
                 pass
         # A snapshot holds no database: no storage object, study or live Optuna trial
@@ -191,11 +192,11 @@ class StoredOptunaSearch(OptunaSearch):
                     state=TrialState.RUNNING, params=frozen.params,
                     distributions=frozen.distributions, user_attrs=frozen.user_attrs))
                 found = study.get_trials(deepcopy=False)[-1]
-            live[tid] = optuna.trial.Trial(study, found._trial_id)
-        owned = {t._trial_id for t in live.values()}
+            live[tid] = optuna.trial.Trial(study, optuna_trial_id(found))
+        owned = {optuna_trial_id(t) for t in live.values()}
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t._trial_id not in owned:  # asked after the snapshot; nobody will tell it
-                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            if optuna_trial_id(t) not in owned:  # asked after the snapshot; nobody will tell it
+                fail_optuna_trial(study, optuna_trial_id(t))
         self._ot_study = study
         self._ot_trials = {tid: t for tid, t in self._ot_trials.items() if tid in self._completed_trials}
         self._ot_trials.update(live)

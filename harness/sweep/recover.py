@@ -11,7 +11,6 @@ any trial runs; trials that had not finished are simply run by the resume.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable
 
 from ray import tune
@@ -41,10 +40,7 @@ def set_aside(store: ResultsStore, name: str) -> str:
     """Rename a damaged table out of the way (kept for inspection); -> its new name."""
     stamp = utc_stamp()
     new = f"{name}.damaged-{stamp}"
-    if store._fs is not None:
-        store._fs.move(f"{store._root_path}/{name}", f"{store._root_path}/{new}")
-    else:
-        os.replace(store.path(name), store.path(new))
+    store.rename(name, new)
     return new
 
 

@@ -90,6 +90,18 @@ class ResultsStore:
             return
         atomic_write_bytes(Path(self.root) / name, data)
 
+    def delete(self, name: str) -> None:
+        if self._fs is not None:
+            self._fs.delete_file(f"{self._root_path}/{name}")
+        else:
+            Path(self.path(name)).unlink()
+
+    def rename(self, name: str, new: str) -> None:
+        if self._fs is not None:
+            self._fs.move(f"{self._root_path}/{name}", f"{self._root_path}/{new}")
+        else:
+            os.replace(self.path(name), self.path(new))
+
     def _read_bytes(self, name: str) -> bytes:
         if self._fs is None:
             return Path(self.path(name)).read_bytes()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, Callable
 
-from ray.train._internal.storage import get_fs_and_path
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from harness.results_contract import OBJECTIVE_KEY
+from harness.sweep.internals import fs_and_path
 from harness.trial_spec import compare_label
 
 if TYPE_CHECKING:
@@ -35,14 +35,14 @@ class SweepScheduler(FIFOScheduler):
         self.tune_path = tune_path
 
     def on_trial_add(self, tune_controller, trial):
-        if getattr(self, "tune_path", None):  # absent in sweeps pickled by older versions
+        if self.tune_path:
             _follow_storage(trial, self.tune_path)
         super().on_trial_add(tune_controller, trial)
 
 
 def _follow_storage(trial, tune_path: str) -> None:
     parent, name = tune_path.rstrip("/").rsplit("/", 1)
-    fs, fs_path = get_fs_and_path(parent)
+    fs, fs_path = fs_and_path(parent)
     old = trial.storage
     if old is None or (old.storage_fs_path == fs_path and old.experiment_dir_name == name):
         return
@@ -72,7 +72,7 @@ class PerValueScheduler(SweepScheduler):
         return True
 
     def on_trial_add(self, tune_controller, trial):
-        if getattr(self, "tune_path", None):  # absent in sweeps pickled by older versions
+        if self.tune_path:
             _follow_storage(trial, self.tune_path)
         self._of(trial).on_trial_add(tune_controller, trial)
 

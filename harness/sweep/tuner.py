@@ -22,6 +22,16 @@ from harness.atomic import atomic_write_bytes
 from harness.results_contract import PHASE_SEARCH
 from harness.sweep.disk import DiskFullWatch
 from harness.sweep.experiment import Experiment
+from harness.sweep.internals import (
+    TUNER_STATE_FIRST_START_KEYS,
+    dump_run_metadata,
+    forget_last_upload,
+    last_upload_target,
+    load_run_metadata,
+    tuner_run_config,
+    tuner_state,
+    tuner_tune_config,
+)
 from harness.sweep.progress import SweepProgress
 from harness.sweep.recorder import ResultsRecorder
 from harness.sweep.results import is_uri, join
@@ -104,10 +114,10 @@ def fit_phase(plan: SweepPlan, phase: str, trainable, callbacks: list[tune.Callb
         repoint_lost_checkpoints(path)
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
         _use_callbacks(tuner, callbacks)
-        scheduler = tuner._local_tuner._tune_config.scheduler
+        scheduler = tuner_tune_config(tuner).scheduler
         if isinstance(scheduler, SweepScheduler):  # restored with the first start's path
             scheduler.tune_path = path
-        searcher = tuner._local_tuner._tune_config.search_alg
+        searcher = tuner_tune_config(tuner).search_alg
         searcher = getattr(searcher, "searcher", searcher)  # inside a ConcurrencyLimiter
         if isinstance(searcher, CompareSearcher):  # its studies: this driver's database URL
             searcher.optuna_url = plan.optuna_storage
@@ -139,9 +149,9 @@ def _repoint_search_state(path: str) -> None:
             if getattr(storage, "storage_fs_path", tune_root) != tune_root:
                 storage.storage_fs_path, changed = tune_root, True
             # the record of its last upload (the old folder), kept for a retry of it
-            last = getattr(getattr(storage, "syncer", None), "_current_cmd", None)
-            if last is not None and not str(last[1].get("fs_path", "")).startswith(tune_root):
-                storage.syncer._current_cmd, changed = None, True
+            last = last_upload_target(storage)
+            if last is not None and not last.startswith(tune_root):
+                changed = forget_last_upload(storage) or changed
         if changed:
             atomic_write_bytes(file, ray.cloudpickle.dumps(state))
 
@@ -159,8 +169,6 @@ def repoint_lost_checkpoints(path: str) -> None:
     """
     if is_uri(path):
         return
-    from ray.tune.trainable.metadata import _TrainingRunMetadata
-
     for file in Path(path).glob("experiment_state-*.json"):
         try:
             state = json.loads(file.read_text())
@@ -170,7 +178,7 @@ def repoint_lost_checkpoints(path: str) -> None:
         changed = False
         for entry in entries:
             try:
-                metadata = _TrainingRunMetadata.from_json_state(entry[1])
+                metadata = load_run_metadata(entry[1])
                 latest = metadata.checkpoint_manager.latest_checkpoint_result
             except Exception:  # noqa: BLE001 - as above
                 continue
@@ -192,8 +200,7 @@ def repoint_lost_checkpoints(path: str) -> None:
             latest.checkpoint = tune.Checkpoint(path=str(recorded.parent / newest),
                                                 filesystem=latest.checkpoint.filesystem)
             latest.metrics = metrics
-            metadata.invalidate_cache()
-            entry[1], changed = metadata.get_json_state(), True
+            entry[1], changed = dump_run_metadata(metadata), True
         if changed:
             atomic_write_bytes(file, json.dumps(state).encode())
 
@@ -212,8 +219,8 @@ def _save_restored_settings(tuner, path: str) -> None:
         return
     file = Path(path) / "tuner.pkl"
     old = pickle.loads(file.read_bytes())
-    state = tuner._local_tuner.__getstate__()
-    for key in ("__trainable_name", "__flattened_param_space_keys", "_is_restored", "_resume_config"):
+    state = tuner_state(tuner)
+    for key in TUNER_STATE_FIRST_START_KEYS:
         state[key] = old.get(key)  # as the first start saved them
     atomic_write_bytes(file, pickle.dumps(state))
 
@@ -227,7 +234,7 @@ def _use_callbacks(tuner, callbacks: list[tune.Callback]) -> None:
     place. Ray has no public way to replace them, so the restored run config's list is
     swapped; the epochs the old recorder had buffered come along.
     """
-    run_config = tuner._local_tuner.get_run_config()
+    run_config = tuner_run_config(tuner)
     old = [cb for cb in run_config.callbacks or [] if isinstance(cb, ResultsRecorder)]
     for cb in callbacks:
         if isinstance(cb, ResultsRecorder) and old:
