@@ -40,7 +40,8 @@ class IndexParams:
     hnsw_m: int = 32
     ef_construction: int = 200
     # 32: within 0.1 point of exact Recall@1 at ~4x its speed on SOP-sized embeddings
-    # (benchmarks/index_speed.py, README); raise it where `recall_vs_exact` says so.
+    # (benchmarks/index_speed.py, docs/benchmarks/performance.md); raise it where
+    # `recall_vs_exact` says so.
     ef_search: int = 32
 
     def resolved(self, n: int) -> "IndexParams":

@@ -2,7 +2,7 @@
 
 Shared by the training loop (:mod:`harness.core.trainer`) and by ``load_model``
 (:mod:`harness.core.checkpoint`), which rebuilds the model a checkpoint was trained with.
-METHODS.md sections 1, 2 and 4.
+docs/METHODS.md sections 1, 2 and 4.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def seed_everything(seed: int) -> None:
 
 
 def has_prototypes(config: RunConfig) -> bool:
-    """The model carries prototypes for prototype pooling and for XML (METHODS.md §2)."""
+    """The model carries prototypes for prototype pooling and for XML (docs/METHODS.md §2)."""
     return config.model.pooling == "prototype" or config.xml.enabled
 
 
@@ -41,7 +41,7 @@ def build_model(config: RunConfig) -> nn.Module:
 
 
 def build_losses(config: RunConfig, n_train: int, num_classes: int):
-    """-> (CrossBatchMemory wrapping the plain loss, XMLLoss or None). METHODS.md §1, §2, §4."""
+    """-> (CrossBatchMemory wrapping the plain loss, XMLLoss or None). docs/METHODS.md §1, §2, §4."""
     problem = positive_pair_problem(config)
     if problem:
         raise ConfigError(problem)

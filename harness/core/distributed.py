@@ -4,7 +4,7 @@ A run with ``train.workers: N > 1`` trains on N processes joined in a
 ``torch.distributed`` process group (NCCL on GPUs, gloo on CPUs; Ray Train's
 ``TorchTrainer`` starts them, see ``trainables/distributed.py``). The contract is
 that the run computes exactly what one process with the whole batch computes
-(METHODS.md §1-2), up to float rounding:
+(docs/METHODS.md §1-2), up to float rounding:
 
 * **Batches.** Every rank draws the same global batch of ``train.batch_size`` from the
   class-balanced sampler (same seed) and loads its own contiguous slice of whole class

@@ -1,4 +1,4 @@
-"""Embed a dataset with a model and score a retrieval split (METHODS.md section 3).
+"""Embed a dataset with a model and score a retrieval split (docs/METHODS.md section 3).
 
 ``embed`` runs the model in eval mode over a DataLoader (workers + pinned memory on
 CUDA, autocast when asked: the backbone only, as ``EmbeddingModel.forward`` runs

@@ -1,4 +1,4 @@
-"""Exact cosine k-NN search (METHODS.md section 3): faiss ``IndexFlatIP`` on the CPU,
+"""Exact cosine k-NN search (docs/METHODS.md section 3): faiss ``IndexFlatIP`` on the CPU,
 :class:`TorchExactSearch` (fp32 matmul + ``torch.topk``) on a torch device, and
 :func:`knn`, which orders ties by ascending gallery index and removes a query's own
 match in one-set mode. The metrics built on it are in :mod:`harness.core.metrics`

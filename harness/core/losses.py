@@ -1,4 +1,4 @@
-"""Losses and miners by name: any pytorch-metric-learning class (METHODS.md §4).
+"""Losses and miners by name: any pytorch-metric-learning class (docs/METHODS.md §4).
 
 ``create_loss(cfg)`` builds ``(loss, miner)`` from a ``LossConfig``. Proxy-based losses
 (those with trainable parameters: ProxyAnchorLoss, ArcFaceLoss, ...) need the number of
@@ -94,7 +94,7 @@ def create_miner(name: str | None, params: dict[str, Any] | None = None):
 def create_loss(
     cfg: LossConfig, num_classes: int | None = None, embedding_size: int | None = None
 ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """Build the loss and miner named by ``cfg`` (METHODS.md §4 defaults in LossConfig)."""
+    """Build the loss and miner named by ``cfg`` (docs/METHODS.md §4 defaults in LossConfig)."""
     cls = _lookup("loss", cfg.name, loss_names(), pml_losses)
     params = dict(cfg.params)
     if is_proxy_loss(cfg.name):

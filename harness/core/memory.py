@@ -1,4 +1,4 @@
-"""Reference-set memories: XBM, XBN and AXBN (``shared/METHODS.md`` section 1).
+"""Reference-set memories: XBM, XBN and AXBN (``docs/METHODS.md`` section 1).
 
 ``CrossBatchMemory`` wraps any pair-based pytorch-metric-learning loss (and optional
 miner) like the library's own ``CrossBatchMemory``: the batch is enqueued into a ring
@@ -15,7 +15,7 @@ and R's row norms from one streaming pass over ``P`` through a cache-sized scrat
 block, never materialising R. The pending affine is folded into the buffer
 whenever the stored embeddings are read (``stored_embeddings()``, ``state_dict()``), when it
 leaves a safe numeric range, and every ``fold_interval`` steps, so what the API shows is
-exactly the persistent adaptation of METHODS.md (up to float rounding). Losses/miners
+exactly the persistent adaptation of docs/METHODS.md (up to float rounding). Losses/miners
 whose distance is not cosine / normalised L2 take the plain path (R materialised).
 
 The shared-similarity path computes with *views* of the user's loss and miner (shallow
@@ -47,12 +47,12 @@ from harness.results_contract import ADAPTIVE_MEMORY_KINDS, MEMORY_KINDS, Memory
 
 
 class CrossBatchMemory(nn.Module):
-    """A metric loss computed against a memory of past embeddings (METHODS.md §1).
+    """A metric loss computed against a memory of past embeddings (docs/METHODS.md §1).
 
     kinds: ``none`` L(B,B); ``xbm`` L(B, R∪B) from ``start_iteration`` on (L(B,B)
     before); ``xbm+batch`` L(B,B) + w·L(B, R∪B); ``xbn`` / ``axbn`` adapt R with the
     batch's / Kalman-filtered moments first, then L(B, R̂∪B). The step order is
-    METHODS.md's: adapt (detached statistics, persistent), enqueue, loss.
+    docs/METHODS.md's: adapt (detached statistics, persistent), enqueue, loss.
     """
 
     def __init__(
@@ -116,7 +116,7 @@ class CrossBatchMemory(nn.Module):
         self.__dict__["_compute_loss"], self.__dict__["_compute_miner"] = compute_loss, compute_miner
         cap = self.memory_size if kind != "none" else 0
         d = self.embedding_size
-        # The checkpointed state (METHODS.md §1: a preallocated ring buffer).
+        # The checkpointed state (docs/METHODS.md §1: a preallocated ring buffer).
         self.register_buffer("embeddings", torch.zeros(cap, d))
         self.register_buffer("labels", torch.zeros(cap, dtype=torch.long))
         # Which training image each row came from (-1: not given): the staleness
@@ -154,7 +154,7 @@ class CrossBatchMemory(nn.Module):
 
     # ------------------------------------------------------------------ state
     def stored_embeddings(self) -> Tensor:
-        """The whole buffer R as METHODS.md defines it: the pending adaptation folded in.
+        """The whole buffer R as docs/METHODS.md defines it: the pending adaptation folded in.
 
         (The ``embeddings`` buffer itself holds pre-images while an adaptation is pending.)
         """
@@ -229,7 +229,7 @@ class CrossBatchMemory(nn.Module):
     # ------------------------------------------------------------------ steps
     @torch.no_grad()
     def _adapt(self, target_mean: Tensor, target_std: Tensor) -> None:
-        """METHODS.md §1 step 2-3 on all stored rows, as an update of (A, C)."""
+        """docs/METHODS.md §1 step 2-3 on all stored rows, as an update of (A, C)."""
         n = self._fill
         p_mean = self._sum / n
         p_var = (self._sumsq / n - p_mean * p_mean).clamp_min(0.0)
@@ -256,7 +256,7 @@ class CrossBatchMemory(nn.Module):
 
     @torch.no_grad()
     def _enqueue(self, z: Tensor, labels: Tensor, sources: Tensor | None = None) -> Tensor:
-        """METHODS.md §1 step 4: overwrite the oldest rows; returns the slots written."""
+        """docs/METHODS.md §1 step 4: overwrite the oldest rows; returns the slots written."""
         bsz, M = z.shape[0], self.memory_size
         if bsz > M:
             raise ConfigError(f"batch of {bsz} does not fit a memory of {M}; raise memory.size")
@@ -381,7 +381,7 @@ class CrossBatchMemory(nn.Module):
 
     def batch_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """L(B, B) alone, leaving the memory untouched: nothing is adapted, enqueued or
-        counted (the pre-warm-up of METHODS.md §4, and ``kind="none"``)."""
+        counted (the pre-warm-up of docs/METHODS.md §4, and ``kind="none"``)."""
         labels = labels.to(embeddings.device)
         loss = self._batch_loss(embeddings, labels)
         self.last_parts = {"loss.batch": loss.detach(), "loss.memory": loss.new_zeros(())}
@@ -421,7 +421,7 @@ class CrossBatchMemory(nn.Module):
         return loss
 
     def _step_count(self) -> int:
-        """0-based iteration index k of this step (METHODS.md §1 table)."""
+        """0-based iteration index k of this step (docs/METHODS.md §1 table)."""
         k = self._iter
         self._iter += 1
         self._buffers["iteration"].fill_(self._iter)

@@ -1,4 +1,4 @@
-"""Retrieval metrics by exact cosine search (METHODS.md section 3).
+"""Retrieval metrics by exact cosine search (docs/METHODS.md section 3).
 
 Cosine similarity = inner product of L2-normalised float32 embeddings, searched exactly
 with faiss ``IndexFlatIP`` on the CPU, or with :class:`TorchExactSearch` (fp32 matmul +
@@ -201,7 +201,7 @@ def retrieval_metrics(
     use_gpu: bool | None = None,
     device=None,
 ) -> dict:
-    """Recall@k, MAP@R and R-precision (METHODS.md section 3).
+    """Recall@k, MAP@R and R-precision (docs/METHODS.md section 3).
 
     One-set mode when ``gallery`` is None: each query against all other queries.
     Returns ``{"recall@k" for k in ks, "map@r", "r_precision", "n_queries", "n_skipped"}``.

@@ -1,4 +1,4 @@
-"""The statistics the adaptive memories use (METHODS.md section 1): per-dimension batch
+"""The statistics the adaptive memories use (docs/METHODS.md section 1): per-dimension batch
 moments, the XBN adaptation of stored embeddings, and AXBN's Kalman-filtered moments.
 """
 
@@ -21,14 +21,14 @@ def batch_moments(z: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def xbn_adapt(memory: Tensor, batch: Tensor, eps: float = EPS) -> Tensor:
-    """METHODS.md §1 eq. 6: ``(z - mean(R)) / (std(R) + eps) * std(B) + mean(B)``."""
+    """docs/METHODS.md §1 eq. 6: ``(z - mean(R)) / (std(R) + eps) * std(B) + mean(B)``."""
     r_mean, r_std = batch_moments(memory)
     b_mean, b_std = batch_moments(batch)
     return (memory - r_mean) / (r_std + eps) * b_std + b_mean
 
 
 class KalmanMoments:
-    """Kalman-filtered dataset mean/std per dimension (METHODS.md §1, AXBN).
+    """Kalman-filtered dataset mean/std per dimension (docs/METHODS.md §1, AXBN).
 
     Two scalar-per-dimension filters (mean and std) with a static state model. Both
     see the same p0, q, r and |B| every step, so their covariance P and gain K are

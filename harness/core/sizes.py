@@ -3,7 +3,7 @@ device's memory is one ConfigError line naming the key and the estimate, not an
 allocator traceback (``DefaultCPUAllocator: can't allocate memory``) or an OOM kill.
 
 The estimates are lower bounds, counted in float32 from the shapes the run will hold
-(METHODS.md §1, §2): the memory's ring buffer (M × d embeddings + labels) and one step's
+(docs/METHODS.md §1, §2): the memory's ring buffer (M × d embeddings + labels) and one step's
 similarities against it (B × M, with the loss's temporaries and their gradients), a batch
 of input images (B × 3 × S², plus at least the first layer's output), the embeddings and
 the head's weights with AdamW's state (d), the prototypes' ridge fit (m × m) and

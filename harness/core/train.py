@@ -4,7 +4,7 @@
 loss through a cross-batch memory, optional XML regulariser, optimizers), trains over
 the class-balanced sampler, validates on the class-disjoint validation split, keeps the
 best checkpoint by ``train.select_metric`` and finally evaluates that checkpoint, and
-only that one, on the test split. METHODS.md sections 1, 2 and 4.
+only that one, on the test split. docs/METHODS.md sections 1, 2 and 4.
 
 Files under ``out_dir``: ``config.yaml``, ``checkpoints/last.pt`` (every epoch),
 ``checkpoints/best.pt``, ``epochs.jsonl`` (one line per epoch, the ``on_epoch``
@@ -16,7 +16,7 @@ Conventions chosen here:
 * Epochs are numbered from 1; ``train.epochs`` counts the warm-up epochs too (the
   first ``optim.warmup_epochs`` epochs train the new layers alone with SGD; the step
   decay of the main stage counts main-stage epochs only).
-* Drift (METHODS.md section 1, "Drift diagnostic"): the probe set is embedded once
+* Drift (docs/METHODS.md section 1, "Drift diagnostic"): the probe set is embedded once
   before training (epoch 0), so the drift of epoch 1 is its distance to the untrained
   network's embeddings and every epoch has a finite value.
 * A non-finite loss, weight, buffer or embedding ends the run with status "diverged":

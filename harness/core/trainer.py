@@ -202,7 +202,7 @@ class Trainer:
     def train_step(self, images, labels, optimizer, halves=None, sources=None, warmup=False) -> dict[str, float] | None:
         """One optimizer step; its loss parts, or None when the loss is not finite.
 
-        ``warmup``: the pre-warm-up of METHODS.md §4: L(B, B) alone for every method, the
+        ``warmup``: the pre-warm-up of docs/METHODS.md §4: L(B, B) alone for every method, the
         memory neither used nor filled (nor its Kalman filter or iteration count
         advanced), no XML term. ``sources``: the batch's training-image indices.
 

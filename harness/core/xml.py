@@ -1,4 +1,4 @@
-"""Prototype GAP and the cross-batch metric learning loss (``shared/METHODS.md`` section 2).
+"""Prototype GAP and the cross-batch metric learning loss (``docs/METHODS.md`` section 2).
 
 - ``prototype_histogram``: soft nearest-prototype histogram of the local features.
 - ``PrototypePooling``: pools a feature map into GAP ``g`` or ``Σ h_i v_i``, with ``h``.

@@ -58,7 +58,7 @@ DEBIAN_PACKAGES = (
 @dataclass(frozen=True)
 class GlyphSettings:
     """What a build is made of (all in the manifest). The defaults are the auto-built
-    dataset of the demo and the glyphs benchmarks (docs: README, "glyphs")."""
+    dataset of the demo and the glyphs benchmarks (docs/glyphs.md)."""
 
     size: int = 32  # pixels (square)
     characters: int = 1600  # classes sampled from the eligible ideographs

@@ -19,7 +19,7 @@ every ``miMATRIX``) and refuses, with a DataError naming the file and byte offse
 - a compressed element that does not inflate (or inflates past ``MAX_BYTES``).
 
 It does not interpret the array contents: a structurally valid but internally corrupt
-file can still crash scipy (README, "make fuzz").
+file can still crash scipy (docs/reliability.md, "Fuzzing").
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ that does not pass flocks between hosts, or a driver on another machine that die
 without cleaning up) is not taken silently: the user confirms the holder is dead with
 ``--take-over``. On ``s3://`` (and other object stores) there is no flock: the lock is
 a plain object, checked and then written, so it catches a second driver started later
-but not two started in the same instant (README, "Reliability").
+but not two started in the same instant (docs/reliability.md).
 """
 
 from __future__ import annotations

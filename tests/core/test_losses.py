@@ -1,4 +1,4 @@
-"""create_loss: any pytorch-metric-learning loss / miner by name (METHODS.md §4)."""
+"""create_loss: any pytorch-metric-learning loss / miner by name (docs/METHODS.md §4)."""
 
 import pytest
 import torch

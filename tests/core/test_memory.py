@@ -1,4 +1,4 @@
-"""Memories of METHODS.md §1: XBN/AXBN equations, Kalman filter, ring buffer, checkpoint
+"""Memories of docs/METHODS.md §1: XBN/AXBN equations, Kalman filter, ring buffer, checkpoint
 state, and agreement with pytorch-metric-learning's own CrossBatchMemory."""
 
 import io

@@ -1,4 +1,4 @@
-"""retrieval_metrics equals pytorch-metric-learning's AccuracyCalculator (METHODS.md section 3).
+"""retrieval_metrics equals pytorch-metric-learning's AccuracyCalculator (docs/METHODS.md section 3).
 
 Convention being checked: AccuracyCalculator(k="max_bin_count", avg_of_avgs=False) with
 its default exact faiss k-NN, whose exact ties come out by ascending reference index;

@@ -1,4 +1,4 @@
-"""Prototype histogram, ridge fit and XML loss of METHODS.md §2."""
+"""Prototype histogram, ridge fit and XML loss of docs/METHODS.md §2."""
 
 import numpy as np
 import pytest
