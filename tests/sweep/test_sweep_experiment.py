@@ -151,6 +151,8 @@ def test_demo_and_glyphs_benchmarks_run_on_glyphs_with_an_unsaturated_objective(
     assert memory.run_config().memory.fraction == 0.5
     # Every method gets the same search budget.
     assert set(memory.trial_budget().values()) == {4} and memory.search.reproduction_seeds == [1, 2, 3]
+    # its search chooses each method's setting by the mean over 3 class-disjoint folds
+    assert (memory.search.objective.folds, memory.search.objective.seeds) == (3, 1)
     grid = load_experiment("glyphs-memory-grid")
     assert grid.search.reproduce == "all" and grid.compare_labels == ["xbm", "xbn"]
     assert space_description(grid)["base_values"] == {"train.batch_size": 32, "memory.fraction": 0.5}
