@@ -52,7 +52,7 @@ system-deps:
 	@bash tools/system-deps.sh
 
 test: system-deps install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 test-fast: system-deps install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
