@@ -6,12 +6,14 @@
 - ``cli_runner``: invoke the Typer app in-process -> ``click.testing.Result``.
 - ``results_storage``: where a sweep keeps its results (``--storage``), under the test's
   tmp_path and not yet created.
-- ``harness_cache``: a ``HARNESS_CACHE_DIR`` shared by the session (glyphs build, glyph backbone).
+- ``harness_cache``: a ``HARNESS_CACHE_DIR`` for the tests (glyphs build, glyph backbone):
+  ``$HARNESS_TEST_CACHE`` (kept between `make test` runs), else empty for the session.
 Helper modules the tests import by name live in tests/fixtures/ (on the path, pyproject.toml).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,13 @@ def results_storage(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def harness_cache(tmp_path_factory) -> Path:
-    """A ``HARNESS_CACHE_DIR`` the session's tests share (empty at first): what the harness
+    """A ``HARNESS_CACHE_DIR`` for the tests, never the user's cache: what the harness
     builds there on first use (the glyphs dataset, the glyph-pretrained backbone of
-    ``model.pretrained: glyphs``) is built once per session, never read from the user's cache."""
+    ``model.pretrained: glyphs``; keyed by fonts, settings and versions) is built once.
+    ``$HARNESS_TEST_CACHE`` when set (`make test` sets it: kept between runs like the
+    venv, so a machine builds them once, about 100 s), else an empty folder of the session."""
+    kept = os.environ.get("HARNESS_TEST_CACHE")
+    if kept:
+        Path(kept).mkdir(parents=True, exist_ok=True)
+        return Path(kept)
     return tmp_path_factory.mktemp("harness-cache")

@@ -8,10 +8,11 @@ results`, and the report the third command opens. The case that once lost XBN: t
 draws memory.fraction 0.25, which this data makes 30 embeddings, less than one batch.
 
 The demo fine-tunes the glyph-pretrained backbone (`model.pretrained: glyphs`), which the
-first trial builds into the cache (glyphs dataset and backbone, a few minutes, needs the
+first trial builds into the cache (glyphs dataset and backbone, about 100 s, needs the
 CJK fonts `make demo` installs). This is the flow the README tells the user to run, so the
-test keeps it: it builds into the session's own empty ``HARNESS_CACHE_DIR`` (conftest's
-``harness_cache``), never reading the user's cache.
+test keeps it: it builds into the tests' own ``HARNESS_CACHE_DIR`` (conftest's
+``harness_cache``: kept between `make test` runs, so on a machine's first run), never
+reading the user's cache.
 """
 
 from __future__ import annotations

@@ -29,16 +29,18 @@ from harness.sweep.experiment import builtin_names, load_experiment
 from harness.sweep.reproduce import reproduction_specs
 from harness.sweep.searcher import create_compare_searcher
 
-LIST_ROW = re.compile(r"^[│|]\s*(\S+)\s*[│|].*?[│|]\s*(\d+) \+ (\d+) repro\s*[│|]", re.M)
+# "24 + 18 repro", or "24 x 3 runs + 18 repro" for a search.objective of 3 runs a trial
+LIST_ROW = re.compile(r"^[│|]\s*(\S+)\s*[│|].*?[│|]\s*(\d+)(?: x (\d+) runs)? \+ (\d+) repro\s*[│|]", re.M)
 
 
 @functools.cache
 def listed_counts() -> dict[str, tuple[int, int]]:
-    """(search trials, reproduction runs) per experiment, as `harness list` prints them."""
+    """(search trials, training runs per search trial, reproduction runs) per experiment,
+    as `harness list` prints them."""
     proc = subprocess.run([sys.executable, "-c", "from harness.cli import main; main()", "list"],
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
     assert proc.returncode == 0, proc.stderr
-    return {m[1]: (int(m[2]), int(m[3])) for m in LIST_ROW.finditer(proc.stdout)}
+    return {m[1]: (int(m[2]), int(m[3] or 1), int(m[4])) for m in LIST_ROW.finditer(proc.stdout)}
 
 
 def scheduled_counts(name: str) -> tuple[int, int]:
@@ -58,7 +60,7 @@ def scheduled_counts(name: str) -> tuple[int, int]:
         rows.append({COL_TRIAL_ID: trial_id, COL_PHASE: PHASE_SEARCH, COL_STATUS: STATUS_COMPLETED,
                      COL_COMPARE_VALUE: spec["compare_value"], exp.search.metric: float(i),
                      "params": json.dumps(spec["params"])})
-    return len(rows), len(reproduction_specs(exp, pd.DataFrame(rows)))
+    return len(rows), exp.search.objective.runs, len(reproduction_specs(exp, pd.DataFrame(rows)))
 
 
 def test_list_shows_every_shipped_experiment():
@@ -68,4 +70,4 @@ def test_list_shows_every_shipped_experiment():
 @pytest.mark.parametrize("name", builtin_names())
 def test_list_counts_are_what_the_sweep_schedules(name):
     listed = listed_counts()[name]
-    assert listed == scheduled_counts(name), f"{name}: listed (search, reproductions)"
+    assert listed == scheduled_counts(name), f"{name}: listed (search, runs per trial, reproductions)"
