@@ -23,7 +23,7 @@ from reports.environment import environment
 from reports.load import load_experiments
 from reports.drift_study import display_rows, drift_study, drift_study_figure
 from reports.plots import make_figures
-from reports.progress import progress
+from reports.completeness import progress
 from reports.references import reference_tables
 from reports.retrievals import method_retrievals
 from reports.search_analysis import best_trials, compare_values, objective, param_importance, param_keys

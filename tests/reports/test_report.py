@@ -18,7 +18,7 @@ from harness.errors import ResultsError
 from reports import render_report
 from reports import plots
 from reports.load import load_experiment
-from reports.progress import progress
+from reports.completeness import progress
 from reports.search_analysis import best_trials, param_importance
 from reports.statistics import summarize, welch
 from reports.tables import best_reproductions, reproductions
