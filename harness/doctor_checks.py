@@ -304,6 +304,7 @@ _KILL_AFTER_EPOCH_1 = """
 import os, signal, sys, yaml
 from harness.config import build_config
 from harness.core.train import run_training
+from harness.results_contract import best_checkpoint, last_checkpoint
 cfg = build_config(yaml.safe_load(open(sys.argv[1])))
 def on_epoch(epoch, metrics):
     if epoch == 1:
@@ -340,7 +341,7 @@ def check_kill_resume(device: torch.device, root: Path) -> tuple[Check, Path | N
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return Check("kill + resume", FAIL, f"the child run was not killed as planned (exit {proc.returncode}: {tail})"), None
     trainer = Trainer(cfg, out)
-    trainer.load_state_dict(load_checkpoint(out / "checkpoints" / "last.pt"))
+    trainer.load_state_dict(load_checkpoint(last_checkpoint(out)))
     misplaced = misplaced_state(trainer, trainer.device)
     trainer.close()
     resumed: dict[int, dict] = {}
@@ -372,7 +373,7 @@ def check_evaluate(device: torch.device, run_dir: Path | None) -> Check:
 
     if run_dir is None:
         return Check("evaluate best.pt", SKIP, "no resumed run to evaluate")
-    model, cfg = load_model(run_dir / "checkpoints" / "best.pt", map_location=device)
+    model, cfg = load_model(best_checkpoint(run_dir), map_location=device)
     model.to(device)
     data = create_datasets(cfg.data, cfg.seed, model.mean, model.std)
     m = evaluate_split(model, data.test, ks=(1, 4), device=device, batch_size=128)

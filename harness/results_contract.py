@@ -5,12 +5,14 @@ tables") are read by code that never sees the code that wrote them (another harn
 version, pandas, DuckDB), so each fact about them is defined here once and imported
 everywhere else: the schema version, the file names, the phase and status values, the
 column names, the key the trainable reports its objective under, and the spelling of
-the compared methods (memory kind, plus ``+xml``). Like OML's ``const.py``, this module
-imports nothing from the harness.
+the compared methods (memory kind, plus ``+xml``), and the files of a run folder that
+the trials' checkpoints carry. Like OML's ``const.py``, this module imports nothing from
+the harness.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, get_args
 
 # ---- tables ---------------------------------------------------------------------------
@@ -20,12 +22,30 @@ TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 SPACE_FILE = "space.json"  # the experiment's search space, compare axis, objective
 STATE_FILE = "sweep.json"  # the driver's own state (phase, best configs)
+# ---- a run folder (`harness train --out DIR`, a sweep trial's run folder) ---------------
+
+CONFIG_FILE = "config.yaml"  # the run config it ran with
+EPOCH_LOG = "epochs.jsonl"  # one JSON line per epoch
+SUMMARY_FILE = "summary.json"  # harness.core.run_result.RunResult.summary()
+CHECKPOINT_DIR = "checkpoints"
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The full training state, written every epoch (what a resume continues from)."""
+    return Path(run_dir) / CHECKPOINT_DIR / "last.pt"
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The model of the best epoch by the validation metric."""
+    return Path(run_dir) / CHECKPOINT_DIR / "best.pt"
+
+
 # <experiment>/retrievals/<trial_id>/: what the report draws a best-config reproduction's
 # retrieval pictures from (its test neighbours and run config), copied out of the
 # trial's Tune checkpoint when the trial ends, so a report needs no ``tune/`` folder.
 RETRIEVALS_DIR = "retrievals"
 RETRIEVALS_FILE = "retrievals.npz"  # harness.retrieval_pictures.Neighbours
-RETRIEVAL_FILES = ("config.yaml", RETRIEVALS_FILE)  # written in this order: the .npz last
+RETRIEVAL_FILES = (CONFIG_FILE, RETRIEVALS_FILE)  # written in this order: the .npz last
 
 # Columns every table has; rows are upserted by these keys.
 COL_SCHEMA_VERSION = "schema_version"

@@ -25,7 +25,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from harness.results_contract import RETRIEVALS_FILE
+from harness.results_contract import (
+    RETRIEVALS_FILE,
+    best_checkpoint,
+)
 
 SAVED_K = 10
 THUMB = 96
@@ -288,7 +291,7 @@ def save_run_retrievals(config, out_dir: Path, k: int = SAVED_K) -> Path | None:
     """Embed the test split with the run's ``best.pt`` and save its ``Neighbours`` as
     ``out_dir/retrievals.npz`` (what the report draws from); None without a ``best.pt``."""
     out_dir = Path(out_dir)
-    ckpt = out_dir / "checkpoints" / "best.pt"
+    ckpt = best_checkpoint(out_dir)
     if not ckpt.is_file():
         return None
     # after the check: a run without best.pt (diverged, or a test double of

@@ -25,6 +25,7 @@ from harness.results_contract import (
     COL_PHASE,
     COL_STATUS,
     COL_TRIAL_ID,
+    CONFIG_FILE,
     PHASE_REPRODUCTION,
     RETRIEVALS_DIR,
     RETRIEVALS_FILE,
@@ -103,7 +104,7 @@ def method_retrievals(experiments: list[ExperimentResults], n_worst: int = N_WOR
                 continue  # nothing saved (fake training, older sweep): no section entry
             item = MethodRetrievals(exp.name, label, str(row[COL_TRIAL_ID]), col, float(row[col]))
             try:
-                config = build_config(load_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+                config = build_config(load_yaml(run_dir / CONFIG_FILE), source=str(run_dir / CONFIG_FILE))
                 test = read_dataset(config.data.name, config.data.root).test
                 nb = Neighbours.load(run_dir / RETRIEVALS_FILE)
                 item.pictures = draw_pictures(nb, test.query, test.gallery, n_worst, n_typical, k=k)

@@ -35,7 +35,13 @@ from typing import Any, Callable
 
 from harness.config import RunConfig, build_config
 from harness.core.run_result import RunResult
-from harness.results_contract import OBJECTIVE_SO_FAR_KEY, STATUS_COMPLETED, STATUS_DIVERGED
+from harness.results_contract import (
+    EPOCH_LOG,
+    OBJECTIVE_SO_FAR_KEY,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    SUMMARY_FILE,
+)
 from trainables.trial_setup import read_epochs
 
 RUNS_DIR = "runs"
@@ -72,7 +78,7 @@ def _epochs(out_dir: Path) -> dict[int, dict[str, Any]]:
 
 def _finished(out_dir: Path) -> RunResult | None:
     """The result of a run that had finished before a restart (its summary.json)."""
-    path = out_dir / "summary.json"
+    path = out_dir / SUMMARY_FILE
     if not path.is_file():
         return None
     return RunResult.from_summary(json.loads(path.read_text()), out_dir)
@@ -195,7 +201,7 @@ class LockstepObjective:
             record = _mean([e[epoch] for e in per_run])
             record.pop("epoch", None)
             record[OBJECTIVE_SO_FAR_KEY] = self._objective_so_far(per_run, epoch)
-            with (out_dir / "epochs.jsonl").open("a") as f:
+            with (out_dir / EPOCH_LOG).open("a") as f:
                 f.write(json.dumps({"epoch": epoch, **record}) + "\n")
             if on_epoch is not None:
                 on_epoch(epoch, record)

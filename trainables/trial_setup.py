@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from harness.config import RunConfig, build_config
 from harness.trial_spec import TrialSpec, run_overrides
+from harness.results_contract import EPOCH_LOG
 
 # A checkpoint's own list of its files and their sizes (written last into the folder
 # that Tune then copies): a copy is whole when every listed file is there at its size.
@@ -58,7 +59,7 @@ def run_folder(name: str, checkpoint: Any | None) -> Iterator[Path]:
 def read_epochs(out_dir: Path) -> list[dict[str, Any]]:
     """The core's ``epochs.jsonl``, one row per epoch (the last record of an epoch wins:
     a resumed run may rewrite the epoch it was interrupted in)."""
-    path = out_dir / "epochs.jsonl"
+    path = out_dir / EPOCH_LOG
     rows: dict[int, dict[str, Any]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():

@@ -35,6 +35,7 @@ from harness.core.device import pick_device
 from harness.core.distributed import PeerFailedError
 from harness.core.train import EpochCallback, RunResult, StepCallback, run_training
 from harness.errors import ConfigError, HarnessError
+from harness.results_contract import last_checkpoint
 
 # After the first failure, how long the other ranks get to end by themselves (and to
 # report their own error) before they are terminated.
@@ -162,15 +163,15 @@ def run_data_parallel(
     backend = _backend(config)
     threads = max(1, (os.cpu_count() or 1) // world)
     out_dir = Path(out_dir)
-    last = out_dir / "checkpoints" / "last.pt"
+    last = last_checkpoint(out_dir)
     with tempfile.TemporaryDirectory(prefix="harness-ranks-") as tmp:
         store = os.path.join(tmp, "store")
         folders = [str(out_dir)]
         for rank in range(1, world):
             folder = Path(tmp) / f"rank{rank}"
             if resume and last.is_file():  # every rank resumes from rank 0's checkpoint
-                (folder / "checkpoints").mkdir(parents=True)
-                shutil.copy2(last, folder / "checkpoints" / "last.pt")
+                last_checkpoint(folder).parent.mkdir(parents=True)
+                shutil.copy2(last, last_checkpoint(folder))
             folders.append(str(folder))
         events = mp.get_context("spawn").Queue()
         raw = config.model_dump(mode="json")

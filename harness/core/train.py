@@ -48,7 +48,16 @@ from harness.core.finite import NonFiniteError, nonfinite_tensors
 from harness.core.run_result import RunResult
 from harness.core.trainer import StepCallback, Trainer, prefixed
 from harness.errors import ConfigError
-from harness.results_contract import STATUS_COMPLETED, STATUS_DIVERGED, TrialStatus
+from harness.results_contract import (
+    CONFIG_FILE,
+    EPOCH_LOG,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    SUMMARY_FILE,
+    TrialStatus,
+    best_checkpoint,
+    last_checkpoint,
+)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -107,8 +116,8 @@ def run_training(
     out_dir = Path(out_dir)
     trainer = create_trainer(config, out_dir, on_step=on_step)  # data problems surface here
     out_dir.mkdir(parents=True, exist_ok=True)
-    last = out_dir / "checkpoints" / "last.pt"
-    epochs_log = out_dir / "epochs.jsonl"
+    last = last_checkpoint(out_dir)
+    epochs_log = out_dir / EPOCH_LOG
 
     if resume and last.is_file():
         state = load_checkpoint(last)  # to the CPU; load_state_dict places each tensor
@@ -117,14 +126,14 @@ def run_training(
         _truncate_epochs_log(epochs_log, trainer.epoch)
     else:
         epochs_log.unlink(missing_ok=True)
-        (out_dir / "checkpoints" / "best.pt").unlink(missing_ok=True)
+        best_checkpoint(out_dir).unlink(missing_ok=True)
         if config.train.eval_untrained:
             trainer.model.eval()
             trainer.test_untrained = prefixed("test_untrained", trainer.evaluate(trainer.data.test))
         if len(trainer.probe):
             trainer.model.eval()
             trainer.probe_prev = trainer.embed_probe()
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     def elapsed() -> float:
         return trainer.wall_before + time.perf_counter() - start
@@ -190,5 +199,5 @@ def run_training(
         out_dir=out_dir,
         test_untrained=trainer.test_untrained,
     )
-    atomic_write_json(out_dir / "summary.json", result.summary())
+    atomic_write_json(out_dir / SUMMARY_FILE, result.summary())
     return result

@@ -35,6 +35,7 @@ from harness.core.xml import split_halves, xml_total_loss
 from harness.data.registry import create_datasets
 from harness.data.sampler import ClassBalancedBatchSampler
 from harness.errors import ConfigError
+from harness.results_contract import best_checkpoint, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -348,12 +349,12 @@ class Trainer:
         save_checkpoint(
             {"model": self.model.state_dict(), "config": self.config.model_dump(mode="json"),
              "epoch": epoch, "val": dict(val)},
-            self.out_dir / "checkpoints" / "best.pt",
+            best_checkpoint(self.out_dir),
         )
         return True
 
     def test_best(self) -> dict[str, float]:
-        best = self.out_dir / "checkpoints" / "best.pt"
+        best = best_checkpoint(self.out_dir)
         if best.is_file():
             self.model.load_state_dict(load_checkpoint(best)["model"])
         return prefixed("test", self.evaluate(self.data.test))
@@ -400,7 +401,7 @@ class Trainer:
     def save_last(self, wall_seconds: float) -> None:
         state = self.state_dict()
         state["wall_seconds"] = wall_seconds
-        save_checkpoint(state, self.out_dir / "checkpoints" / "last.pt")
+        save_checkpoint(state, last_checkpoint(self.out_dir))
 
 
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
