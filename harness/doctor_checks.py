@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from harness.doctor_fixtures import misplaced_state, tie_heavy_embeddings, tiny_config
-from harness.results_contract import MEMORY_KINDS, STATUS_COMPLETED
+from harness.results_contract import MEMORY_KINDS, STATUS_COMPLETED, best_checkpoint, last_checkpoint
 
 PASS, FAIL, SKIP, INFO = "PASS", "FAIL", "SKIP", "INFO"
 
@@ -304,7 +304,6 @@ _KILL_AFTER_EPOCH_1 = """
 import os, signal, sys, yaml
 from harness.config import build_config
 from harness.core.train import run_training
-from harness.results_contract import best_checkpoint, last_checkpoint
 cfg = build_config(yaml.safe_load(open(sys.argv[1])))
 def on_epoch(epoch, metrics):
     if epoch == 1:

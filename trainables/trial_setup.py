@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness.config import RunConfig, build_config
-from harness.trial_spec import TrialSpec, run_overrides
 from harness.results_contract import EPOCH_LOG
+from harness.trial_spec import TrialSpec, run_overrides
 
 # A checkpoint's own list of its files and their sizes (written last into the folder
 # that Tune then copies): a copy is whole when every listed file is there at its size.
