@@ -41,6 +41,7 @@ from harness.doctor_fixtures import tiny_config
 from interleaved import rounds, timed  # benchmarks/interleaved.py (this script's folder)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fixtures.host_reads import host_reads  # noqa: E402  (shared with tests/core/test_host_reads.py)
 from fixtures.host_syncs import host_syncs  # noqa: E402  (shared with tests/core/test_memory.py)
 
 
@@ -117,29 +118,6 @@ def old_sync_points(trainer: Trainer):
         CrossBatchMemory._indices = indices
 
 
-@contextmanager
-def counting_host_reads(prefixes: tuple[str, ...]):
-    calls = [0]
-    names = ["item", "tolist", "__bool__", "__float__", "__int__"]
-    originals = {n: getattr(torch.Tensor, n) for n in names}
-
-    def wrap(orig):
-        def counted(self, *a, **k):
-            if sys._getframe(1).f_code.co_filename.startswith(prefixes):
-                calls[0] += 1
-            return orig(self, *a, **k)
-
-        return counted
-
-    for n in names:
-        setattr(torch.Tensor, n, wrap(originals[n]))
-    try:
-        yield calls
-    finally:
-        for n, f in originals.items():
-            setattr(torch.Tensor, n, f)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--memory", default="axbn", choices=["xbm", "xbn", "axbn"])
@@ -178,12 +156,12 @@ def main(argv=None) -> int:
             images, labels, halves = batches[b % len(batches)]
             with (old_sync_points(trainer) if variant == "before" else _nothing()) as step:
                 step = step or new_step
-                with counting_host_reads(counted) as calls:
+                with host_reads(counted) as calls:
                     dt, dc = timed(lambda: step(images, labels, trainer.optimizer, halves), sync)
             if record:
                 times[variant].append(dt)
                 cpu_times[variant].append(dc)
-                reads[variant].append(calls[0])
+                reads[variant].append(len(calls))
 
         for r, variant, record in rounds(("before", "now"), args.warmup, args.rounds):
             one(variant, r, record=record)

@@ -4,13 +4,12 @@ the persistent training loader, deterministic per batch."""
 from __future__ import annotations
 
 import math
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+from fixtures.host_reads import host_reads
 from harness.config import build_config
 from harness.core.trainer import Trainer
 from harness.doctor_fixtures import tiny_config
@@ -18,33 +17,6 @@ from harness.doctor_fixtures import tiny_config
 ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------- hot-path host reads
-
-
-@contextmanager
-def host_reads_from(prefix: str):
-    """Counts tensor -> python reads (item, float, bool, int, tolist) made by code under ``prefix``."""
-    calls: list[str] = []
-    names = ["item", "tolist", "__bool__", "__float__", "__int__"]
-    originals = {n: getattr(torch.Tensor, n) for n in names}
-
-    def wrap(name):
-        orig = originals[name]
-
-        def counted(self, *a, **k):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(prefix):
-                calls.append(f"{name} from {Path(caller).name}:{sys._getframe(1).f_lineno}")
-            return orig(self, *a, **k)
-
-        return counted
-
-    for n in names:
-        setattr(torch.Tensor, n, wrap(n))
-    try:
-        yield calls
-    finally:
-        for n, f in originals.items():
-            setattr(torch.Tensor, n, f)
 
 
 @pytest.mark.parametrize("kind", ["xbm", "xbn", "axbn"])
@@ -65,7 +37,7 @@ def test_memory_and_xml_steps_read_nothing_on_the_host(kind):
         labels = torch.arange(8).repeat_interleave(4)
         halves = split_halves(labels)  # the training loop does this on the CPU labels
         feats = torch.randn(32, 8, 3, 3)
-        with host_reads_from(core) as reads:
+        with host_reads(core) as reads:
             pooled, gap, hist = pool(feats)
             emb = torch.nn.functional.normalize(head(pooled), dim=1)
             out = ModelOutput(emb, pooled, gap, hist)
@@ -89,7 +61,7 @@ def test_train_step_reads_the_host_once(tmp_path):
     halves = split_halves(labels)
     labels = torch.searchsorted(trainer.classes, labels)
     trainer.train_step(images, labels, trainer.optimizer, halves)  # prototypes initialised
-    with host_reads_from(str(ROOT / "harness")) as reads:
+    with host_reads(str(ROOT / "harness")) as reads:
         parts = trainer.train_step(images, labels, trainer.optimizer, halves)
     assert reads == [r for r in reads if "trainer.py" in r] and len(reads) == 1, reads
     assert set(parts) == {"loss", "loss.batch", "loss.memory", "loss.xml"}
