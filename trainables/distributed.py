@@ -45,7 +45,8 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
 
 
 def ray_train_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-    checkpoint = None if checkpoint_dir is None else ray.train.Checkpoint.from_directory(str(seal_checkpoint(checkpoint_dir)))
+    checkpoint = (None if checkpoint_dir is None
+                  else ray.train.Checkpoint.from_directory(str(seal_checkpoint(checkpoint_dir))))
     ray.train.report(metrics, checkpoint=checkpoint)
 
 

@@ -128,7 +128,7 @@ class SweepLock:
 
     def _acquire_object(self) -> "SweepLock":
         if self.store.exists(LOCK) and not self.take_over:
-            holder = _parse(self.store._read_bytes(LOCK).decode(errors="replace"))
+            holder = _parse(self.store.read_bytes(LOCK).decode(errors="replace"))
             same_host = holder.get("host") == socket.gethostname()
             if not (same_host and isinstance(holder.get("pid"), int) and not pid_alive(holder["pid"])):
                 self._refuse(holder, dead_elsewhere=not same_host)

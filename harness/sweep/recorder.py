@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY  # how TuneReportCallback names it
 
 from harness.clock import utc_iso
 from harness.results_contract import (
@@ -46,9 +47,6 @@ from harness.sweep.experiment import Experiment, method_of
 from harness.sweep.failures import reason_from_traceback
 from harness.sweep.results import ResultsStore
 from harness.trial_spec import TrialSpec, run_overrides, spec_of
-
-# What ray.tune.integration.ray_train.TuneReportCallback names a Ray Train checkpoint by.
-TRAIN_CHECKPOINT_KEY = "checkpoint_path"
 
 
 def git_commit() -> str | None:
@@ -233,10 +231,10 @@ def keep_retrievals(store: ResultsStore, trial_id: str, checkpoint, last_result:
     (``TuneReportCallback``), on the sweep's own storage."""
     if checkpoint is not None:
         fs, folder = checkpoint.filesystem, checkpoint.path
-    elif (last_result or {}).get(TRAIN_CHECKPOINT_KEY):
+    elif (last_result or {}).get(CHECKPOINT_PATH_KEY):
         import pyarrow.fs  # only for data-parallel trials
 
-        fs, folder = store.filesystem or pyarrow.fs.LocalFileSystem(), last_result[TRAIN_CHECKPOINT_KEY]
+        fs, folder = store.filesystem or pyarrow.fs.LocalFileSystem(), last_result[CHECKPOINT_PATH_KEY]
     else:
         return False
     blobs = {}

@@ -102,7 +102,7 @@ class ResultsStore:
         else:
             os.replace(self.path(name), self.path(new))
 
-    def _read_bytes(self, name: str) -> bytes:
+    def read_bytes(self, name: str) -> bytes:
         if self._fs is None:
             return Path(self.path(name)).read_bytes()
         with self._fs.open_input_stream(f"{self._root_path}/{name}") as f:
@@ -117,7 +117,7 @@ class ResultsStore:
         if not self.exists(name):
             raise ResultsError(f"{self.path(name)} does not exist")
         try:
-            return json.loads(self._read_bytes(name))
+            return json.loads(self.read_bytes(name))
         except json.JSONDecodeError as e:
             raise ResultsError(f"{self.path(name)} is not valid JSON ({e.msg})") from None
 
@@ -127,7 +127,7 @@ class ResultsStore:
         if not self.exists(name):
             return pd.DataFrame()
         try:
-            df = pd.read_parquet(io.BytesIO(self._read_bytes(name)))
+            df = pd.read_parquet(io.BytesIO(self.read_bytes(name)))
         except Exception as e:  # pyarrow raises several types for a damaged file
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ResultsError(

@@ -114,10 +114,11 @@ def fit_phase(plan: SweepPlan, phase: str, trainable, callbacks: list[tune.Callb
         repoint_lost_checkpoints(path)
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
         _use_callbacks(tuner, callbacks)
-        scheduler = tuner_tune_config(tuner).scheduler
+        restored = tuner_tune_config(tuner)
+        scheduler = restored.scheduler
         if isinstance(scheduler, SweepScheduler):  # restored with the first start's path
             scheduler.tune_path = path
-        searcher = tuner_tune_config(tuner).search_alg
+        searcher = restored.search_alg
         searcher = getattr(searcher, "searcher", searcher)  # inside a ConcurrencyLimiter
         if isinstance(searcher, CompareSearcher):  # its studies: this driver's database URL
             searcher.optuna_url = plan.optuna_storage
