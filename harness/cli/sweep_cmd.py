@@ -57,12 +57,7 @@ def sweep(
     from harness.sweep.runner import prepare_sweep, run_sweep
 
     plan = prepare_sweep(name, set_, trials, storage, resume, reproduce_only, max_concurrent, address,
-                         take_over)
-    from harness.sweep.optuna_storage import resolve_storage_url
-    from harness.tracking.config import apply_tracking
-
-    plan.experiment = apply_tracking(plan.experiment, tracking, resuming=bool(plan.state))
-    plan.optuna_storage = resolve_storage_url(plan, optuna_storage)  # checked before Ray starts
+                         take_over, tracking=tracking, optuna_storage=optuna_storage)
     warnings = Console(stderr=True)
     outcome = run_sweep(plan, warn=lambda msg: warnings.print(
         f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True))

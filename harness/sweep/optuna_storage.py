@@ -65,24 +65,26 @@ def open_storage(url: str):
         ) from None
 
 
-def resolve_storage_url(plan, requested: str | None) -> str:
-    """The URL of ``plan``'s studies: the one a resumed sweep started with, else
-    ``requested`` (``--optuna-storage``), else the SQLite file beside the tables. A new
-    sweep whose study names are taken in that database is a ConfigError."""
-    if plan.state and STATE_KEY in plan.state:
+def resolve_storage_url(experiment, store, state, requested: str | None) -> str:
+    """The URL of the studies of ``experiment`` (results in ``store``): the one a resumed
+    sweep started with (its ``state``, a :class:`~harness.sweep.state.SweepState`; None
+    for a new sweep), else ``requested`` (``--optuna-storage``), else the SQLite file
+    beside the tables. A new sweep whose study names are taken in that database is a
+    ConfigError."""
+    if state and STATE_KEY in state:
         # null: the default file beside the tables, wherever the folder is now
-        recorded = plan.state[STATE_KEY] or default_storage_url(plan.store.root)
+        recorded = state.get(STATE_KEY) or default_storage_url(store.root)
         if requested and requested != recorded:
             raise ConfigError(
                 f"--optuna-storage {requested}: this sweep keeps its studies in {recorded}; "
                 "resume without --optuna-storage (or with that URL)"
             )
         return recorded
-    url = requested or default_storage_url(plan.store.root)
+    url = requested or default_storage_url(store.root)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return url  # nothing to check, and no file written before the sweep starts
     existing = set(optuna.get_all_study_names(open_storage(url)))  # fails before Ray starts
-    names = [study_name(plan.experiment.name, label) for label in plan.experiment.compare_labels]
+    names = [study_name(experiment.name, label) for label in experiment.compare_labels]
     taken = [n for n in names if n in existing]
     if taken:
         # A new sweep must not learn from (or add to) another sweep's history.

@@ -1,16 +1,17 @@
 """Planning a sweep, before Ray starts: :class:`SweepPlan` and :func:`prepare_sweep`.
 
 Everything that can be wrong with the input (experiment, storage, resume state,
-cluster address, the search space against the data: :mod:`harness.sweep.preflight`)
-is checked here and raised as one :class:`HarnessError` line, so a bad input touches
-nothing under the storage path. Nothing here imports Ray.
+cluster address, trackers, the Optuna database, the search space against the data:
+:mod:`harness.sweep.preflight`) is checked here and raised as one :class:`HarnessError`
+line, so a bad input touches nothing under the storage path. The plan is complete and
+immutable once made; what changes while it runs is ``sweep.json``
+(:class:`~harness.sweep.state.SweepState`). Nothing here imports Ray.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.errors import ConfigError, ResultsError
 from harness.paths import can_write, existing_ancestor
@@ -19,24 +20,28 @@ from harness.sweep.cluster import check_address
 from harness.sweep.experiment import Experiment, load_experiment
 from harness.sweep.preflight import check_data_readable
 from harness.sweep.results import ResultsStore, is_uri, join
+from harness.sweep.state import SweepState
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepPlan:
-    experiment: Experiment
+    """A checked sweep: what to run, where, and how (made by :func:`prepare_sweep`)."""
+
+    experiment: Experiment  # with the --tracking trackers
     storage: str
     store: ResultsStore
+    optuna_storage: str  # SQLAlchemy URL of the Optuna studies (harness/sweep/optuna_storage.py)
     resume: bool = False
     reproduce_only: bool = False
-    max_concurrent: int | None = None
+    max_concurrent: int | None = None  # --max-concurrent; None: what the cluster holds
     address: str | None = None
-    state: dict[str, Any] = field(default_factory=dict)
     take_over: bool = False  # the user says the driver named in sweep.lock is dead
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()  # one-line notices to print before anything runs
 
-    # SQLAlchemy URL of the Optuna studies (harness/sweep/optuna_storage.py); None: run_sweep
-    # puts them in the SQLite file beside the tables
-    optuna_storage: str | None = None
+    @property
+    def continuing(self) -> bool:
+        """A sweep that already ran (``--resume``, ``--reproduce-only``): its state exists."""
+        return self.resume or self.reproduce_only
 
     def resume_command(self) -> str:
         """The command that continues this sweep, valid from any working folder."""
@@ -76,8 +81,12 @@ def prepare_sweep(
     max_concurrent: int | None = None,
     address: str | None = None,
     take_over: bool = False,
+    tracking: list[str] | None = None,
+    optuna_storage: str | None = None,
 ) -> SweepPlan:
-    """Validate everything a sweep needs; raise a one-line HarnessError otherwise."""
+    """Validate everything a sweep needs and return its complete plan; raise a one-line
+    HarnessError otherwise. ``tracking``: the ``--tracking`` trackers; ``optuna_storage``:
+    the ``--optuna-storage`` URL (default: the SQLite file beside the tables)."""
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError("--max-concurrent must be at least 1")
     check_storage_writable(storage)
@@ -98,7 +107,8 @@ def prepare_sweep(
                 "--set/--trials cannot change a sweep that already ran; "
                 "start a new one with another --storage"
             )
-        state, exp = read_state(store)
+        state = SweepState.read(store)
+        exp = state.experiment
         if reproduce_only and not state.get("search_done"):
             raise ResultsError(
                 f"--reproduce-only: the search of '{stem}' has not finished; "
@@ -112,14 +122,20 @@ def prepare_sweep(
                 f"results of '{exp.name}' already exist at {store.root}; continue with "
                 f"--resume, rerun reproductions with --reproduce-only, or use another --storage"
             )
-        state = {}
-    plan = SweepPlan(exp, storage, store, resume, reproduce_only, max_concurrent, address, state,
-                     take_over=take_over)
+        state = None
+    warnings: list[str] = []
     if not continuing:
-        plan.warnings.extend(budget_warnings(exp))
+        warnings.extend(budget_warnings(exp))
         # every compared value's space against the data it trains on: one line, nothing written
-        plan.warnings.extend(check_data_readable(exp, address))
-    return plan
+        warnings.extend(check_data_readable(exp, address))
+    # here, not at the top: Optuna and the trackers' checks are the slow part of a failing call
+    from harness.sweep.optuna_storage import resolve_storage_url
+    from harness.tracking.config import apply_tracking
+
+    exp = apply_tracking(exp, tracking, resuming=continuing)
+    url = resolve_storage_url(exp, store, state, optuna_storage)  # checked before Ray starts
+    return SweepPlan(exp, storage, store, url, resume, reproduce_only, max_concurrent, address,
+                     take_over, tuple(warnings))
 
 
 def budget_warnings(exp: Experiment) -> list[str]:
@@ -138,16 +154,3 @@ def budget_warnings(exp: Experiment) -> list[str]:
                    f"{exp.search_runs()} training runs before the {exp.reproductions_planned()} "
                    "reproductions")
     return out
-
-
-def read_state(store: ResultsStore) -> tuple[dict[str, Any], Experiment]:
-    """``sweep.json`` and the experiment it records; a damaged one is one line."""
-    lost = (f"the sweep's state is lost; its tables still render with `harness report "
-            f"{store.root}`, or start the sweep again with another --storage")
-    try:
-        state = store.read_json(STATE_FILE)
-        return state, Experiment.model_validate(state["experiment"])
-    except ResultsError as e:
-        raise ResultsError(f"{e}; {lost}") from None
-    except (KeyError, TypeError, ValueError):
-        raise ResultsError(f"{store.path(STATE_FILE)} is not a sweep state file; {lost}") from None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import pandas as pd
 import pyarrow.fs
@@ -48,8 +48,8 @@ from harness.sweep.disk import disk_full_error, quiet_tune_disk_full_logs
 from harness.sweep.failures import disk_full
 from harness.sweep.interrupt import watching
 from harness.sweep.lock import SweepLock
-from harness.sweep.optuna_storage import recorded_url, resolve_storage_url
-from harness.sweep.plan import SweepPlan, prepare_sweep, read_state
+from harness.sweep.optuna_storage import recorded_url
+from harness.sweep.plan import SweepPlan, prepare_sweep
 from harness.sweep.recorder import ResultsRecorder, git_commit, reconcile
 from harness.sweep.recover import damaged_tables, rebuild_tables, set_aside
 from harness.sweep.reproduce import reproduction_specs
@@ -65,6 +65,7 @@ from harness.sweep.searcher import (
     create_compare_searcher,
 )
 from harness.sweep.space import space_description
+from harness.sweep.state import SweepState
 from harness.sweep.tuner import create_callbacks, create_trainable, fit_phase, phase_tune_config
 from harness.trial_spec import SPEC_KEY
 
@@ -85,11 +86,11 @@ def run_search(plan: SweepPlan, train_fn: Callable | None, git: str | None,
     """The search phase: every compared value's trial budget, through Optuna."""
     exp = plan.experiment
     planned = sum(exp.trial_budget().values())
-    searcher = create_compare_searcher(exp, plan.optuna_storage, plan.max_concurrent)
+    slots, limit = trial_concurrency(plan)
+    searcher = create_compare_searcher(exp, plan.optuna_storage, limit)
     scheduler = create_scheduler(exp, plan.tune_dir(PHASE_SEARCH))
     trainable = create_trainable(exp, train_fn, plan.store.root)
-    callbacks = create_callbacks(plan, PHASE_SEARCH, planned, trial_slots(exp, plan.max_concurrent),
-                                 git, watch)
+    callbacks = create_callbacks(plan, PHASE_SEARCH, planned, slots, git, watch)
     config = phase_tune_config(search_alg=searcher, scheduler=scheduler, num_samples=planned)
     results = fit_phase(plan, PHASE_SEARCH, trainable, callbacks, config)
     reconcile(ResultsRecorder(exp, plan.storage, git, watch), results)
@@ -106,14 +107,25 @@ def run_reproductions(plan: SweepPlan, train_fn: Callable | None, git: str | Non
     if plan.reproduce_only:
         _remove_tree(path)  # a fresh set of reproductions; rows are replaced by trial_id
     trainable = create_trainable(exp, train_fn, plan.store.root)
-    callbacks = create_callbacks(plan, PHASE_REPRODUCTION, len(specs),
-                                 trial_slots(exp, plan.max_concurrent), git, watch)
-    config = phase_tune_config(num_samples=1, max_concurrent_trials=plan.max_concurrent,
+    slots, limit = trial_concurrency(plan)
+    callbacks = create_callbacks(plan, PHASE_REPRODUCTION, len(specs), slots, git, watch)
+    config = phase_tune_config(num_samples=1, max_concurrent_trials=limit,
                                scheduler=SweepScheduler(path))
     results = fit_phase(plan, PHASE_REPRODUCTION, trainable, callbacks, config,
                         param_space={SPEC_KEY: tune.grid_search(specs)})
     reconcile(ResultsRecorder(exp, plan.storage, git, watch), results)
     return len(specs)
+
+
+def trial_concurrency(plan: SweepPlan) -> tuple[int, int | None]:
+    """-> (trials the started Ray cluster runs at once, the limit to give Tune): the
+    limit is ``--max-concurrent``; data-parallel trials are limited to the slots even
+    without it, since Tune would otherwise start a (light) driver per trial and queue
+    their worker groups."""
+    slots = trial_slots(plan.experiment, plan.max_concurrent)
+    if plan.max_concurrent is None and plan.experiment.search.resources.workers > 1:
+        return slots, slots
+    return slots, plan.max_concurrent
 
 
 def _remove_tree(path: str) -> None:
@@ -123,11 +135,6 @@ def _remove_tree(path: str) -> None:
             fs.delete_dir(p)
     else:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _save_state(plan: SweepPlan, **update: Any) -> None:
-    plan.state.update(update)
-    plan.store.write_json(STATE_FILE, plan.state)
 
 
 def run_sweep(plan: SweepPlan, train_fn: Callable | None = None, render: bool = True,
@@ -159,34 +166,32 @@ def _run_locked(plan: SweepPlan, train_fn: Callable | None, render: bool,
     git = git_commit()
     for line in plan.warnings:
         warn(line)
-    if plan.state:  # another driver may have moved the sweep on since prepare_sweep
-        plan.state = read_state(plan.store)[0]
+    if plan.continuing:  # read under the lock: another driver may have moved the sweep on
+        state = SweepState.read(plan.store)
         _repair_tables(plan, git, warn)
     elif plan.store.exists(STATE_FILE):
         raise ResultsError(f"results of '{exp.name}' appeared at {plan.store.root} meanwhile; "
                            f"continue with `{plan.resume_command()}`")
-    plan.optuna_storage = resolve_storage_url(plan, plan.optuna_storage)
+    else:
+        state = SweepState(plan.store)
     quiet_tune_disk_full_logs()
     started_ray = start_ray(plan.address)  # before any file: a failed start leaves nothing
-    if exp.search.resources.workers > 1 and plan.max_concurrent is None:
-        # Tune would start a (light) driver per trial and queue their worker groups
-        plan.max_concurrent = trial_slots(exp, None)
     try:
-        if not plan.state:
-            _save_state(plan, experiment=exp.model_dump(mode="json"), created_at=utc_iso(),
-                        host=socket.gethostname(), search_done=False, reproduction_done=False,
-                        optuna_storage=recorded_url(plan.optuna_storage, plan.store.root))
+        if not state:
+            state.update(experiment=exp.model_dump(mode="json"), created_at=utc_iso(),
+                         host=socket.gethostname(), search_done=False, reproduction_done=False,
+                         optuna_storage=recorded_url(plan.optuna_storage, plan.store.root))
             plan.store.write_json(SPACE_FILE, space_description(exp))
-        if not plan.reproduce_only and not plan.state.get("search_done"):
+        if not plan.reproduce_only and not state.get("search_done"):
             with watching() as watch:
                 run_search(plan, train_fn, git, watch)
             _stop_if_interrupted(plan, watch, PHASE_SEARCH)
-            _save_state(plan, search_done=True)
-        if plan.reproduce_only or not plan.state.get("reproduction_done"):
+            state.update(search_done=True)
+        if plan.reproduce_only or not state.get("reproduction_done"):
             with watching() as watch:
                 run_reproductions(plan, train_fn, git, watch)
             _stop_if_interrupted(plan, watch, PHASE_REPRODUCTION)
-            _save_state(plan, reproduction_done=True)
+            state.update(reproduction_done=True)
     finally:
         if started_ray:
             ray.shutdown()

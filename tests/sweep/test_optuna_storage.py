@@ -130,19 +130,21 @@ def test_new_sweep_refuses_a_database_holding_its_study_and_resume_keeps_its_url
 
     from harness.sweep.optuna_storage import resolve_storage_url
     from harness.sweep.runner import prepare_sweep
+    from harness.sweep.state import SweepState
 
     path = tmp_path / "stored.yaml"
     path.write_text(yaml.safe_dump(EXP.model_dump(mode="json")))
     plan = prepare_sweep(str(path), storage=str(results_storage))
-    url = resolve_storage_url(plan, None)
-    assert url == f"sqlite:///{tmp_path / 'results' / 'stored' / 'optuna.db'}"
+    url = f"sqlite:///{tmp_path / 'results' / 'stored' / 'optuna.db'}"
+    assert plan.optuna_storage == url
     assert not (results_storage).exists()  # nothing written before the sweep starts
+    exp, store = plan.experiment, plan.store
     optuna.create_study(study_name="stored:none", storage=open_storage(url))
     with pytest.raises(ConfigError, match="Optuna study 'stored:none' already exists in sqlite:///"):
-        resolve_storage_url(plan, None)
+        prepare_sweep(str(path), storage=str(results_storage))
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    assert resolve_storage_url(plan, other) == other  # another database is fine
-    plan.state = {"optuna_storage": other}  # a resumed sweep: the URL it started with
-    assert resolve_storage_url(plan, None) == other
+    assert prepare_sweep(str(path), storage=str(results_storage), optuna_storage=other).optuna_storage == other
+    state = SweepState(store, {"optuna_storage": other})  # a resumed sweep: the URL it started with
+    assert resolve_storage_url(exp, store, state, None) == other
     with pytest.raises(ConfigError, match="this sweep keeps its studies in"):
-        resolve_storage_url(plan, url)
+        resolve_storage_url(exp, store, state, url)
