@@ -27,6 +27,9 @@ STATE_FILE = "sweep.json"  # the driver's own state (phase, best configs)
 CONFIG_FILE = "config.yaml"  # the run config it ran with
 EPOCH_LOG = "epochs.jsonl"  # one JSON line per epoch
 SUMMARY_FILE = "summary.json"  # harness.core.run_result.RunResult.summary()
+# a sweep trial's run folder, in addition (trainables/trial_runner.py)
+FINAL_REPORT_FILE = "final.json"  # its final TrialReport (harness/trial_report.py), once it ended
+TRIAL_META_FILE = "trial.json"  # when it first started, how often it restarted
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -123,3 +126,15 @@ def method_name(memory_kind: str, xml_enabled: bool) -> str:
 def split_method(method: str) -> tuple[str, bool]:
     """Inverse of :func:`method_name`: ``"none+xml"`` -> ``("none", True)``."""
     return method.removesuffix(XML_SUFFIX), method.endswith(XML_SUFFIX)
+
+
+# The run-config keys a method is made of, and the compare axes the ``method`` column
+# already spells out (a report needs no extra "setting" for them).
+METHOD_CONFIG_KEYS = ("memory.kind", "xml.enabled")
+METHOD_COMPARE_KEYS = frozenset({COL_METHOD, *METHOD_CONFIG_KEYS})
+
+
+def method_overrides(method: str) -> dict[str, object]:
+    """The dotted config overrides that select ``method``: ``"none+xml"`` ->
+    ``{"memory.kind": "none", "xml.enabled": True}``."""
+    return dict(zip(METHOD_CONFIG_KEYS, split_method(method)))

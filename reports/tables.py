@@ -21,6 +21,7 @@ from harness.results_contract import (
     COL_PHASE,
     COL_STATUS,
     MEMORY_KINDS,
+    METHOD_COMPARE_KEYS,
     PHASE_REPRODUCTION,
     STATUS_COMPLETED,
     TEST_METRICS,
@@ -34,13 +35,11 @@ if TYPE_CHECKING:
 
 # Test metrics of the summary table, in the AXBN paper's order (Tables 1 and 2).
 METRICS: dict[str, str] = TEST_METRICS
-# Compare axes that the ``method`` column already spells out (memory kind, "+xml").
-METHOD_KEYS = {COL_METHOD, "memory.kind", "xml.enabled"}
 
 
 def setting_label(compare_key: str | None, compare_value: str | None) -> str:
     """The compare setting a row belongs to, "" when the method column already says it."""
-    if not compare_key or compare_key in METHOD_KEYS or compare_value is None:
+    if not compare_key or compare_key in METHOD_COMPARE_KEYS or compare_value is None:
         return ""
     return f"{compare_key}={compare_value}"
 

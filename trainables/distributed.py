@@ -22,7 +22,6 @@ that wrote it (``train.workers`` is part of the stored config).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import ray.train
@@ -34,20 +33,15 @@ from harness.config import build_config
 from harness.results_contract import DEFAULT_METRIC
 from harness.sweep.failures import is_deterministic
 from harness.trial_spec import spec_of
-from trainables.retrieval import FINAL_REPORT, TRIAL_META, _report_failure, _run_trial, draws_pictures
-from trainables.trial_setup import run_folder, seal_checkpoint, trial_run_config
+from harness.results_contract import FINAL_REPORT_FILE, TRIAL_META_FILE
+from trainables.trial_runner import draws_pictures, ray_train_reporter, report_failure, run_trial, tune_reporter
+from trainables.trial_setup import run_folder, trial_run_config
 
 # Resources of the Tune trial itself, a driver that only waits on its TorchTrainer: no
 # CPU (the workers hold the real resources, so a 4-GPU node fits 4 workers with all its
 # CPUs, and a head node with CPU: 0 can host drivers); Ray needs a non-empty request,
 # hence a token of memory.
 DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
-
-
-def ray_train_report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-    checkpoint = (None if checkpoint_dir is None
-                  else ray.train.Checkpoint.from_directory(str(seal_checkpoint(checkpoint_dir))))
-    ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
@@ -77,28 +71,28 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     with run_folder(f"{loop_config['name']}-rank{rank}", ray.train.get_checkpoint()) as out_dir:
         if rank == 0:
-            _run_trial(run_config, out_dir, loop_config["metric"], loop_config["mode"], train_fn,
-                       save_retrievals=loop_config.get("save_retrievals", False), report=ray_train_report)
+            run_trial(run_config, out_dir, loop_config["metric"], loop_config["mode"], train_fn,
+                      ray_train_reporter, save_retrievals=loop_config.get("save_retrievals", False))
             return
         # The other ranks train in lockstep and match rank 0's reports one for one.
-        if (out_dir / FINAL_REPORT).is_file():
-            ray_train_report({"rank": rank})
+        if (out_dir / FINAL_REPORT_FILE).is_file():
+            ray_train_reporter({"rank": rank})
             return
         epochs_seen = 0
 
         def follow(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal epochs_seen
             epochs_seen = epoch
-            ray_train_report({"epoch": epoch})
+            ray_train_reporter({"epoch": epoch})
 
         try:
             train_fn(run_config, out_dir, on_epoch=follow, resume=True)
         except Exception as e:
             # rank 0 meets the same error and reports the trial failed: match its final report
-            restarted = (out_dir / TRIAL_META).is_file()
+            restarted = (out_dir / TRIAL_META_FILE).is_file()
             if not is_deterministic(e, started_training=epochs_seen > 0 or restarted):
                 raise
-        ray_train_report({"rank": rank, "final": True})
+        ray_train_reporter({"rank": rank, "final": True})
 
 
 def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float):
@@ -127,7 +121,7 @@ def train_retrieval_distributed(
     try:
         run_config = trial_run_config(base, spec, **{"train.workers": int(workers)})
     except Exception as e:  # noqa: BLE001 - a config error is reported, not retried
-        _report_failure(e, mode, epochs_run=0)
+        report_failure(tune_reporter, e, mode, epochs_run=0)
         return
     ctx = tune.get_context()
     # Stable across restarts of this trial (Tune keeps its id), new for a new Tuner.

@@ -19,15 +19,13 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from harness.errors import HarnessError
-from harness.results_contract import PHASE_REPRODUCTION, PHASE_SEARCH
+from harness.results_contract import FINAL_REPORT_FILE, PHASE_REPRODUCTION, PHASE_SEARCH
 from harness.sweep.failures import disk_full
 from harness.sweep.results import is_uri
 
 if TYPE_CHECKING:
     from harness.sweep.plan import SweepPlan
 
-# What a finished trial leaves in its last checkpoint (trainables/retrieval.py FINAL_REPORT).
-_FINAL = "final.json"
 
 
 class DiskFullError(HarnessError):
@@ -138,7 +136,7 @@ def trial_bytes(plan: SweepPlan) -> int | None:
             if not checkpoints:
                 continue
             size = _folder_bytes(trial)
-            (finished if any((c / _FINAL).is_file() for c in checkpoints) else started).append(size)
+            (finished if any((c / FINAL_REPORT_FILE).is_file() for c in checkpoints) else started).append(size)
     sizes = finished or started
     return max(sizes) if sizes else None
 

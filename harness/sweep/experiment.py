@@ -29,7 +29,7 @@ from pydantic import Field, ValidationError
 from harness.config import RunConfig, build_config, load_yaml, parse_overrides, set_dotted
 from harness.core.pairs import positive_pair_problem
 from harness.errors import ConfigError, config_error, printable
-from harness.results_contract import XML_SUFFIX, method_name
+from harness.results_contract import METHOD_CONFIG_KEYS, method_name, method_overrides
 from harness.sweep.search_spec import METHOD_KEY, ReferenceSpec, SearchSpec, StrictModel
 from harness.sweep.space import corner_overrides, grid_for
 from harness.tracking.config import TrackingSpec
@@ -63,8 +63,7 @@ class Experiment(StrictModel):
             return {}
         value = next(v for v in self.search.compare.values if str(v) == label)
         if self.compare_key == METHOD_KEY:
-            kind = label.removesuffix(XML_SUFFIX)
-            return {"memory.kind": kind, "xml.enabled": label.endswith(XML_SUFFIX)}
+            return method_overrides(label)
         return {self.compare_key: value}
 
     def trial_budget(self) -> dict[str | None, int]:
@@ -105,7 +104,7 @@ class Experiment(StrictModel):
             return self.compare_labels  # type: ignore[return-value]
         cfg = self.run_config()
         method = method_of(cfg)
-        if self.compare_key in ("memory.kind", "xml.enabled"):
+        if self.compare_key in METHOD_CONFIG_KEYS:
             return [method_of(self.run_config(self.compare_overrides(v))) for v in self.compare_labels]
         if self.compare_key:
             return [f"{method} ({self.compare_key}={v})" for v in self.compare_labels]

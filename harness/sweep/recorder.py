@@ -33,7 +33,6 @@ from harness.results_contract import (
     COL_SEED,
     COL_STATUS,
     COL_TRIAL_ID,
-    OBJECTIVE_KEY,
     PHASE_REPRODUCTION,
     RETRIEVAL_FILES,
     RETRIEVALS_DIR,
@@ -41,11 +40,11 @@ from harness.results_contract import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_STOPPED,
-    TUNE_RESULT_KEYS,
 )
 from harness.sweep.experiment import Experiment, method_of
 from harness.sweep.failures import reason_from_traceback
 from harness.sweep.results import ResultsStore
+from harness.trial_report import FINAL_KEY, TrialReport
 from harness.trial_spec import TrialSpec, run_overrides, spec_of
 
 
@@ -71,23 +70,26 @@ def trial_rows(exp: Experiment, spec: TrialSpec, trial_id: str,
 
     ``reason``: why the trial failed (one line), when Tune ended it with an error."""
     last = last_result or {}
-    summary = json.loads(last["summary_json"]) if last.get("final") and "summary_json" in last else None
+    report = TrialReport.decode(last)
+    summary = report.summary if report.final else None
     cfg = exp.run_config(run_overrides(spec))
     method = method_of(cfg)
-    epochs = summary["epochs"] if summary else buffered_epochs
+    # the run's epoch log (the summary); only a trial that ended without one keeps the
+    # epoch reports the driver saw (harness/trial_report.py)
+    epochs = summary.epochs if summary else buffered_epochs
     if summary:
-        status = summary["status"]
-        val = dict(summary["best_val"])
-        test = {**summary["test"], **summary.get("test_untrained", {})}
-        best_epoch, epochs_run = summary["best_epoch"], summary["epochs_run"]
-        wall, device, host = summary["wall_seconds"], summary["device"], summary["host"]
-        started, finished = summary["started_at"], summary["finished_at"]
-        versions = summary["versions"]
+        status = summary.status
+        val = dict(summary.best_val)
+        test = {**summary.test, **summary.test_untrained}
+        best_epoch, epochs_run = summary.best_epoch, summary.epochs_run
+        wall, device, host = summary.wall_seconds, summary.device, summary.host
+        started, finished = summary.started_at, summary.finished_at
+        versions = summary.versions
     else:
         # a final report without summary: a trial that could not run (failures.py)
-        status = last["status"] if last.get("final") and last.get("status") else (
+        status = report.status if report.final and report.status else (
             STATUS_FAILED if error else STATUS_STOPPED)
-        reason = reason or (last.get("error") if last.get("final") else None)
+        reason = reason or (report.error if report.final else None)
         metric, sign = exp.search.metric, (1 if exp.search.mode == "max" else -1)
         scored = [e for e in epochs if isinstance(e.get(metric), (int, float))]
         best = max(scored, key=lambda e: sign * e[metric]) if scored else None
@@ -96,8 +98,8 @@ def trial_rows(exp: Experiment, spec: TrialSpec, trial_id: str,
         best_epoch = best["epoch"] if best else None
         epochs_run = max((int(e["epoch"]) for e in epochs), default=0)
         wall = float(sum(e.get("epoch_seconds", 0.0) for e in epochs))
-        device, host = None, last.get("hostname")
-        started, finished = last.get("started_at"), utc_iso()
+        device, host = None, last.get("hostname")  # Tune's own key
+        started, finished = report.started_at, utc_iso()
         versions = None
     row: dict[str, Any] = {
         COL_SCHEMA_VERSION: SCHEMA_VERSION,
@@ -125,7 +127,7 @@ def trial_rows(exp: Experiment, spec: TrialSpec, trial_id: str,
         versions=json.dumps(versions) if versions is not None else None,
         git_commit=git_commit, host=host,
     )
-    row.update(objective_columns(summary.get("units") if summary else None))
+    row.update(objective_columns(summary.units if summary else None))
     epoch_rows = []
     for e in epochs:
         r = {COL_SCHEMA_VERSION: SCHEMA_VERSION, COL_EXPERIMENT: exp.name, COL_TRIAL_ID: trial_id,
@@ -151,9 +153,8 @@ def objective_columns(units: list[dict[str, Any]] | None) -> dict[str, Any]:
 
 def epoch_of_result(result: dict[str, Any]) -> dict[str, Any]:
     """An epoch report's values for ``epochs.parquet``: its metrics and ``epoch``."""
-    skip = {"final", "started_at", OBJECTIVE_KEY}
-    return {k: v for k, v in result.items()
-            if k not in skip and k not in TUNE_RESULT_KEYS and not isinstance(v, (dict, str))}
+    report = TrialReport.decode(result)
+    return {**report.metrics, COL_EPOCH: report.epoch}
 
 
 class ResultsRecorder(tune.Callback):
@@ -188,8 +189,8 @@ class ResultsRecorder(tune.Callback):
     def buffer_epoch(self, tune_trial_id: str, result: dict[str, Any]) -> None:
         """Keep an epoch report of a running trial until its rows are written (a later
         report of the same epoch, after a restart, replaces it)."""
-        if not result.get("final") and "epoch" in result:
-            self._epochs.setdefault(tune_trial_id, {})[int(result["epoch"])] = epoch_of_result(result)
+        if not result.get(FINAL_KEY) and COL_EPOCH in result:
+            self._epochs.setdefault(tune_trial_id, {})[int(result[COL_EPOCH])] = epoch_of_result(result)
 
     def take_buffered_epochs(self, other: "ResultsRecorder") -> None:
         """The epochs ``other`` (the recorder a restored Tuner brought back) had buffered."""
@@ -199,7 +200,7 @@ class ResultsRecorder(tune.Callback):
                error: bool, reason: str | None = None, checkpoint=None) -> None:
         """Write the trial's rows; a completed reproduction's retrieval files, when its
         last Tune checkpoint (``checkpoint``) holds them, go to the experiment folder."""
-        if getattr(self.watch, "interrupted", None) and not (last_result or {}).get("final"):
+        if getattr(self.watch, "interrupted", None) and not (last_result or {}).get(FINAL_KEY):
             return  # cut short by Ctrl-C, not finished: the resume runs it again
         buffered = [self._epochs.get(tune_trial_id, {})[k]
                     for k in sorted(self._epochs.get(tune_trial_id, {}))]

@@ -55,15 +55,8 @@ from harness.sweep.recover import damaged_tables, rebuild_tables, set_aside
 from harness.sweep.reproduce import reproduction_specs
 from harness.sweep.results import is_uri, join
 
-# The entry points (`harness sweep`, tests, benchmarks). Sweeps started by earlier
-# versions pickled these classes under this module's name: Tuner.restore (--resume)
-# finds them here.
-from harness.sweep.scheduler import AshaFactory as _AshaFactory  # noqa: F401
 from harness.sweep.scheduler import SweepScheduler, create_scheduler
-from harness.sweep.searcher import (
-    CompareSearcher,  # noqa: F401
-    create_compare_searcher,
-)
+from harness.sweep.searcher import create_compare_searcher
 from harness.sweep.space import space_description
 from harness.sweep.state import SweepState
 from harness.sweep.tuner import create_callbacks, create_trainable, fit_phase, phase_tune_config

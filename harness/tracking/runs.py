@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.results_contract import TUNE_RESULT_KEYS
+from harness.trial_report import REPORT_KEYS, TrialReport
 from harness.trial_spec import run_overrides, spec_of
 
 # Tune's bookkeeping and the trainable's non-metric report keys (the epoch is the step).
-NOT_METRICS = TUNE_RESULT_KEYS | {"final", "started_at", "status", "summary_json", "epoch"}
+NOT_METRICS = TUNE_RESULT_KEYS | REPORT_KEYS
 
 
 def metric_key(name: str) -> str:
@@ -41,11 +42,11 @@ def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def result_metrics(result: dict[str, Any]) -> tuple[int, dict[str, float]]:
     """(step, metrics) of one Tune result of trainables.retrieval: an epoch's metrics,
     or for the final report the test metrics of the best checkpoint (at the last epoch)."""
-    step = int(result.get("epoch") or result.get("training_iteration") or 0)
-    metrics = clean_metrics(result)
-    if result.get("final") and isinstance(result.get("summary_json"), str):
-        summary = json.loads(result["summary_json"])
-        metrics.update(clean_metrics({**summary.get("test", {}), **summary.get("test_untrained", {})}))
+    report = TrialReport.decode(result)
+    step = report.epoch or int(result.get("training_iteration") or 0)
+    metrics = clean_metrics(report.metrics)
+    if report.final and report.summary is not None:
+        metrics.update(clean_metrics({**report.summary.test, **report.summary.test_untrained}))
     return step, metrics
 
 

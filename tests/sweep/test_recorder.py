@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow.fs
 import pytest
 
-from harness.results_contract import OBJECTIVE_KEY
 from harness.sweep.experiment import Experiment
 from harness.sweep.recorder import ResultsRecorder, keep_retrievals, trial_rows
 from harness.sweep.results import ResultsStore
+from harness.trial_report import TrialReport, TrialSummary
 
 EXP = Experiment.model_validate({
     "name": "rec", "base": {"data": {"name": "digits"}, "model": {"backbone": "tiny_cnn_small"}},
@@ -28,10 +28,11 @@ EPOCHS = [{"epoch": 1, "val.map@r": 0.30, "loss": 2.0}, {"epoch": 2, "val.map@r"
 
 def final_result(**summary) -> dict:
     base = {"status": "completed", "best_val": {"val.map@r": 0.30}, "test": {"test.map@r": 0.2},
-            "best_epoch": 1, "epochs_run": 2, "wall_seconds": 4.0, "device": "cpu", "host": "h",
-            "started_at": "t0", "finished_at": "t1", "versions": {"torch": "x"}, "epochs": EPOCHS}
+            "test_untrained": {}, "best_epoch": 1, "epochs_run": 2, "wall_seconds": 4.0, "device": "cpu",
+            "host": "h", "started_at": "t0", "finished_at": "t1", "restarts": 0, "versions": {"torch": "x"},
+            "epochs": EPOCHS}
     base.update(summary)
-    return {"final": True, "summary_json": json.dumps(base), OBJECTIVE_KEY: 0.30}
+    return TrialReport.finished(TrialSummary(**base), objective=0.30).encode()
 
 
 def test_a_finished_trial_takes_its_row_and_epochs_from_the_summary():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.config import build_config
 from harness.core.run_result import RunResult
-from trainables.retrieval import _run_trial
+from trainables.trial_runner import run_trial
 
 
 def _train_fn(epochs: int):
@@ -25,11 +25,11 @@ def _checkpointed_epochs(tmp_path: Path, every: int | None, epochs: int = 5) -> 
     reports = []
     out = tmp_path / f"every{every}"
     out.mkdir()
-    _run_trial(config, out, "val.recall@1", "max", _train_fn(epochs),
-               report=lambda metrics, folder: reports.append((metrics, folder)))
-    epoch_reports = [(m["epoch"], f) for m, f in reports if not m.get("final")]
+    run_trial(config, out, "val.recall@1", "max", _train_fn(epochs),
+              lambda report, folder: reports.append((report, folder)))
+    epoch_reports = [(r.epoch, f) for r, f in reports if not r.final]
     assert [e for e, _ in epoch_reports] == list(range(1, epochs + 1))  # every epoch reported
-    assert reports[-1][0]["final"] and reports[-1][1] == out
+    assert reports[-1][0].final and reports[-1][1] == out
     return [e for e, f in epoch_reports if f is not None]
 
 

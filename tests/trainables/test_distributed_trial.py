@@ -1,6 +1,6 @@
 """trainables/distributed.py without Ray running: what the N-worker trial hands its
 TorchTrainer. A best-config reproduction asks rank 0 to save the report's retrieval
-files (rank 0 runs the single-worker ``_run_trial``; the recorder copies them out of the
+files (rank 0 runs the trial runner both trainables share, ``run_trial``; the recorder copies them out of the
 Ray Train checkpoint: tests/sweep/test_recorder.py); a search trial does not."""
 
 from __future__ import annotations
