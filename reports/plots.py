@@ -34,7 +34,7 @@ from harness.results_contract import (  # noqa: E402
     PHASE_REPRODUCTION,
 )
 from reports.search_analysis import compare_values, objective, search_rows  # noqa: E402
-from reports.tables import best_reproductions, method_sort_key, setting_sort_key  # noqa: E402
+from reports.tables import METHOD_KEYS, best_reproductions, method_sort_key, setting_sort_key  # noqa: E402
 
 if TYPE_CHECKING:
     from reports.load import ExperimentResults
@@ -91,6 +91,15 @@ def _panel_title(dataset: str, setting: str) -> str:
     return f"{dataset} ({setting})" if setting else dataset
 
 
+def _arm_label(exp: ExperimentResults, compare_value: str | None, rows: pd.DataFrame) -> str:
+    """A compared value's name in the history: on an axis the method column spells out
+    (memory.kind with XML on gives "xbm+xml"), its method, as the other figures name it."""
+    methods = rows[COL_METHOD].unique()
+    if exp.compare_key in METHOD_KEYS and len(methods) == 1:
+        return str(methods[0])
+    return str(compare_value) if compare_value is not None else exp.name
+
+
 def optimisation_history(exp: ExperimentResults, scale: float, colours: dict[str, str],
                          min_trials: int) -> Figure | None:
     """The search's objective against trial number, per compared value with at least
@@ -107,7 +116,7 @@ def optimisation_history(exp: ExperimentResults, scale: float, colours: dict[str
             y = pd.to_numeric(rows[metric], errors="coerce").to_numpy() * scale
             x = np.arange(1, len(y) + 1)
             best = np.maximum.accumulate(y) if mode == "max" else np.minimum.accumulate(y)
-            label = str(cv) if cv is not None else exp.name
+            label = _arm_label(exp, cv, rows)
             ax.scatter(x, y, s=16, color=colours[label], alpha=0.6)
             ax.step(x, best, where="post", color=colours[label], marker="" if len(x) > 1 else "_", ms=12,
                     label=label)

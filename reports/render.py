@@ -136,10 +136,10 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
             "importance_params": sorted({k for imp in importances for k in (imp.values or {})}),
             "importance_omitted": _group_reasons(importances),
         })
-    # one colour per method key: the methods compared, and each compared value the
-    # search plots draw (the experiment's name where it has no compare axis)
+    # one colour per method key: every method of the tables, and each compared value the
+    # history draws (the experiment's name where it has no compare axis)
     compared = [str(cv) if cv is not None else e.name for e in experiments for cv in compare_values(e)]
-    colours = method_colours([*repro[COL_METHOD].astype(str), *compared])
+    colours = method_colours([*(m for e in experiments for m in e.trials[COL_METHOD].unique()), *compared])
     figures = make_figures(experiments, repro, scale, colours)
     study = drift_study(experiments, repro)
     study_figure = drift_study_figure(study, scale, colours)
