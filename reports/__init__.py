@@ -3,7 +3,7 @@
 ``render_report(experiment_dirs, out_dir, formats=("md", "html")) -> {format: path}``;
 modules: load (read + validate tables), statistics (seeds, Welch), tables (comparison
 tables), references, search_analysis (best trials, importance), progress, environment,
-plots, search_plots, retrievals, render.
+colours, plots, search_plots, retrievals, render.
 """
 
 from reports.render import render_report

@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from harness.results_contract import COL_EXPERIMENT, COL_METHOD, COL_PHASE, COL_TRIAL_ID, PHASE_REPRODUCTION
-from reports.plots import RC, Figure, _panels, method_colors, to_svg
+from reports.plots import RC, Figure, _panels, rendered
 from reports.statistics import CONFIDENCE
 from reports.tables import method_sort_key
 
@@ -115,11 +115,10 @@ def drift_study(experiments: list[ExperimentResults], repro: pd.DataFrame) -> li
     return sorted(rows, key=lambda r: (method_sort_key(r.method), r.lr))
 
 
-def drift_study_figure(rows: list[DriftRow], scale: float) -> Figure | None:
+def drift_study_figure(rows: list[DriftRow], scale: float, colours: dict[str, str]) -> Figure | None:
     memories = [r for r in rows if r.method != BASELINE and math.isfinite(r.memory_error)]
     if not memories:
         return None
-    colors = method_colors([r.method for r in rows])
     with plt.rc_context(RC):
         fig, axes = _panels(len(GAIN_METRICS))
         for ax, (metric, name) in zip(axes, GAIN_METRICS):
@@ -132,19 +131,18 @@ def drift_study_figure(rows: list[DriftRow], scale: float) -> Figure | None:
                                                   else r.gains[metric].mean)) * scale for r in pts],
                        [((r.gains[metric].high if r.gains[metric].high is not None else r.gains[metric].mean)
                          - r.gains[metric].mean) * scale for r in pts]]
-                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, color=colors[method], label=method)
+                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, color=colours[method], label=method)
                 for r, xi, yi in zip(pts, x, y):
                     ax.annotate(f"{r.lr:g}", (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
             ax.axhline(0.0, color="0.3", linewidth=0.8)
             ax.set_xlabel("memory error (stored reference vs current embedding, L2)")
             ax.set_ylabel(f"test {name} gain over none" + (" (points)" if scale != 1 else ""))
             ax.legend(fontsize=7)
-        svg = to_svg(fig)
-    return Figure("drift-study-gain-staleness", "Memory gain over no memory against staleness",
-                  "Each point: one memory at one fine-tuning learning rate (labelled), its test gain over "
-                  f"no memory at the same learning rate (mean over seeds, Welch {CONFIDENCE:.0%} interval) "
-                  "against its mean memory error over the fine-tuning epochs. Above the line the memory helps.",
-                  svg)
+        return rendered(fig, "drift-study-gain-staleness", "Memory gain over no memory against staleness",
+                        "Each point: one memory at one fine-tuning learning rate (labelled), its test gain over "
+                        f"no memory at the same learning rate (mean over seeds, Welch {CONFIDENCE:.0%} interval) "
+                        "against its mean memory error over the fine-tuning epochs. Above the line the memory "
+                        "helps.")
 
 
 def display_rows(rows: list[DriftRow], scale: float) -> list[dict[str, str]]:

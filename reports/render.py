@@ -19,15 +19,17 @@ from harness.atomic import atomic_write_text
 from harness.best_trial import values_without_reproduction
 from harness.clock import utc_display
 from harness.errors import ConfigError, ResultsError
+from harness.results_contract import COL_METHOD
+from reports.colours import method_colours
 from reports.environment import environment
 from reports.load import load_experiments
 from reports.drift_study import display_rows, drift_study, drift_study_figure
-from reports.plots import make_figures
+from reports.plots import make_figures, unique_names
 from reports.completeness import progress
 from reports.references import reference_tables
 from reports.retrievals import method_retrievals
 from reports.search_analysis import best_trials, compare_values, objective, param_importance, param_keys
-from reports.search_plots import make_search_figures
+from reports.search_plots import search_plots
 from reports.statistics import ALPHA, CONFIDENCE
 from reports.tables import METRICS, best_reproductions, is_fraction_scale, reproductions, summary_tables
 
@@ -134,12 +136,17 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
             "importance_params": sorted({k for imp in importances for k in (imp.values or {})}),
             "importance_omitted": _group_reasons(importances),
         })
-    figures = make_figures(experiments, repro, scale)
+    # one colour per method key: every method of the tables, and each compared value the
+    # history draws (the experiment's name where it has no compare axis)
+    compared = [str(cv) if cv is not None else e.name for e in experiments for cv in compare_values(e)]
+    colours = method_colours([*(m for e in experiments for m in e.trials[COL_METHOD].unique()), *compared])
+    figures = make_figures(experiments, repro, scale, colours)
     study = drift_study(experiments, repro)
-    study_figure = drift_study_figure(study, scale)
+    study_figure = drift_study_figure(study, scale, colours)
     if study_figure is not None:
         figures.insert(0, study_figure)
-    figures += make_search_figures(experiments)  # Optuna's own plots, per method
+    search = [search_plots(e, scale, colours) for e in experiments]
+    unique_names(figures + [f for s in search for f in s.figures])
     names = [e.name for e in experiments]
     return {
         "title": "Comparison report: " + ", ".join(names),
@@ -151,7 +158,8 @@ def build_context(experiments: list[ExperimentResults]) -> dict[str, Any]:
         "alpha": ALPHA,
         "confidence": CONFIDENCE,
         "environment": environment(experiments),
-        "figures": figures,
+        "figures": figures,  # those that compare the reproductions
+        "search": search,  # per experiment: its search plots, and what is not drawn and why
         "retrievals": method_retrievals(experiments),
         "rendered_at": utc_display(),
         "incomplete": [p["progress"] for p in per_experiment if not p["progress"].complete],
@@ -199,16 +207,19 @@ def render_report(experiment_dirs: list[Path], out_dir: Path,
     except OSError as e:
         raise ResultsError(f"cannot create the report directory {out_dir}: {e.strerror}") from None
     written: dict[str, Path] = {}
+    figures = context["figures"] + [f for s in context["search"] for f in s.figures]
     if "md" in wanted:
         fig_dir = out_dir / "figures"
         fig_dir.mkdir(exist_ok=True)
-        for f in context["figures"]:
+        for old in fig_dir.glob("*.svg"):
+            old.unlink()  # a figure an earlier render drew and this one omits
+        for f in figures:
             (fig_dir / f"{f.name}.svg").write_bytes(f.svg)
         _write_retrieval_pngs(out_dir / "retrievals", context["retrievals"])
         text = _environment(False, finalize=md_escape).get_template("report.md.j2").render(**context)
         written["md"] = _write(out_dir / "report.md", text)
     if "html" in wanted:
-        images = {f.name: base64.b64encode(f.svg).decode("ascii") for f in context["figures"]}
+        images = {f.name: base64.b64encode(f.svg).decode("ascii") for f in figures}
         images.update({name: base64.b64encode(p.png).decode("ascii")
                        for r in context["retrievals"] for name, p in zip(r.files, r.pictures)})
         text = _environment(True).get_template("report.html.j2").render(images=images, **context)

@@ -1,5 +1,6 @@
 """The search phase of a sweep: its objective, the completed trials, the best trial of each
-compared value and the hyperparameters' fANOVA importance."""
+compared value, the hyperparameters' fANOVA importance, and how many completed search
+trials a compared value needs before a plot or an importance of them means something."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ from reports.tables import value_sort_key
 
 if TYPE_CHECKING:
     from reports.load import ExperimentResults
+
+# Plots of the trials themselves (history, slice, parallel coordinates): with fewer points
+# they show no more than the best-hyperparameters table (the best trial and the runner-up).
+MIN_TRIALS_TO_PLOT = 4
+# What is fitted to the trials (fANOVA's random forest, the contour's interpolated surface):
+# with fewer points than a two-level grid over three parameters, it draws shape from noise.
+MIN_TRIALS_TO_FIT = 8
 
 
 def objective(exp: ExperimentResults) -> tuple[str, str]:
@@ -223,12 +231,15 @@ def param_importance(exp: ExperimentResults, compare_value: str | None) -> Impor
         params, used = searched_params(row, dists)
         trials.append(optuna.trial.create_trial(params=params, distributions=used, value=float(row[metric])))
     result.n_trials = len(trials)
-    if len(trials) < 2:
-        result.reason = f"needs at least 2 completed search trials, has {len(trials)}"
+    if len(trials) < MIN_TRIALS_TO_FIT:
+        result.reason = f"needs at least {MIN_TRIALS_TO_FIT} completed search trials, has {len(trials)}"
         return result
     varying = [k for k in dists if len({repr(t.params.get(k)) for t in trials if k in t.params}) > 1]
     if not varying:
         result.reason = "the completed search trials all used the same parameter values"
+        return result
+    if len({t.value for t in trials}) == 1:
+        result.reason = f"all {len(trials)} completed search trials scored the same {metric}"
         return result
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" lines in a report run
@@ -240,7 +251,7 @@ def param_importance(exp: ExperimentResults, compare_value: str | None) -> Impor
             imp = optuna.importance.get_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (ValueError, RuntimeError) as e:
-        result.reason = f"fANOVA failed: {e}"
+        result.reason = f"fANOVA failed: {str(e).rstrip('.')}"
         return result
     finally:
         optuna.logging.set_verbosity(verbosity)

@@ -1,15 +1,20 @@
-"""Search plots from Optuna's own visualisation module (matplotlib backend, static SVG).
+"""The search plots of each experiment, drawn where the completed search trials carry information.
 
-Per experiment and compared value (method): parallel coordinates, slice and contour
-plots of the completed search trials, and the parameter importances (fANOVA with
-``seed=0``, the evaluator of the importance table) as a figure. The study is rebuilt
-from ``trials.parquet`` and ``space.json`` (the same trials the tables show), so a
-report needs neither the Optuna database nor a running sweep.
+Per experiment, the optimisation history (reports.plots) of the compared values with at
+least ``MIN_TRIALS_TO_PLOT`` completed search trials; per compared value (method), Optuna's
+own plots (matplotlib backend, static SVG): parallel coordinates and slice plots from
+``MIN_TRIALS_TO_PLOT`` trials on, the contour over the two most important parameters and
+the parameter importances (fANOVA with ``seed=0``, the evaluator of the importance table)
+from ``MIN_TRIALS_TO_FIT`` on. A compared value that misses any of them gets one line
+saying which and why. The study is rebuilt from ``trials.parquet`` and ``space.json`` (the
+same trials the tables show), so a report needs neither the Optuna database nor a
+running sweep.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import matplotlib
@@ -22,14 +27,61 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from optuna.visualization import matplotlib as ovm  # noqa: E402
 
 from harness.results_contract import COL_TRIAL_ID  # noqa: E402
-from reports.plots import RC, Figure, slug, to_svg  # noqa: E402
-from reports.search_analysis import (compare_values, distributions, objective,  # noqa: E402
-                                     search_rows, searched_params)
+from reports.plots import RC, Figure, optimisation_history, rendered, slug  # noqa: E402
+from reports.search_analysis import (MIN_TRIALS_TO_FIT, MIN_TRIALS_TO_PLOT, compare_values,  # noqa: E402
+                                     distributions, objective, search_rows, searched_params)
 
 if TYPE_CHECKING:
     from reports.load import ExperimentResults
 
-MIN_TRIALS = 2  # fewer completed trials: nothing to plot
+# Optuna sizes its figures from figure.figsize (a slice plot: half its width per
+# parameter): small enough for two or three side by side in the report.
+SEARCH_RC = {**RC, "figure.figsize": (4.4, 3.3)}
+
+# kind -> (title, what it shows); the report says the latter once per experiment
+KINDS: dict[str, tuple[str, str]] = {
+    "parallel": ("Parallel coordinates", "each line is one completed search trial, through its parameter "
+                 "values to its {metric} (colour)"),
+    "slice": ("Slice plot", "{metric} against each parameter, one dot per completed search trial "
+              "(colour: trial number)"),
+    "contour": ("Contour plot", "{metric} interpolated over the two most important parameters (fANOVA); "
+                "dots are the completed search trials"),
+    "importance": ("Parameter importances", "fANOVA importance of each parameter for {metric} "
+                   "({mode}imised), the evaluator of the importance table"),
+}
+
+
+@dataclass
+class MethodSearchPlots:
+    """One compared value's search plots, and the line that names those not drawn and why."""
+
+    label: str  # the compared value, or the experiment's name without a compare axis
+    n_trials: int  # completed search trials
+    figures: list[Figure] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # of the figures, keys of KINDS
+    omitted: str | None = None
+
+
+@dataclass
+class SearchPlots:
+    """An experiment's search plots: its optimisation history and each compared value's plots."""
+
+    experiment: str
+    history: Figure | None
+    methods: list[MethodSearchPlots]
+    legend: list[tuple[str, str]]  # (title, what it shows) of each kind drawn here
+
+    @property
+    def figures(self) -> list[Figure]:
+        return ([self.history] if self.history else []) + [f for m in self.methods for f in m.figures]
+
+    @property
+    def drawn(self) -> list[MethodSearchPlots]:
+        return [m for m in self.methods if m.figures]
+
+    @property
+    def omitted(self) -> list[str]:
+        return [m.omitted for m in self.methods if m.omitted]
 
 
 def search_study(exp: ExperimentResults, compare_value: str | None) -> optuna.Study | None:
@@ -46,7 +98,7 @@ def search_study(exp: ExperimentResults, compare_value: str | None) -> optuna.St
             continue
         trials.append(optuna.trial.create_trial(params=params, distributions=used, value=value,
                                                 user_attrs={COL_TRIAL_ID: str(row[COL_TRIAL_ID])}))
-    if len(trials) < MIN_TRIALS or not any(t.params for t in trials):
+    if not any(t.params for t in trials):
         return None
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -88,9 +140,9 @@ def _importances(study: optuna.Study, params: list[str]) -> dict[str, float] | N
             return None
 
 
-def _render(draw: Callable[[], Any]) -> bytes | None:
-    """Run one optuna.visualization.matplotlib function; its figure as SVG (None: nothing drawn)."""
-    with plt.rc_context(RC), warnings.catch_warnings():
+def _render(draw: Callable[[], Any], name: str, title: str, caption: str) -> Figure | None:
+    """Run one optuna.visualization.matplotlib function; its figure (None: nothing drawn)."""
+    with plt.rc_context(SEARCH_RC), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ExperimentalWarning, and sparse-grid warnings
         try:
             axes = draw()
@@ -103,7 +155,7 @@ def _render(draw: Callable[[], Any]) -> bytes | None:
             plt.close(fig)
             return None
         _plain_log_ticks(fig)
-        return to_svg(fig)
+        return rendered(fig, name, title, caption)
 
 
 def _plain_log_ticks(fig) -> None:
@@ -117,51 +169,73 @@ def _plain_log_ticks(fig) -> None:
                 axis.set_minor_formatter(NullFormatter())
 
 
-def search_figures(exp: ExperimentResults) -> list[Figure]:
+def method_search_plots(exp: ExperimentResults, compare_value: str | None) -> MethodSearchPlots:
+    """The plots one compared value's completed search trials carry, and why not the others."""
     metric, mode = objective(exp)
-    out: list[Figure] = []
-    for cv in compare_values(exp):
-        study = search_study(exp, cv)
-        if study is None:
-            continue
-        params = _varying(study)
-        if not params:
-            continue
-        label = cv if cv is not None else exp.name
-        stem = f"{slug(exp.name)}-{slug(label)}"
-        n = len(study.trials)
-        where = f"{exp.name}, {label}" if cv is not None else exp.name
-        kinds = [
-            ("parallel", "Parallel coordinates", lambda s=study: ovm.plot_parallel_coordinate(s, params=params, target_name=metric),
-             f"Each line is one of the {n} completed search trials: its parameter values and {metric} (colour)."),
-            ("slice", "Slice plot", lambda s=study: ovm.plot_slice(s, params=params, target_name=metric),
-             f"{metric} against each parameter, one dot per completed search trial (colour: trial number)."),
-        ]
+    label = compare_value if compare_value is not None else exp.name
+    study = search_study(exp, compare_value)
+    n = len(study.trials) if study is not None else len(search_rows(exp, compare_value))
+    out = MethodSearchPlots(label, n)
+    trials = f"{n} completed search trial{'' if n == 1 else 's'}"
+    params = _varying(study) if study is not None else []
+    if n < MIN_TRIALS_TO_PLOT:
+        why = f"{trials}, fewer than the {MIN_TRIALS_TO_PLOT} a search plot needs"
+    elif study is None:
+        why = "space.json declares none of the parameters its trials searched"
+    elif not params:
+        why = f"its {trials} share one setting of the searched parameters"
+    elif len({t.value for t in study.trials}) == 1:
+        why = f"all {trials} scored the same {metric}"
+    else:
+        why = None
+    if why:
+        out.omitted = f"{label}: {why}; search plots omitted"
+        return out
+    draws: dict[str, Callable[[], Any]] = {
+        "parallel": lambda: ovm.plot_parallel_coordinate(study, params=params, target_name=metric),
+        "slice": lambda: ovm.plot_slice(study, params=params, target_name=metric),
+    }
+    missing = []
+    if n < MIN_TRIALS_TO_FIT:
+        missing.append(f"{trials}, fewer than the {MIN_TRIALS_TO_FIT} a contour or importance plot needs; "
+                       "contour and importance omitted")
+    else:
         importances = _importances(study, params)
         if len(params) >= 2:
             # all pairs of many parameters would be a large grid of contours: the top pair
-            pair = sorted(list(importances or {p: 0 for p in params})[:2])
-            kinds.append(("contour", "Contour plot", lambda s=study: ovm.plot_contour(s, params=pair, target_name=metric),
-                          f"{metric} interpolated over the two most important parameters ({pair[0]}, "
-                          f"{pair[1]}; fANOVA); dots are the completed search trials."))
+            pair = sorted(list(importances or dict.fromkeys(params))[:2])
+            draws["contour"] = lambda: ovm.plot_contour(study, params=pair, target_name=metric)
+        else:
+            missing.append("one searched parameter varies; contour omitted")
         if importances:
-            kinds.append(("importance", "Parameter importances",
-                          lambda s=study: ovm.plot_param_importances(
-                              s, evaluator=_KnownImportances(importances), params=params, target_name=metric),
-                          f"fANOVA importance of each parameter for {metric} ({mode}imised), over the {n} "
-                          "completed search trials; the same evaluator as the importance table."))
-        for kind, title, draw, caption in kinds:
-            svg = _render(draw)
-            if svg is not None:
-                out.append(Figure(f"search-{kind}-{stem}", f"{title}: {where}", caption, svg))
+            draws["importance"] = lambda: ovm.plot_param_importances(
+                study, evaluator=_KnownImportances(importances), params=params, target_name=metric)
+        else:
+            missing.append("fANOVA failed; importance omitted")
+    where = f"{exp.name}, {label}" if compare_value is not None else exp.name
+    for kind, draw in draws.items():
+        title, shows = KINDS[kind]
+        fig = _render(draw, f"search-{kind}-{slug(exp.name)}-{slug(label)}", f"{title}: {where}",
+                      shows.format(metric=metric, mode=mode))
+        if fig is None:
+            missing.append(f"Optuna drew no {title.lower()}")
+        else:
+            out.figures.append(fig)
+            out.kinds.append(kind)
+    if missing:
+        out.omitted = f"{label}: " + "; ".join(missing)
     return out
 
 
-def make_search_figures(experiments: list[ExperimentResults]) -> list[Figure]:
-    figures: list[Figure] = []
-    for exp in experiments:
-        figures.extend(search_figures(exp))
-    return figures
+def search_plots(exp: ExperimentResults, scale: float, colours: dict[str, str]) -> SearchPlots:
+    """The experiment's history and every compared value's plots (or the line why not)."""
+    metric, mode = objective(exp)
+    methods = [method_search_plots(exp, cv) for cv in compare_values(exp)]
+    drawn = {kind for m in methods for kind in m.kinds}
+    legend = [(title, shows.format(metric=metric, mode=mode)) for kind, (title, shows) in KINDS.items()
+              if kind in drawn]
+    history = optimisation_history(exp, scale, colours, MIN_TRIALS_TO_PLOT)
+    return SearchPlots(exp.name, history, methods, legend)
 
 
-__all__ = ["search_study", "search_figures", "make_search_figures"]
+__all__ = ["search_study", "method_search_plots", "search_plots"]

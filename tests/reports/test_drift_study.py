@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from reports.colours import method_colours
 from reports.drift_study import display_rows, drift_study, drift_study_figure, welch_gain
 
 MAPR = {("none", 1e-4): [0.50, 0.52, 0.54], ("xbn", 1e-4): [0.56, 0.57, 0.58],
@@ -47,7 +48,7 @@ def test_gain_over_none_at_the_same_learning_rate_with_welch_interval():
     assert low.step_drift == pytest.approx(1e-2) and math.isnan(rows[("none", 1e-4)].memory_error)
     cells = {(c["method"], c["lr"]): c for c in display_rows(list(rows.values()), 100.0)}
     assert cells[("xbn", "0.0001")]["test.map@r"].startswith("+5.00 [") and cells[("none", "0.0001")]["test.map@r"] == "–"
-    assert drift_study_figure(list(rows.values()), 100.0).svg.startswith(b"<?xml")
+    assert drift_study_figure(list(rows.values()), 100.0, method_colours(["none", "xbn"])).svg.startswith(b"<?xml")
 
 
 def test_welch_gain_matches_scipy():

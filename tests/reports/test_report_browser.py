@@ -37,12 +37,14 @@ def browser():
 
 
 def test_report_html_renders_in_chromium(tmp_path, browser):
-    # A memory-kind comparison with a hostile method name, plus a batch-size axis: every
-    # kind of table and figure appears.
+    # A memory-kind comparison with a hostile method name (3 completed search trials per
+    # method: no search plots), a batch-size axis (8: all of them) and a memory-size axis
+    # (4: no fitted ones): every kind of table and figure appears.
     compare = write_experiment(tmp_path, "sop-compare",
                                {"xbm": [0.70, 0.72, 0.74], EVIL: [0.60, 0.61, 0.62], "axbn": [0.80, 0.81, 0.82]},
                                drop_reproductions=1, failed_search=1)
-    batch = write_experiment(tmp_path, "sop-batch", {"xbn": [0.78, 0.79, 0.80]}, batch_sizes=[32, 64, 128])
+    batch = write_experiment(tmp_path, "sop-batch", {"xbn": [0.78, 0.79, 0.80]}, batch_sizes=[32, 64, 128],
+                             search_trials=8)
     memory = write_experiment(tmp_path, "sop-memory", {"xbn": [0.78, 0.79, 0.80]},
                               memory_fractions=[0.25, 0.5, 1.0])
     html = render_report([compare, batch, memory], tmp_path / "out", formats=("html",))["html"]
@@ -63,17 +65,31 @@ def test_report_html_renders_in_chromium(tmp_path, browser):
     assert EVIL in browser.evaluate("document.querySelector('table.summary-table').textContent")
     images = browser.evaluate(
         "Array.prototype.map.call(document.images, function (i) { return [i.complete, i.naturalWidth]; })")
-    # 3 optimisation histories, val Recall@1 and drift per epoch, Recall@1 against batch
-    # size and against memory size; then Optuna's search plots: parallel coordinates,
-    # slice, contour and importances for each of the 9 compared values.
-    assert len(images) == 7 + 9 * 4
+    # val Recall@1 and drift per epoch, Recall@1 against batch size and against memory
+    # size; the optimisation histories of the two axes; then Optuna's search plots:
+    # parallel coordinates, slice, contour and importances for the 3 batch sizes,
+    # parallel coordinates and slice for the 3 memory sizes.
+    assert len(images) == 4 + 2 + 3 * 4 + 3 * 2
     assert all(done and width > 100 for done, width in images), images
     search = browser.evaluate("Array.prototype.map.call(document.querySelectorAll('figure[id^=\"fig-search-\"]'),"
                               " function (f) { return f.id; })")
     for kind in ("parallel", "slice", "contour", "importance"):
-        for method in ("xbm", "axbn", "32", "64", "128", "0-25", "0-5", "1-0"):  # slugged
-            assert any(f.startswith(f"fig-search-{kind}-") and f.endswith("-" + method) for f in search), (kind, method)
-    assert len(search) == 9 * 4
+        for value in ("32", "64", "128"):
+            assert f"fig-search-{kind}-sop-batch-{value}" in search
+        for value in ("0-25", "0-5", "1-0"):  # slugged
+            assert (f"fig-search-{kind}-sop-memory-{value}" in search) == (kind in ("parallel", "slice"))
+    assert len(search) == 3 * 4 + 3 * 2
+    omitted = browser.evaluate("Array.prototype.map.call(document.querySelectorAll('ul.search-omitted li'),"
+                               " function (li) { return li.textContent; })")
+    assert len(omitted) == 3 + 3  # the 3 methods: no plots; the 3 memory sizes: no fitted ones
+    assert f"{EVIL}: 3 completed search trials, fewer than the 4 a search plot needs; search plots omitted" in omitted
+    # Small figures side by side: one row of three, left to right; the wide slice plot below.
+    boxes = browser.evaluate("['parallel', 'contour', 'importance', 'slice'].map(function (k) {"
+                             " var r = document.getElementById('fig-search-' + k + '-sop-batch-32')"
+                             ".getBoundingClientRect(); return [r.top, r.left, r.width]; })")
+    (top, *_), row = boxes[0], boxes[:3]
+    assert [b[0] for b in row] == [top] * 3 and row[0][1] < row[1][1] < row[2][1], boxes
+    assert all(b[2] < 1200 / 2 for b in row) and boxes[3][0] > top and boxes[3][2] > 2 * row[0][2], boxes
 
     # The sorter: Recall@1 (column 1) ascending, then descending; rows start in paper order.
     first = browser.evaluate("Array.prototype.map.call(document.querySelector('table.summary-table')"
