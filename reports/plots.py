@@ -31,10 +31,11 @@ from harness.results_contract import (  # noqa: E402
     COL_METHOD,
     COL_PHASE,
     COL_TRIAL_ID,
+    METHOD_COMPARE_KEYS,
     PHASE_REPRODUCTION,
 )
 from reports.search_analysis import compare_values, objective, search_rows  # noqa: E402
-from reports.tables import METHOD_KEYS, best_reproductions, method_sort_key, setting_sort_key  # noqa: E402
+from reports.tables import best_reproductions, method_sort_key, setting_sort_key  # noqa: E402
 
 if TYPE_CHECKING:
     from reports.load import ExperimentResults
@@ -95,7 +96,7 @@ def _arm_label(exp: ExperimentResults, compare_value: str | None, rows: pd.DataF
     """A compared value's name in the history: on an axis the method column spells out
     (memory.kind with XML on gives "xbm+xml"), its method, as the other figures name it."""
     methods = rows[COL_METHOD].unique()
-    if exp.compare_key in METHOD_KEYS and len(methods) == 1:
+    if exp.compare_key in METHOD_COMPARE_KEYS and len(methods) == 1:
         return str(methods[0])
     return str(compare_value) if compare_value is not None else exp.name
 
