@@ -2,7 +2,7 @@
 
 ``render_report(experiment_dirs, out_dir, formats=("md", "html")) -> {format: path}``;
 modules: load (read + validate tables), statistics (seeds, Welch), tables (comparison
-tables), references, search_analysis (best trials, importance), progress, environment,
+tables), references, search_analysis (best trials, importance), completeness, environment,
 colours, plots, search_plots, retrievals, render.
 """
 

@@ -340,8 +340,9 @@ class DistributedTrainer(Trainer):
     def drift(self) -> dict[str, float]:
         return super().drift() if self.is_main else {}
 
-    def update_best(self, epoch: int, val: dict[str, float]) -> bool:
-        return super().update_best(epoch, val) if self.is_main else False
+    def update_best(self, epoch: int, val: dict[str, float]) -> None:
+        if self.is_main:
+            super().update_best(epoch, val)
 
     def test_best(self) -> dict[str, float]:
         return super().test_best() if self.is_main else {}

@@ -332,7 +332,7 @@ class Trainer:
         out["staleness_seconds"] = self.step_drift.seconds + time.perf_counter() - t
         return out
 
-    def update_best(self, epoch: int, val: dict[str, float]) -> bool:
+    def update_best(self, epoch: int, val: dict[str, float]) -> None:
         """Keep best.pt by the selection metric; without validation, the last epoch."""
         key = select_key(self.config)
         if self.has_validation():
@@ -343,7 +343,7 @@ class Trainer:
                 )
             value = val[key]
             if not (value > self.best_value):
-                return False
+                return
             self.best_value = value
         self.best_epoch, self.best_val = epoch, dict(val)
         save_checkpoint(
@@ -351,7 +351,6 @@ class Trainer:
              "epoch": epoch, "val": dict(val)},
             best_checkpoint(self.out_dir),
         )
-        return True
 
     def test_best(self) -> dict[str, float]:
         best = best_checkpoint(self.out_dir)
