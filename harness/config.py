@@ -30,6 +30,10 @@ class DataConfig(_Section):
     # "none": resize + normalise; "standard": random resized crop + flip;
     # "randaugment": the AXBN paper's training augmentation (rand-m9-mstd0.5, erasing 0.2).
     augment: Literal["none", "standard", "randaugment"] = "none"
+    # Keep decoded images, shrunk to image_size / crop_pct, under
+    # $HARNESS_CACHE_DIR/images so later epochs and trials skip decoding the photos
+    # (harness/data/image_cache.py); in-memory datasets ignore it.
+    image_cache: bool = False
     workers: int = Field(0, ge=0)
     # Cap on the training images (None: all); keeps smoke runs small.
     max_train_images: int | None = Field(None, ge=1)

@@ -15,6 +15,12 @@ from pathlib import Path
 from harness.errors import ConfigError
 
 
+def cache_dir() -> Path:
+    """The harness's cache folder (built datasets, pre-resized images): ``$HARNESS_CACHE_DIR``
+    or ``~/.cache/metric-harness``."""
+    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "metric-harness")
+
+
 def can_write(folder: Path) -> bool:
     """Whether a file can really be created in ``folder`` (a write, not the permission bits)."""
     try:

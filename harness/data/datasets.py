@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness.data.image_cache import ImageCache
+
 # A corrupt or truncated image raises one of these inside PIL / the OS.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -55,6 +57,11 @@ class LabeledDataset(torch.utils.data.Dataset):
         out.transform = transform
         return out
 
+    def with_image_cache(self, cache: ImageCache | None) -> "LabeledDataset":
+        """A copy that loads through ``cache`` (data.image_cache); in-memory images
+        have nothing to decode, so they ignore it."""
+        return self
+
     def num_classes(self) -> int:
         return int(len(np.unique(self.labels)))
 
@@ -71,7 +78,21 @@ class ImageFileDataset(LabeledDataset):
         if len(self.paths) != len(self.labels):
             raise ValueError("paths and labels differ in length")
 
+    image_cache: ImageCache | None = None
+
+    def with_image_cache(self, cache: ImageCache | None) -> "ImageFileDataset":
+        out = copy.copy(self)
+        out.image_cache = cache
+        return out
+
     def load_image(self, index: int) -> Image.Image:
+        if self.image_cache is None:
+            return self.decode_image(index)
+        box = None if self.boxes is None else self.boxes[index]
+        return self.image_cache.load(self.paths[index], box, lambda: self.decode_image(index))
+
+    def decode_image(self, index: int) -> Image.Image:
+        """The image file decoded (and cropped to its box), without the cache."""
         with Image.open(self.paths[index]) as im:
             image = im.convert("RGB")
         if self.boxes is not None:

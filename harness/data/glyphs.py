@@ -44,6 +44,7 @@ from harness.data.fonts import GLYPH_SCALE, load_font, render_glyph
 from harness.data.datasets import ArrayImageDataset, DatasetParts, RetrievalSplit, register_dataset
 from harness.data.annotations import read_text, short
 from harness.errors import DataError
+from harness.paths import cache_dir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -230,10 +231,6 @@ def read_build(root: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
         raise DataError(f"glyphs: {path} holds {len(images)} images, the manifest "
                         f"lists {len(labels)}; rebuild with `harness data build glyphs`")
     return manifest, images, labels, face_ids
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "metric-harness")
 
 
 def default_build_key(settings: GlyphSettings = GlyphSettings()) -> str:

@@ -29,6 +29,7 @@ from harness.data.datasets import (  # noqa: F401  (re-exported: the package's d
     collate_skip_corrupt,
     register_dataset,
 )
+from harness.data.image_cache import ImageCache
 from harness.data.transforms import eval_transform, train_transform
 from harness.errors import DataError
 
@@ -153,16 +154,22 @@ def run_parts(cfg, seed: int) -> tuple[LabeledDataset, RetrievalSplit, Retrieval
 
 
 def create_datasets(cfg, seed: int, mean, std) -> DataBundle:
-    """``DataConfig`` -> train (with training transform), val and test (eval transform)."""
+    """``DataConfig`` -> train (with training transform), val and test (eval transform).
+
+    ``data.image_cache`` makes every split load through the pre-resized image cache.
+    """
     info = get_dataset_info(cfg.name)
     train, val, test = run_parts(cfg, seed)
     t_train = train_transform(cfg.augment, cfg.image_size, mean, std, info.crop_pct)
     t_eval = eval_transform(cfg.image_size, mean, std, info.crop_pct)
+    cache = ImageCache.for_size(cfg.image_size, info.crop_pct) if cfg.image_cache else None
 
     def ev(split: RetrievalSplit) -> RetrievalSplit:
         return RetrievalSplit(
-            split.query.with_transform(t_eval),
-            None if split.gallery is None else split.gallery.with_transform(t_eval),
+            split.query.with_image_cache(cache).with_transform(t_eval),
+            None if split.gallery is None else split.gallery.with_image_cache(cache).with_transform(t_eval),
         )
+
+    train = train.with_image_cache(cache)
 
     return DataBundle(train.with_transform(t_train), ev(val), ev(test))
