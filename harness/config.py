@@ -30,6 +30,11 @@ class DataConfig(_Section):
     # "none": resize + normalise; "standard": random resized crop + flip;
     # "randaugment": the AXBN paper's training augmentation (rand-m9-mstd0.5, erasing 0.2).
     augment: Literal["none", "standard", "randaugment"] = "none"
+    # Where the training augmentation runs (harness/data/device_augment.py): "loader"
+    # (the workers, timm on the CPU), "device" (workers only decode; crop, flip,
+    # RandAugment, normalise and erasing run batched on the training device), "auto":
+    # device when training on CUDA, else loader.
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     # Keep decoded images, shrunk to image_size / crop_pct, under
     # $HARNESS_CACHE_DIR/images so later epochs and trials skip decoding the photos
     # (harness/data/image_cache.py); in-memory datasets ignore it.

@@ -28,10 +28,11 @@ from harness.core.components import (
 )
 from harness.core.device import amp_dtype, needs_grad_scaler, pick_device
 from harness.core.evaluate import embed, evaluate_split
-from harness.core.loaders import EvalLoaders, training_loader
+from harness.core.loaders import EvalLoaders, batch_seed, training_loader
 from harness.core.sizes import check_sizes
 from harness.core.staleness import StepDrift, eval_mode, memory_error
 from harness.core.xml import split_halves, xml_total_loss
+from harness.data.device_augment import DeviceAugment, resolve_augment_on
 from harness.data.registry import create_datasets
 from harness.data.sampler import ClassBalancedBatchSampler
 from harness.errors import ConfigError
@@ -63,7 +64,11 @@ class Trainer:
 
         seed_everything(config.seed)
         model = build_model(config)
-        self.data = create_datasets(config.data, config.seed, model.mean, model.std)
+        self.augment_on = resolve_augment_on(config.data.augment_on, self.device)
+        self.data = create_datasets(config.data, config.seed, model.mean, model.std, self.augment_on)
+        # augment_on=device: the loader yields uint8 crops, augmented here per batch
+        self.device_augment = (DeviceAugment(config.data.augment, config.data.image_size, model.mean, model.std)
+                               if self.augment_on == "device" else None)
         train_labels = self.data.train.labels
         if config.memory.kind != "none" and config.memory.size is None:  # a fraction of the data
             check_sizes(config, self.device, config.memory.capacity(len(train_labels), config.train.batch_size))
@@ -173,17 +178,18 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         steps = skipped = 0
         self.step_drift.reset()
-        for images, labels, n_skipped, sources in loader:
+        for batch, (images, labels, n_skipped, sources) in enumerate(loader):
             skipped += n_skipped
             if len(labels) < 2:
                 continue
+            images = self.training_images(images, epoch, batch)
             halves = None
             if self.xml_loss is not None and not warmup:  # on the CPU labels: no wait for the GPU
                 halves = tuple(h.to(self.device, non_blocking=True) for h in split_halves(labels))
             labels = torch.searchsorted(self.classes, labels.to(self.device, non_blocking=True))
             self.step_drift.before_step(steps)
             parts = self.train_step(
-                images.to(self.device, non_blocking=True), labels, optimizer, halves,
+                images, labels, optimizer, halves,
                 sources=sources.to(self.device, non_blocking=True), warmup=warmup,
             )
             if parts is None:
@@ -199,6 +205,14 @@ class Trainer:
         out = {k: v / max(steps, 1) for k, v in sums.items()}
         out["skipped_images"] = float(skipped)
         return out
+
+    def training_images(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        """A loaded batch on the training device; with ``augment_on: device`` augmented
+        here, seeded by (seed, epoch, batch) as the loader's workers are."""
+        images = images.to(self.device, non_blocking=True)
+        if self.device_augment is not None:
+            images = self.device_augment(images, batch_seed(self.config.seed, epoch, batch))
+        return images
 
     def train_step(self, images, labels, optimizer, halves=None, sources=None, warmup=False) -> dict[str, float] | None:
         """One optimizer step; its loss parts, or None when the loss is not finite.

@@ -29,6 +29,7 @@ from harness.data.datasets import (  # noqa: F401  (re-exported: the package's d
     collate_skip_corrupt,
     register_dataset,
 )
+from harness.data.device_augment import loader_transform
 from harness.data.image_cache import ImageCache
 from harness.data.transforms import eval_transform, train_transform
 from harness.errors import DataError
@@ -153,14 +154,22 @@ def run_parts(cfg, seed: int) -> tuple[LabeledDataset, RetrievalSplit, Retrieval
     return cap_images(train, cfg.max_train_images, seed), val, parts.test
 
 
-def create_datasets(cfg, seed: int, mean, std) -> DataBundle:
+def create_datasets(cfg, seed: int, mean, std, augment_on: str = "loader") -> DataBundle:
     """``DataConfig`` -> train (with training transform), val and test (eval transform).
 
+    ``augment_on``: ``data.augment_on`` resolved for the training device
+    (:func:`harness.data.device_augment.resolve_augment_on`); with ``device`` the
+    training set yields uint8 images for :class:`~harness.data.device_augment.DeviceAugment`.
     ``data.image_cache`` makes every split load through the pre-resized image cache.
     """
     info = get_dataset_info(cfg.name)
     train, val, test = run_parts(cfg, seed)
-    t_train = train_transform(cfg.augment, cfg.image_size, mean, std, info.crop_pct)
+    if augment_on == "device":
+        t_train = loader_transform(cfg.image_size, info.crop_pct)
+    elif augment_on == "loader":
+        t_train = train_transform(cfg.augment, cfg.image_size, mean, std, info.crop_pct)
+    else:
+        raise ValueError(f"create_datasets: augment_on must be resolved to loader or device, got '{augment_on}'")
     t_eval = eval_transform(cfg.image_size, mean, std, info.crop_pct)
     cache = ImageCache.for_size(cfg.image_size, info.crop_pct) if cfg.image_cache else None
 

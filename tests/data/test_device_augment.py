@@ -1,0 +1,105 @@
+"""harness/data/device_augment.py: ``data.augment_on``. auto picks the device on CUDA
+only; with ``device`` the loader yields uint8 squares and :class:`DeviceAugment` gives
+normalised, correctly shaped batches, per-sample random, deterministic under a seed,
+on a CPU tensor; a short training run with it completes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.config import DataConfig, build_config
+from harness.data import create_datasets
+from harness.data.device_augment import DeviceAugment, loader_transform, resolve_augment_on
+from harness.errors import ConfigError
+from harness.throughput import MEAN, STD, make_sop_folder
+
+
+@pytest.mark.parametrize("setting, device, resolved", [
+    ("auto", "cuda", "device"), ("auto", "cpu", "loader"),
+    ("loader", "cuda", "loader"), ("device", "cpu", "device"),
+])
+def test_auto_augments_on_the_device_when_training_on_cuda(setting, device, resolved):
+    assert resolve_augment_on(setting, torch.device(device)) == resolved
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(ConfigError, match="data.augment_on"):
+        resolve_augment_on("gpu", torch.device("cpu"))
+    assert DataConfig().augment_on == "auto"
+
+
+def squares(n=6, side=36, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("augment", ["none", "standard", "randaugment"])
+def test_batches_are_shaped_normalised_and_seeded(augment):
+    aug = DeviceAugment(augment, 32, MEAN, STD)
+    images = squares()
+    out = aug(images, seed=7)
+    assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    # normalised: uint8 pixels land in [(0 - mean) / std, (1 - mean) / std]
+    lo = ((0 - torch.tensor(MEAN)) / torch.tensor(STD)).min()
+    hi = ((1 - torch.tensor(MEAN)) / torch.tensor(STD)).max()
+    assert lo - 1e-5 <= out.min() and out.max() <= hi + 1e-5
+    assert torch.equal(out, aug(images, seed=7))  # deterministic under a seed
+    if augment != "none":
+        assert not torch.equal(out, aug(images, seed=8))
+
+
+def test_no_augmentation_is_a_centre_crop_normalised():
+    images = squares()
+    out = DeviceAugment("none", 32, MEAN, STD)(images, seed=0)
+    crop = images[:, :, 2:34, 2:34].float() / 255
+    expected = (crop - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, expected)
+
+
+def test_randomness_is_per_sample_and_leaves_the_run_rng_alone():
+    aug = DeviceAugment("randaugment", 32, MEAN, STD)
+    same = squares(n=1).expand(8, -1, -1, -1).contiguous()  # one image, 8 times
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    out = aug(same, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert len({tuple(x.flatten()[:64].tolist()) for x in out}) == 8  # each drew its own
+
+
+def test_wrong_input_is_refused():
+    with pytest.raises(ValueError, match="uint8"):
+        DeviceAugment("standard", 32, MEAN, STD)(squares().float(), seed=0)
+
+
+def test_the_loader_side_yields_uint8_squares_and_eval_is_unchanged(tmp_path):
+    make_sop_folder(tmp_path, classes=4, per_class=3, size=120)
+    cfg = DataConfig(name="sop", root=str(tmp_path), image_size=32, augment="randaugment", val_fraction=0.0)
+    dev = create_datasets(cfg, seed=0, mean=MEAN, std=STD, augment_on="device")
+    cpu = create_datasets(cfg, seed=0, mean=MEAN, std=STD)
+    image, label = dev.train[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 36, 36)  # floor(32 / 0.875)
+    assert cpu.train[0][0].dtype == torch.float32 and cpu.train[0][0].shape == (3, 32, 32)
+    assert torch.equal(dev.test.query[0][0], cpu.test.query[0][0])
+    assert loader_transform(32, 1.0)(dev.train.with_transform(None)[0][0]).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="augment_on"):
+        create_datasets(cfg, seed=0, mean=MEAN, std=STD, augment_on="auto")
+
+
+def test_a_short_training_run_augments_on_the_device(tmp_path, tiny_config, monkeypatch):
+    from harness.core import trainer as T
+    from harness.core.train import run_training
+
+    calls = []
+    real = T.DeviceAugment.__call__
+
+    def spy(self, images, seed):
+        calls.append((images.dtype, tuple(images.shape), seed))
+        return real(self, images, seed)
+
+    monkeypatch.setattr(T.DeviceAugment, "__call__", spy)
+    cfg = build_config(tiny_config(data={"augment": "randaugment", "augment_on": "device"}))
+    result = run_training(cfg, tmp_path / "run")
+    assert result.status == "completed" and result.epochs_run == 2
+    assert len(calls) == 2 * 3 and all(c[0] == torch.uint8 and c[1][1:] == (3, 16, 16) for c in calls)
+    assert len({c[2] for c in calls}) == 6  # a seed per (epoch, batch)
