@@ -133,3 +133,26 @@ def describe_device(device: torch.device) -> str:
         return device.type
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
+def channels_last(device: torch.device) -> bool:
+    """Whether the model and its inputs use the channels_last memory format and cuDNN
+    autotuning: on CUDA only. Tensor cores read NHWC convolutions without transposes
+    (bf16/fp16), and the fixed training input size makes cuDNN's benchmark search pay
+    off; on the CPU channels_last is often slower and cudnn is not used."""
+    return torch.device(device).type == "cuda"
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The model's and its inputs' memory format on ``device`` (see :func:`channels_last`)."""
+    return torch.channels_last if channels_last(device) else torch.contiguous_format
+
+
+def apply_layout(model: torch.nn.Module, device: torch.device) -> torch.memory_format:
+    """Put ``model`` in the memory format for ``device`` (channels_last on CUDA) and turn
+    cuDNN autotuning on for CUDA; on the CPU nothing changes. -> the inputs' format."""
+    fmt = memory_format(device)
+    if channels_last(device):
+        model.to(memory_format=fmt)
+        torch.backends.cudnn.benchmark = True
+    return fmt

@@ -26,7 +26,7 @@ from harness.core.components import (
     seed_everything,
     unique_parameters,
 )
-from harness.core.device import amp_dtype, needs_grad_scaler, pick_device
+from harness.core.device import amp_dtype, apply_layout, needs_grad_scaler, pick_device
 from harness.core.evaluate import embed, evaluate_split
 from harness.core.loaders import EvalLoaders, batch_seed, training_loader
 from harness.core.sizes import check_sizes
@@ -73,6 +73,7 @@ class Trainer:
         if config.memory.kind != "none" and config.memory.size is None:  # a fraction of the data
             check_sizes(config, self.device, config.memory.capacity(len(train_labels), config.train.batch_size))
         self.model = model.to(self.device)
+        self.memory_format = apply_layout(self.model, self.device)  # channels_last on CUDA only
         # Class ids -> 0..C-1 for the losses (proxy losses index their proxies by label).
         self.classes = torch.as_tensor(np.unique(train_labels), device=self.device)
         self.memory, self.xml_loss = build_losses(config, len(train_labels), len(self.classes))
@@ -207,12 +208,13 @@ class Trainer:
         return out
 
     def training_images(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
-        """A loaded batch on the training device; with ``augment_on: device`` augmented
-        here, seeded by (seed, epoch, batch) as the loader's workers are."""
+        """A loaded batch on the training device, in the model's memory format; with
+        ``augment_on: device`` augmented here, seeded by (seed, epoch, batch) as the
+        loader's workers are."""
         images = images.to(self.device, non_blocking=True)
         if self.device_augment is not None:
             images = self.device_augment(images, batch_seed(self.config.seed, epoch, batch))
-        return images
+        return images.contiguous(memory_format=self.memory_format)
 
     def train_step(self, images, labels, optimizer, halves=None, sources=None, warmup=False) -> dict[str, float] | None:
         """One optimizer step; its loss parts, or None when the loss is not finite.

@@ -97,3 +97,54 @@ def test_zero_gpu_trials_see_no_cuda_device(tmp_path):
         assert s == {"CUDA_VISIBLE_DEVICES": "", "torch_device_count": 0, "device": "cpu"}
 
 
+
+
+# ---------------------------------------------------------------- memory layout on CUDA
+
+
+@pytest.mark.parametrize("device, expected", [("cuda", True), ("cuda:1", True), ("cpu", False)])
+def test_channels_last_and_cudnn_benchmark_only_on_cuda(device, expected):
+    d = torch.device(device)
+    assert D.channels_last(d) is expected
+    assert D.memory_format(d) == (torch.channels_last if expected else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_apply_layout_converts_the_model_on_cuda_only(monkeypatch, device):
+    """The decision without a GPU: the model stays on the CPU, only the device is named."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    fmt = D.apply_layout(model, torch.device(device))
+    weight = model[0].weight
+    cuda = device == "cuda"
+    assert fmt == (torch.channels_last if cuda else torch.contiguous_format)
+    assert weight.is_contiguous(memory_format=torch.channels_last) is cuda
+    assert weight.is_contiguous() is not cuda
+    assert torch.backends.cudnn.benchmark is cuda
+
+
+def test_cpu_training_keeps_the_contiguous_layout(monkeypatch, tmp_path, tiny_config):
+    """The trainer asks the device decision and follows it (here patched to CUDA's layout
+    while the tensors stay on the CPU): the model's weights and every training batch."""
+    from harness.config import build_config
+    from harness.core import trainer as T
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = build_config(tiny_config(train={"epochs": 1}))
+    cpu = T.Trainer(cfg, tmp_path / "cpu")
+    assert cpu.memory_format == torch.contiguous_format and torch.backends.cudnn.benchmark is False
+    assert all(p.is_contiguous() for p in cpu.model.parameters())
+
+    monkeypatch.setattr(D, "channels_last", lambda device: True)  # the CUDA decision
+    patched = T.Trainer(cfg, tmp_path / "patched")
+    assert patched.memory_format == torch.channels_last and torch.backends.cudnn.benchmark is True
+    seen = []
+    real = patched.train_step
+
+    def spy(images, *args, **kwargs):
+        seen.append(images.is_contiguous(memory_format=torch.channels_last))
+        return real(images, *args, **kwargs)
+
+    patched.train_step = spy
+    assert patched.train_epoch(1) is not None
+    assert seen and all(seen)
