@@ -1,13 +1,25 @@
-"""DataLoader throughput alone (decode + augment in workers, pinned memory on CUDA).
+"""DataLoader throughput: today's loader against the image cache and device augmentation.
 
 Generates a folder of JPEGs in the Stanford Online Products layout (``Ebay_train.txt``,
 ``Ebay_test.txt``, ``<category>_final/*.JPG``), builds the training set through
-``create_datasets`` (the real SOP reader and timm transforms) and times the exact
-loader the training loop uses (``ClassBalancedBatchSampler`` + ``collate_skip_corrupt``)
-for each worker count. ``--dataset digits`` times the in-memory digits instead.
+``create_datasets`` (the real SOP reader and transforms) and times the exact loader
+the training loop uses (``ClassBalancedBatchSampler`` + ``collate_skip_corrupt``) for
+each worker count and each of four settings, in one run:
+
+* ``baseline``: today's path, decode + augment (timm, CPU) in the workers;
+* ``+ image cache``: ``data.image_cache: true`` (filled before timing, as after the
+  first epoch): the workers read the pre-resized image instead of decoding the JPEG;
+* ``+ device augment``: ``data.augment_on: device``: what the workers still do (decode,
+  resize, centre square as uint8); the augmentation itself is timed separately on the
+  device present (``device augment`` line: images/s of ``DeviceAugment``);
+* ``cache + device augment``: both.
+
 "images/CPU-s" counts the CPU time the loading processes really spent (from /proc), so
-it is what one dedicated CPU sustains even on a busy machine; ``--gpu-rate R`` turns it
-into the vCPUs a GPU training at R images/s needs (``harness doctor`` measures R).
+it is what one dedicated CPU sustains even on a busy machine; ratios are against the
+baseline with the same worker count, measured in the same run. ``--gpu-rate R`` turns
+each setting's median images/CPU-s into the vCPUs a GPU training at R images/s needs
+(``harness doctor`` measures R). ``--dataset digits`` times the in-memory digits
+(baseline only: nothing to decode or cache).
 
     .venv/bin/python benchmarks/loader_speed.py --workers 0 1 2 [--gpu-rate 400 800]
 """
@@ -24,12 +36,25 @@ from pathlib import Path
 import torch
 
 from harness.config import DataConfig
+from harness.core.device import pick_device
 from harness.data import create_datasets
-from harness.throughput import MEAN, STD, loader_images_per_s, loader_rates, make_sop_folder, vcpus_needed
+from harness.throughput import (
+    MEAN,
+    STD,
+    device_augment_images_per_s,
+    loader_rates,
+    make_sop_folder,
+    sop_training_set,
+    vcpus_needed,
+)
 
-
-def time_loader(dataset, workers: int, batch_size: int, m: int, batches: int) -> float:
-    return loader_images_per_s(dataset, workers, batch_size, m, batches)
+# name -> (data.image_cache, data.augment_on)
+SETTINGS = {
+    "baseline": (False, "loader"),
+    "+ image cache": (True, "loader"),
+    "+ device augment": (False, "device"),
+    "cache + device augment": (True, "device"),
+}
 
 
 def main(argv=None) -> int:
@@ -49,28 +74,43 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        root = None
+        os.environ["HARNESS_CACHE_DIR"] = str(Path(tmp) / "cache")  # never the user's cache
         if args.dataset == "sop":
-            make_sop_folder(Path(tmp), args.classes, args.per_class, args.jpeg_size)
-            root = tmp
-        cfg = DataConfig(name=args.dataset, root=root, image_size=args.image_size, augment=args.augment, val_fraction=0.0)
-        train = create_datasets(cfg, seed=0, mean=MEAN, std=STD).train
-        print(f"{args.dataset}: {len(train)} training images, {args.image_size}px, augment={args.augment}, "
-              f"batch {args.batch_size}, pin_memory={torch.cuda.is_available()}, cores {os.cpu_count()}")
-        print(f"{'workers':>8}{'images/s':>12}{'vs 0 workers':>14}{'images/CPU-s':>14}")
-        base = None
-        per_cpu = []
-        for w in args.workers:
-            rate, cpu_rate = loader_rates(train, w, args.batch_size, 4, args.batches)
-            base = base or rate
-            per_cpu.append(cpu_rate)
-            print(f"{w:>8}{rate:>12.1f}{rate / base:>14.2f}{cpu_rate:>14.1f}")
-        if per_cpu:
-            per_cpu = statistics.median(per_cpu)
-            print(f"images/s per CPU (median images per CPU-second of the loading processes): {per_cpu:.1f}")
-            for g in args.gpu_rate:
-                print(f"a GPU training {g:.0f} images/s needs {vcpus_needed(g, per_cpu)} vCPUs "
-                      f"({vcpus_needed(g, per_cpu) - 1} loader workers + the training process)")
+            root = Path(tmp) / "sop"
+            make_sop_folder(root, args.classes, args.per_class, args.jpeg_size)
+            sets = {name: sop_training_set(root, args.image_size, args.augment, image_cache=cache,
+                                           augment_on=on, make=False)
+                    for name, (cache, on) in SETTINGS.items()}
+        else:
+            cfg = DataConfig(name="digits", image_size=args.image_size, augment=args.augment, val_fraction=0.0)
+            sets = {"baseline": create_datasets(cfg, seed=0, mean=MEAN, std=STD).train}
+        n = len(sets["baseline"])
+        print(f"{args.dataset}: {n} training images, {args.image_size}px, augment={args.augment}, "
+              f"batch {args.batch_size}, pin_memory={torch.cuda.is_available()}, cores {os.cpu_count()}, "
+              f"torch threads 1")
+        print(f"{'setting':<24}{'workers':>8}{'images/s':>10}{'vs baseline':>13}{'images/CPU-s':>14}{'vs baseline':>13}")
+        base: dict[int, tuple[float, float]] = {}
+        per_cpu: dict[str, list[float]] = {name: [] for name in sets}
+        for name, train in sets.items():
+            for w in args.workers:
+                rate, cpu_rate = loader_rates(train, w, args.batch_size, 4, args.batches)
+                base.setdefault(w, (rate, cpu_rate))
+                per_cpu[name].append(cpu_rate)
+                print(f"{name:<24}{w:>8}{rate:>10.1f}{rate / base[w][0]:>13.2f}{cpu_rate:>14.1f}"
+                      f"{cpu_rate / base[w][1]:>13.2f}")
+        medians = {name: statistics.median(v) for name, v in per_cpu.items() if v}
+        b = medians.get("baseline")
+        print("median images per CPU-second of the loading processes (what one loader vCPU sustains):")
+        for name, m in medians.items():
+            print(f"  {name:<24}{m:>8.1f}  ({m / b:.2f}x baseline)")
+        if args.dataset == "sop":
+            device = pick_device("auto")
+            aug = device_augment_images_per_s(device, args.augment, args.image_size, batch=args.batch_size)
+            print(f"device augment ({args.augment}, {args.image_size}px, batch {args.batch_size}) on "
+                  f"{device.type}{' (1 thread)' if device.type == 'cpu' else ''}: {aug:.1f} images/s")
+        for g in args.gpu_rate:
+            needs = ", ".join(f"{name} {vcpus_needed(g, m)}" for name, m in medians.items())
+            print(f"a GPU training {g:.0f} images/s needs vCPUs (loader workers + the training process): {needs}")
     return 0
 
 

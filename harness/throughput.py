@@ -80,22 +80,97 @@ def loader_images_per_s(dataset, workers: int, batch_size: int = 32, m: int = 4,
     return loader_rates(dataset, workers, batch_size, m, batches)[0]
 
 
+# The experiment whose data settings size a GPU trial's CPUs (harness doctor).
+SHIPPED_GPU_EXPERIMENT = "sop-axbn.yaml"
+
+
+def shipped_gpu_data():
+    """``data`` of the shipped SOP experiment as a GPU trial runs it: its image size,
+    augmentation and image cache, with ``augment_on`` resolved for a CUDA device."""
+    import yaml
+
+    from harness.config import DataConfig
+    from harness.data.device_augment import resolve_augment_on
+
+    path = Path(__file__).resolve().parent.parent / "search_spaces" / SHIPPED_GPU_EXPERIMENT
+    data = dict(yaml.safe_load(path.read_text())["base"]["data"])
+    data["augment_on"] = resolve_augment_on(data.get("augment_on", "auto"), torch.device("cuda"))
+    return DataConfig(**data)
+
+
+def describe_data(cfg) -> str:
+    """``224 px, randaugment on the device, image cache`` (the doctor's rows)."""
+    where = "on the GPU" if cfg.augment_on == "device" else "in the loader"
+    return f"{cfg.image_size} px, {cfg.augment} {where}, image cache {'on' if cfg.image_cache else 'off'}"
+
+
+def warm_cache(dataset) -> None:
+    """Load every image once, so ``data.image_cache`` holds them all (the later epochs)."""
+    if getattr(dataset, "image_cache", None) is not None:
+        for i in range(len(dataset)):
+            dataset.load_image(i)
+
+
 def sop_training_set(root: Path, image_size: int = 224, augment: str = "randaugment",
-                     classes: int = 24, per_class: int = 8, jpeg_size: int = 500):
+                     classes: int = 24, per_class: int = 8, jpeg_size: int = 500,
+                     image_cache: bool = False, augment_on: str = "loader", make: bool = True):
+    """The training set of a generated SOP folder at ``root``; ``augment_on``: loader or
+    device (resolved); with ``image_cache`` the cache is filled first (it lives under
+    ``$HARNESS_CACHE_DIR``)."""
     from harness.config import DataConfig
     from harness.data import create_datasets
 
-    make_sop_folder(root, classes, per_class, jpeg_size)
-    cfg = DataConfig(name="sop", root=str(root), image_size=image_size, augment=augment, val_fraction=0.0)
-    return create_datasets(cfg, seed=0, mean=MEAN, std=STD).train
+    if make:
+        make_sop_folder(root, classes, per_class, jpeg_size)
+    cfg = DataConfig(name="sop", root=str(root), image_size=image_size, augment=augment, val_fraction=0.0,
+                     image_cache=image_cache)
+    train = create_datasets(cfg, seed=0, mean=MEAN, std=STD, augment_on=augment_on).train
+    warm_cache(train)
+    return train
 
 
-def per_cpu_loader_rate(batches: int = 4) -> float:
-    """Images per CPU-second of one worker decoding + augmenting at 224 px with the
-    shipped RandAugment."""
+def per_cpu_loader_rate(batches: int = 4, data=None) -> float:
+    """Images per CPU-second of one loader worker with the ``data`` settings (default:
+    :func:`shipped_gpu_data`, what a GPU trial's workers do), cache filled beforehand."""
+    import os
+
+    data = shipped_gpu_data() if data is None else data
     with tempfile.TemporaryDirectory() as tmp:
-        train = sop_training_set(Path(tmp), per_class=6)
-        return loader_rates(train, workers=1, batch_size=32, batches=batches)[1]
+        old = os.environ.get("HARNESS_CACHE_DIR")
+        os.environ["HARNESS_CACHE_DIR"] = str(Path(tmp) / "cache")  # never the user's cache
+        try:
+            train = sop_training_set(Path(tmp) / "sop", data.image_size, data.augment, per_class=6,
+                                     image_cache=data.image_cache, augment_on=data.augment_on)
+            return loader_rates(train, workers=1, batch_size=32, batches=batches)[1]
+        finally:
+            if old is None:
+                os.environ.pop("HARNESS_CACHE_DIR", None)
+            else:
+                os.environ["HARNESS_CACHE_DIR"] = old
+
+
+def device_augment_images_per_s(device: torch.device, augment: str = "randaugment", image_size: int = 224,
+                                crop_pct: float = 0.875, batch: int = 64, batches: int = 4) -> float:
+    """Images/s of :class:`~harness.data.device_augment.DeviceAugment` on ``device``
+    (uint8 squares in, normalised crops out), after one warm-up batch."""
+    from harness.data.device_augment import DeviceAugment
+    from harness.data.image_cache import cache_short_side
+
+    side = cache_short_side(image_size, crop_pct)
+    aug = DeviceAugment(augment, image_size, MEAN, STD)
+    images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    aug(images, 0)
+    sync()
+    t0 = time.perf_counter()
+    for b in range(batches):
+        aug(images, b + 1)
+    sync()
+    return batches * batch / (time.perf_counter() - t0)
 
 
 def gpu_step_images_per_s(device: torch.device, backbone: str = "resnet50", batch: int = 64,
@@ -103,15 +178,16 @@ def gpu_step_images_per_s(device: torch.device, backbone: str = "resnet50", batc
     """Forward + backward + AdamW step of the shipped backbone (random init) under the
     run's autocast dtype, images/s after 3 warm-up steps."""
     from harness.config import ModelConfig
-    from harness.core.device import amp_dtype
+    from harness.core.device import amp_dtype, apply_layout
     from harness.core.model import create_model
 
     model = create_model(ModelConfig(backbone=backbone, pretrained=False, embedding_size=512), with_prototypes=False)
     model.to(device).train()
+    fmt = apply_layout(model, device)  # channels_last + cuDNN autotuning, as the trainer
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = amp_dtype(device, "auto")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
 
     def step():
         opt.zero_grad(set_to_none=True)

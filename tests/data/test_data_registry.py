@@ -143,7 +143,8 @@ def test_split_validation_and_cap_do_not_mutate():
 
 @pytest.mark.slow
 def test_loader_speed_benchmark_smoke():
-    """benchmarks/loader_speed.py, tiny: SOP-layout JPEGs through the real loader, 0 and 1 workers."""
+    """benchmarks/loader_speed.py, tiny: SOP-layout JPEGs through the real loader, 0 and 1
+    workers, for the baseline, the image cache, device augmentation and both."""
     import re
     import subprocess
     import sys
@@ -152,12 +153,20 @@ def test_loader_speed_benchmark_smoke():
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "loader_speed.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--classes", "4", "--per-class", "4", "--jpeg-size", "48",
-         "--image-size", "16", "--batch-size", "8", "--batches", "2", "--workers", "0", "1"],
+         "--image-size", "16", "--batch-size", "8", "--batches", "2", "--workers", "0", "1",
+         "--gpu-rate", "800"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # columns: workers, images/s, vs 0 workers, images per CPU-second
-    rows = re.findall(r"^\s+(\d)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", proc.stdout, re.M)
-    assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows)
-    assert re.search(r"^images/s per CPU .*: [\d.]+$", proc.stdout, re.M)
+    # columns: setting, workers, images/s, vs baseline, images per CPU-second, vs baseline
+    rows = re.findall(r"^(baseline|\+ image cache|\+ device augment|cache \+ device augment)\s+(\d)"
+                      r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", proc.stdout, re.M)
+    assert [(r[0], r[1]) for r in rows] == [
+        (s, w) for s in ("baseline", "+ image cache", "+ device augment", "cache + device augment") for w in "01"]
+    assert all(float(r[2]) > 0 and float(r[4]) > 0 for r in rows)
+    assert all(r[3] == r[5] == "1.00" for r in rows[:2])  # the baseline against itself
+    assert re.search(r"^device augment \(randaugment, 16px, batch 8\) on cpu \(1 thread\): [\d.]+ images/s$",
+                     proc.stdout, re.M)
+    assert re.search(r"^a GPU training 800 images/s needs vCPUs .*: baseline \d+, \+ image cache \d+, "
+                     r"\+ device augment \d+, cache \+ device augment \d+$", proc.stdout, re.M)
     assert "16 training images" in proc.stdout
