@@ -382,29 +382,43 @@ def check_evaluate(device: torch.device, run_dir: Path | None) -> Check:
 
 
 def check_throughput(device: torch.device, require_gpu: bool = False) -> Check:
-    """Loader images/s per CPU (224 px, RandAugment) and, on a GPU, the shipped ResNet-50's
-    training images/s: how many vCPUs a GPU trial needs to keep its GPU busy."""
-    from harness.throughput import gpu_step_images_per_s, per_cpu_loader_rate
+    """Loader images/s per CPU with the data settings a GPU trial of the shipped SOP
+    experiment runs (its image cache, augmentation on the GPU as ``augment_on: auto``
+    gives on CUDA) and, on a GPU, the shipped ResNet-50's training images/s including
+    that augmentation: how many vCPUs a GPU trial needs to keep its GPU busy."""
+    from harness.throughput import (
+        SHIPPED_GPU_EXPERIMENT,
+        describe_data,
+        device_augment_images_per_s,
+        gpu_step_images_per_s,
+        per_cpu_loader_rate,
+        shipped_gpu_data,
+    )
 
-    per_cpu = per_cpu_loader_rate()
+    data = shipped_gpu_data()
+    setting = f"{describe_data(data)}, as {SHIPPED_GPU_EXPERIMENT} on a GPU"
+    per_cpu = per_cpu_loader_rate(data=data)
     if device.type != "cuda":
-        return Check("throughput", INFO, f"loader {per_cpu:.0f} images/s per CPU (224 px, RandAugment); no GPU to size for")
-    gpu = gpu_step_images_per_s(device)
+        return Check("throughput", INFO, f"loader {per_cpu:.0f} images/s per CPU ({setting}); no GPU to size for")
+    gpu = gpu_step_images_per_s(device, image_size=data.image_size)
+    if data.augment_on == "device":  # the GPU spends its own time on the augmentation
+        gpu = 1 / (1 / gpu + 1 / device_augment_images_per_s(device, data.augment, data.image_size))
     cpus_per_gpu = (os.cpu_count() or 1) / max(torch.cuda.device_count(), 1)
-    return throughput_verdict(gpu, per_cpu, cpus_per_gpu, require_gpu)
+    return throughput_verdict(gpu, per_cpu, cpus_per_gpu, require_gpu, setting)
 
 
-def throughput_verdict(gpu_rate: float, per_cpu: float, cpus_per_gpu: float, require_gpu: bool) -> Check:
+def throughput_verdict(gpu_rate: float, per_cpu: float, cpus_per_gpu: float, require_gpu: bool,
+                       setting: str = "224 px, RandAugment") -> Check:
     """Whether this node's CPUs can feed its GPUs: a trial needs ``vcpus_needed`` vCPUs
     (loader workers at ``per_cpu`` images/s each, plus the training process). Short of
     that the GPU waits for data: a FAIL under ``--require-gpu`` (a GPU worker's setup),
-    else INFO."""
+    else INFO. ``setting``: the loader's data settings, named in the detail."""
     from harness.throughput import vcpus_needed
 
     need = vcpus_needed(gpu_rate, per_cpu)
     short = cpus_per_gpu < need
     detail = (f"resnet50 224 px batch 64: {gpu_rate:.0f} images/s; loader {per_cpu:.0f} images/s per CPU "
-              f"(224 px, RandAugment) -> a GPU trial needs {need} vCPUs (cpus: {need}, data.workers: "
+              f"({setting}) -> a GPU trial needs {need} vCPUs (cpus: {need}, data.workers: "
               f"{need - 1}); this node has {cpus_per_gpu:.0f} per GPU")
     if short:
         detail = (f"loader short: {cpus_per_gpu:.0f} vCPUs per GPU feed about "

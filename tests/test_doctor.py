@@ -109,6 +109,44 @@ def test_loader_short_of_the_gpu_fails_under_require_gpu(gpu, per_cpu, cpus, req
         assert f">= {vcpus_needed(gpu, per_cpu)} vCPUs" in check.detail and "\n" not in check.detail
 
 
+def test_the_loader_is_sized_with_the_data_settings_of_a_shipped_gpu_trial():
+    """The SOP experiment's data as its GPU trials get it: the image cache it turns on,
+    and augment_on auto, which is the device on CUDA."""
+    from harness.throughput import shipped_gpu_data
+
+    data = shipped_gpu_data()
+    assert (data.name, data.image_size, data.augment) == ("sop", 224, "randaugment")
+    assert data.image_cache is True and data.augment_on == "device"
+
+
+@pytest.mark.parametrize("per_cpu, verdict", [(135, "FAIL"), (400, "INFO")])
+def test_throughput_check_measures_that_setting_and_fails_when_short(monkeypatch, per_cpu, verdict):
+    import harness.doctor_checks as dc
+    import harness.throughput as tp
+
+    measured = []
+
+    def loader_rate(batches=4, data=None):
+        measured.append(data)
+        return per_cpu
+
+    monkeypatch.setattr(tp, "per_cpu_loader_rate", loader_rate)
+    monkeypatch.setattr(tp, "gpu_step_images_per_s", lambda device, image_size=224: 1500.0)
+    monkeypatch.setattr(tp, "device_augment_images_per_s", lambda device, augment, image_size: 6000.0)
+    monkeypatch.setattr(dc.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check = dc.check_throughput(torch.device("cuda"), require_gpu=True)
+    assert measured == [tp.shipped_gpu_data()]
+    # the GPU's rate includes its augmentation: 1 / (1/1500 + 1/6000) = 1200 images/s
+    assert check.verdict == verdict
+    assert ("loader short: 8 vCPUs per GPU feed about 945 images/s, the GPU trains 1200/s" in check.detail) == (
+        verdict == "FAIL")
+    assert "resnet50 224 px batch 64: 1200 images/s" in check.detail
+    assert "randaugment on the GPU, image cache on, as sop-axbn.yaml on a GPU" in check.detail
+    cpu = dc.check_throughput(torch.device("cpu"), require_gpu=False)
+    assert cpu.verdict == "INFO" and "no GPU to size for" in cpu.detail and "image cache on" in cpu.detail
+
+
 @pytest.mark.slow
 def test_doctor_two_rank_collectives_pass_on_gloo_and_report_a_broken_backend(monkeypatch):
     from harness.doctor_checks import PASS, check_collectives
