@@ -89,6 +89,7 @@ class DeviceAugment:
         self.per_sample = v2.Compose(ops)
         self.erase = (v2.RandomErasing(p=AXBN_RE_PROB, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), value=0)
                       if augment == "randaugment" else None)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -96,9 +97,26 @@ class DeviceAugment:
         with torch.random.fork_rng(devices=[]):  # the run's own RNG stream is left alone
             torch.manual_seed(seed)
             out = torch.stack([self.per_sample(image) for image in images])
-            mean = torch.tensor(self.mean, device=out.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=out.device).view(1, -1, 1, 1)
+            mean, std = self._mean_std(out.device)
             out = (out.float().div_(255) - mean).div_(std)
             if self.erase is not None:
-                out = torch.stack([self.erase(image) for image in out])
+                for image in out:
+                    self._erase(image)
         return out
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Copied to the device once: a host-to-GPU copy per batch would wait for the GPU.
+        if device not in self._stats:
+            self._stats[device] = (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                                   torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+        return self._stats[device]
+
+    def _erase(self, image: torch.Tensor) -> None:
+        """v2.RandomErasing in place, its parameters drawn as it draws them (on the CPU),
+        filled with a Python zero: v2's own fill is a CPU tensor, copied to the GPU (and
+        so waiting for it) at every erased image."""
+        if torch.rand(1) >= self.erase.p:
+            return
+        p = self.erase.make_params([image])
+        if p["v"] is not None:
+            image[..., p["i"]:p["i"] + p["h"], p["j"]:p["j"] + p["w"]] = 0.0

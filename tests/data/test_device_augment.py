@@ -103,3 +103,22 @@ def test_a_short_training_run_augments_on_the_device(tmp_path, tiny_config, monk
     assert result.status == "completed" and result.epochs_run == 2
     assert len(calls) == 2 * 3 and all(c[0] == torch.uint8 and c[1][1:] == (3, 16, 16) for c in calls)
     assert len({c[2] for c in calls}) == 6  # a seed per (epoch, batch)
+
+
+def test_erasing_is_v2s_random_erasing_with_zeros():
+    """The in-place erasing draws what v2.RandomErasing draws and writes the same zeros."""
+    from torchvision.transforms import v2
+
+    aug = DeviceAugment("randaugment", 32, MEAN, STD)
+    reference = v2.RandomErasing(p=0.2, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), value=0)
+    erased = 0
+    for seed in range(40):
+        image = torch.randn(3, 32, 32)
+        torch.manual_seed(seed)
+        expected = reference(image.clone())
+        torch.manual_seed(seed)
+        mine = image.clone()
+        aug._erase(mine)
+        assert torch.equal(mine, expected)
+        erased += not torch.equal(mine, image)
+    assert 0 < erased < 40
