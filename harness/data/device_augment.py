@@ -16,6 +16,13 @@ parameters are drawn from torch's CPU generator, seeded per batch from (run seed
 epoch, batch number), so a batch's augmentation is the same on any device, worker
 count or resumption.
 
+Cost on a GPU (not measured: no GPU was available when this was written): the per-image
+loop launches a few dozen small kernels per image, and torchvision's rotate / shear /
+translate build their affine matrix (and fill) on the device from host values, a copy that
+waits for the GPU's queued work, so the host cannot queue the next step's work far ahead
+while such ops run. ``harness doctor`` measures this augmentation's images/s on the node
+and counts it in the GPU's time per image.
+
 Differences from timm's CPU recipe (``rand-m9-mstd0.5``, erasing 0.2), honestly:
 
 * Crops are drawn from the centred square of the image at ``S`` px (256 for 224), not
