@@ -9,8 +9,9 @@ the CPU one, bf16/fp16 autocast support, two data-parallel ranks (all-reduce, Sy
 gradient mean: NCCL on two GPUs, gloo on the CPU), then a tiny run of two epochs on the training
 device for every memory kind with XML, one of them killed (SIGKILL) after its first
 epoch and resumed (its loader with worker processes and, on CUDA, pinned memory), with every state tensor checked on the training device, and an
-evaluation of its best checkpoint; last, the loader's images/s per CPU and the GPU's
-training images/s, i.e. the vCPUs a GPU trial needs (a FAIL under ``--require-gpu``
+evaluation of its best checkpoint; last, the loader's images/s per CPU (with the data
+settings a GPU trial of the shipped SOP experiment gets: image cache, augmentation on the
+GPU) and the GPU's training images/s including that augmentation, i.e. the vCPUs a GPU trial needs (a FAIL under ``--require-gpu``
 when the node has fewer per GPU). On a CPU-only machine it says so and checks the CPU
 path. Each check gives one row of a verdict table: PASS, FAIL, SKIP or INFO. The checks
 themselves are in :mod:`harness.doctor_checks`; this module runs them.
