@@ -124,3 +124,23 @@ def test_an_unwritable_cache_is_one_error_naming_the_file_and_the_fix(sop, tmp_p
 def test_bad_values_are_errors_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=f"data.{key}"):
         build_config({"data": {key: value}})
+
+
+@pytest.mark.parametrize("size", [(127, 90), (90, 127), (300, 37), (30, 20)])
+def test_evaluation_is_unchanged_for_any_aspect(tmp_path, size):
+    """The cached long side is truncated as torchvision's Resize truncates it, so the
+    evaluation resize of a cached image is the identity (a rounded side would shift the
+    centre crop); an image smaller than the short side is stored as it is."""
+    from PIL import Image
+
+    from harness.data.transforms import eval_transform
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    tf = eval_transform(IMAGE_SIZE, MEAN, STD, 0.875)
+    plain = ImageFileDataset([path], [0], transform=tf)
+    cached = plain.with_image_cache(ImageCache.for_size(IMAGE_SIZE, 0.875, tmp_path / "cache"))
+    cached[0]  # fills the entry
+    assert min(cached.load_image(0).size) == min(36, min(size))
+    assert torch.equal(plain[0][0], cached[0][0])
