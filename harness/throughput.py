@@ -81,7 +81,7 @@ def loader_images_per_s(dataset, workers: int, batch_size: int = 32, m: int = 4,
 
 
 # The experiment whose data settings size a GPU trial's CPUs (harness doctor).
-SHIPPED_GPU_EXPERIMENT = "sop-axbn.yaml"
+SHIPPED_GPU_EXPERIMENT = "sop-axbn"
 
 
 def shipped_gpu_data():
@@ -89,17 +89,17 @@ def shipped_gpu_data():
     augmentation and image cache, with ``augment_on`` resolved for a CUDA device."""
     import yaml
 
-    from harness.config import DataConfig
+    from harness.config import build_config
     from harness.data.device_augment import resolve_augment_on
+    from harness.sweep.experiment import find_experiment
 
-    path = Path(__file__).resolve().parent.parent / "search_spaces" / SHIPPED_GPU_EXPERIMENT
-    data = dict(yaml.safe_load(path.read_text())["base"]["data"])
-    data["augment_on"] = resolve_augment_on(data.get("augment_on", "auto"), torch.device("cuda"))
-    return DataConfig(**data)
+    path = find_experiment(SHIPPED_GPU_EXPERIMENT)
+    data = build_config(yaml.safe_load(path.read_text())["base"], source=str(path)).data
+    return data.model_copy(update={"augment_on": resolve_augment_on(data.augment_on, torch.device("cuda"))})
 
 
 def describe_data(cfg) -> str:
-    """``224 px, randaugment on the device, image cache`` (the doctor's rows)."""
+    """``224 px, randaugment on the GPU, image cache on`` (the doctor's throughput row)."""
     where = "on the GPU" if cfg.augment_on == "device" else "in the loader"
     return f"{cfg.image_size} px, {cfg.augment} {where}, image cache {'on' if cfg.image_cache else 'off'}"
 

@@ -142,7 +142,7 @@ def test_throughput_check_measures_that_setting_and_fails_when_short(monkeypatch
     assert ("loader short: 8 vCPUs per GPU feed about 945 images/s, the GPU trains 1200/s" in check.detail) == (
         verdict == "FAIL")
     assert "resnet50 224 px batch 64: 1200 images/s" in check.detail
-    assert "randaugment on the GPU, image cache on, as sop-axbn.yaml on a GPU" in check.detail
+    assert "randaugment on the GPU, image cache on, as sop-axbn on a GPU" in check.detail
     cpu = dc.check_throughput(torch.device("cpu"), require_gpu=False)
     assert cpu.verdict == "INFO" and "no GPU to size for" in cpu.detail and "image cache on" in cpu.detail
 
