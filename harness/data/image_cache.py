@@ -91,7 +91,7 @@ class ImageCache:
                 return Image.fromarray(pixels)
             log.warning("image cache: %s holds a %s %s array, not an RGB image; rebuilding it from %s",
                         entry, pixels.dtype, pixels.shape, path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not cached yet (or no cache folder)
             pass
         except (OSError, ValueError, EOFError) as e:  # truncated or not an .npy file
             log.warning("image cache: %s is corrupt (%s); rebuilding it from %s", entry, e, path)

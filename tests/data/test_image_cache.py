@@ -144,3 +144,12 @@ def test_evaluation_is_unchanged_for_any_aspect(tmp_path, size):
     cached[0]  # fills the entry
     assert min(cached.load_image(0).size) == min(36, min(size))
     assert torch.equal(plain[0][0], cached[0][0])
+
+
+def test_a_cache_folder_that_is_a_file_is_one_error_not_a_corrupt_entry(sop, tmp_path, monkeypatch, caplog):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "file"))
+    train = bundle(sop, image_cache=True).train
+    with pytest.raises(DataError, match="cannot write .*file/images/36px/.*npy.*data.image_cache=false"):
+        train[0]
+    assert "corrupt" not in caplog.text
