@@ -25,7 +25,7 @@ import torch
 
 from harness.config import DataConfig
 from harness.data import create_datasets
-from harness.throughput import MEAN, STD, loader_images_per_s, loader_rates, make_sop_folder, vcpus_needed
+from harness.doctor.throughput import MEAN, STD, loader_images_per_s, loader_rates, make_sop_folder, vcpus_needed
 
 
 def time_loader(dataset, workers: int, batch_size: int, m: int, batches: int) -> float:

@@ -13,7 +13,7 @@ evaluation of its best checkpoint; last, the loader's images/s per CPU and the G
 training images/s, i.e. the vCPUs a GPU trial needs (a FAIL under ``--require-gpu``
 when the node has fewer per GPU). On a CPU-only machine it says so and checks the CPU
 path. Each check gives one row of a verdict table: PASS, FAIL, SKIP or INFO. The checks
-themselves are in :mod:`harness.doctor_checks`; this module runs them.
+themselves are in :mod:`harness.doctor.checks`; this module runs them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from harness.doctor_checks import (  # noqa: F401  (Check and the verdicts: the doctor's API)
+from harness.doctor.checks import (  # noqa: F401  (Check and the verdicts: the doctor's API)
     FAIL,
     INFO,
     PASS,
