@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eval_speed import make_data  # noqa: E402
 
-from harness.index import IndexParams, create_index, search_without_self  # noqa: E402
+from harness.serving.index import IndexParams, create_index, search_without_self  # noqa: E402
 
 
 def timed_search(index, x, query_ids, k, repeat):

@@ -38,7 +38,7 @@ import torch
 from harness.config import DataConfig
 from harness.core.device import pick_device
 from harness.data import create_datasets
-from harness.throughput import (
+from harness.doctor.throughput import (
     MEAN,
     STD,
     device_augment_images_per_s,

@@ -28,7 +28,7 @@ import torch
 
 from harness.config import build_config
 from harness.core.train import run_training
-from trainables.objective import objective_training
+from harness.trainables.objective import objective_training
 
 METRIC = "val.map@r"
 

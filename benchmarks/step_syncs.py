@@ -37,7 +37,7 @@ import torch
 from harness.config import build_config
 from harness.core import xml as X
 from harness.core.trainer import Trainer
-from harness.doctor_fixtures import tiny_config
+from harness.doctor.fixtures import tiny_config
 from interleaved import rounds, timed  # benchmarks/interleaved.py (this script's folder)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

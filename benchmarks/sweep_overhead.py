@@ -94,7 +94,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # as `harness sweep`: no Tune console box
     import ray
 
-    from harness.results_contract import SPACE_FILE
+    from harness.results.contract import SPACE_FILE
     from harness.sweep import runner
     from harness.sweep.space import space_description
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import ConfigError, config_error, printable
-from harness.results_contract import MemoryKind
+from harness.results.contract import MemoryKind
 
 
 class _Section(BaseModel):

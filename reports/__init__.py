@@ -6,6 +6,6 @@ tables), references, search_analysis (best trials, importance), completeness, en
 colours, plots, search_plots, retrievals, render.
 """
 
-from reports.render import render_report
+from harness.reports.render import render_report
 
 __all__ = ["render_report"]

@@ -14,8 +14,8 @@ from typing import Iterable
 import matplotlib
 from matplotlib.colors import to_hex
 
-from harness.results_contract import MEMORY_KINDS, method_name
-from reports.tables import value_sort_key
+from harness.results.contract import MEMORY_KINDS, method_name
+from harness.reports.tables import value_sort_key
 
 KNOWN_METHODS: tuple[str, ...] = tuple(method_name(kind, xml) for xml in (False, True) for kind in MEMORY_KINDS)
 # zip: a memory kind beyond tab10's ten colours falls to the other values' palette

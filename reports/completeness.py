@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from harness.results_contract import (
+from harness.results.contract import (
     COL_COMPARE_VALUE,
     COL_PHASE,
     COL_SEED,
@@ -17,10 +17,10 @@ from harness.results_contract import (
     PHASE_SEARCH,
     STATUS_COMPLETED,
 )
-from reports.search_analysis import compare_values, plain_value
+from harness.reports.search_analysis import compare_values, plain_value
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
+    from harness.reports.load import ExperimentResults
 
 
 @dataclass

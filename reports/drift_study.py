@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from harness.results_contract import COL_EXPERIMENT, COL_METHOD, COL_PHASE, COL_TRIAL_ID, PHASE_REPRODUCTION
-from reports.plots import RC, Figure, _panels, rendered
-from reports.statistics import CONFIDENCE
-from reports.tables import method_sort_key
+from harness.results.contract import COL_EXPERIMENT, COL_METHOD, COL_PHASE, COL_TRIAL_ID, PHASE_REPRODUCTION
+from harness.reports.plots import RC, Figure, _panels, rendered
+from harness.reports.statistics import CONFIDENCE
+from harness.reports.tables import method_sort_key
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
+    from harness.reports.load import ExperimentResults
 
 LR = "config.optim.lr"
 BASELINE = "none"

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import ResultsError
-from harness.results_contract import (
+from harness.results.contract import (
     COL_EPOCH,
     COL_COMPARE_KEY,
     COL_COMPARE_VALUE,

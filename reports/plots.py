@@ -1,10 +1,10 @@
 """The report's figures (matplotlib, Agg), each returned as SVG bytes.
 
-Every figure that draws methods colours them from one mapping (reports.colours), so a
+Every figure that draws methods colours them from one mapping (harness.reports.colours), so a
 method has the same colour in all of them.
 
 - optimisation history: the objective against trial number, with the best-so-far line
-  (drawn with the search plots, reports.search_plots);
+  (drawn with the search plots, harness.reports.search_plots);
 - validation Recall@1 and feature drift (``drift_mean``, AXBN paper appendix C) against
   epoch, per method, mean ± std over the reproduction seeds;
 - test Recall@1 against batch size and against memory size per method when the
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
-from harness.results_contract import (  # noqa: E402
+from harness.results.contract import (  # noqa: E402
     COL_EXPERIMENT,
     COL_METHOD,
     COL_PHASE,
@@ -34,11 +34,11 @@ from harness.results_contract import (  # noqa: E402
     METHOD_COMPARE_KEYS,
     PHASE_REPRODUCTION,
 )
-from reports.search_analysis import compare_values, objective, search_rows  # noqa: E402
-from reports.tables import best_reproductions, method_sort_key, setting_sort_key  # noqa: E402
+from harness.reports.search_analysis import compare_values, objective, search_rows  # noqa: E402
+from harness.reports.tables import best_reproductions, method_sort_key, setting_sort_key  # noqa: E402
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
+    from harness.reports.load import ExperimentResults
 
 # Names come from configs: never let a "$" in them switch on mathtext. Fixed hash salt
 # and no date keep the SVG bytes identical between renders of the same tables.

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from harness.results_contract import COL_EXPERIMENT, COL_METHOD
-from reports.statistics import summarize
-from reports.tables import METRICS, method_sort_key, setting_sort_key
+from harness.results.contract import COL_EXPERIMENT, COL_METHOD
+from harness.reports.statistics import summarize
+from harness.reports.tables import METRICS, method_sort_key, setting_sort_key
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
-    from reports.statistics import Summary
+    from harness.reports.load import ExperimentResults
+    from harness.reports.statistics import Summary
 
 
 @dataclass

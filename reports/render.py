@@ -15,28 +15,28 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import jinja2
 
-from harness.atomic import atomic_write_text
-from harness.best_trial import values_without_reproduction
-from harness.clock import utc_display
+from harness.utils.atomic import atomic_write_text
+from harness.results.selection import values_without_reproduction
+from harness.utils.clock import utc_display
 from harness.errors import ConfigError, ResultsError
-from harness.results_contract import COL_METHOD
-from reports.colours import method_colours
-from reports.environment import environment
-from reports.load import load_experiments
-from reports.drift_study import display_rows, drift_study, drift_study_figure
-from reports.plots import make_figures, unique_names
-from reports.completeness import progress
-from reports.references import reference_tables
-from reports.retrievals import method_retrievals
-from reports.search_analysis import best_trials, compare_values, objective, param_importance, param_keys
-from reports.search_plots import search_plots
-from reports.statistics import ALPHA, CONFIDENCE
-from reports.tables import METRICS, best_reproductions, is_fraction_scale, reproductions, summary_tables
+from harness.results.contract import COL_METHOD
+from harness.reports.colours import method_colours
+from harness.reports.environment import environment
+from harness.reports.load import load_experiments
+from harness.reports.drift_study import display_rows, drift_study, drift_study_figure
+from harness.reports.plots import make_figures, unique_names
+from harness.reports.completeness import progress
+from harness.reports.references import reference_tables
+from harness.reports.retrievals import method_retrievals
+from harness.reports.search_analysis import best_trials, compare_values, objective, param_importance, param_keys
+from harness.reports.search_plots import search_plots
+from harness.reports.statistics import ALPHA, CONFIDENCE
+from harness.reports.tables import METRICS, best_reproductions, is_fraction_scale, reproductions, summary_tables
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
-    from reports.search_analysis import Importance
-    from reports.statistics import Summary
+    from harness.reports.load import ExperimentResults
+    from harness.reports.search_analysis import Importance
+    from harness.reports.statistics import Summary
 
 FORMATS = ("md", "html")
 TEMPLATES = Path(__file__).parent / "templates"

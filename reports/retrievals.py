@@ -3,7 +3,7 @@
 The best reproduction is the compared value's best-configuration reproduction with the
 highest test metric (the experiment's objective, on the test split). Its folder
 ``<experiment>/retrievals/<trial_id>/`` holds ``retrievals.npz`` (saved by the
-trainable, see ``harness.retrieval_pictures``, and copied there from the trial's Tune
+trainable, see ``harness.serving.retrieval_pictures``, and copied there from the trial's Tune
 checkpoint by the sweep's recorder) and the run's ``config.yaml``, which names the
 dataset whose images are drawn. A reproduction without those files (a moved dataset)
 gets a note instead.
@@ -20,7 +20,7 @@ import pandas as pd
 
 from harness.config import build_config, load_yaml
 from harness.errors import HarnessError
-from harness.results_contract import (
+from harness.results.contract import (
     COL_COMPARE_VALUE,
     COL_PHASE,
     COL_STATUS,
@@ -31,12 +31,12 @@ from harness.results_contract import (
     RETRIEVALS_FILE,
     STATUS_COMPLETED,
 )
-from harness.retrieval_pictures import Neighbours, draw_pictures
-from reports.search_analysis import objective
-from reports.tables import best_reproductions
+from harness.serving.retrieval_pictures import Neighbours, draw_pictures
+from harness.reports.search_analysis import objective
+from harness.reports.tables import best_reproductions
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
+    from harness.reports.load import ExperimentResults
 
 N_WORST = 4
 N_TYPICAL = 2
@@ -50,7 +50,7 @@ class MethodRetrievals:
     trial_id: str
     metric: str  # "test.recall@1"
     value: float
-    pictures: list = field(default_factory=list)  # harness.retrieval_pictures.Picture
+    pictures: list = field(default_factory=list)  # harness.serving.retrieval_pictures.Picture
     files: list[str] = field(default_factory=list)  # Markdown: retrievals/<file>.png
     note: str | None = None
 

@@ -13,8 +13,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from harness.best_trial import best_trials as select_best_trials, completed_search_trials
-from harness.results_contract import (
+from harness.results.selection import best_trials as select_best_trials, completed_search_trials
+from harness.results.contract import (
     COL_COMPARE_VALUE,
     COL_OBJECTIVE_RUNS,
     COL_OBJECTIVE_STD,
@@ -23,10 +23,10 @@ from harness.results_contract import (
     DEFAULT_METRIC,
     PHASE_SEARCH,
 )
-from reports.tables import value_sort_key
+from harness.reports.tables import value_sort_key
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
+    from harness.reports.load import ExperimentResults
 
 # Plots of the trials themselves (history, slice, parallel coordinates): with fewer points
 # they show no more than the best-hyperparameters table (the best trial and the runner-up).

@@ -1,6 +1,6 @@
 """The search plots of each experiment, drawn where the completed search trials carry information.
 
-Per experiment, the optimisation history (reports.plots) of the compared values with at
+Per experiment, the optimisation history (harness.reports.plots) of the compared values with at
 least ``MIN_TRIALS_TO_PLOT`` completed search trials; per compared value (method), Optuna's
 own plots (matplotlib backend, static SVG): parallel coordinates and slice plots from
 ``MIN_TRIALS_TO_PLOT`` trials on, the contour over the two most important parameters and
@@ -26,13 +26,13 @@ import optuna  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from optuna.visualization import matplotlib as ovm  # noqa: E402
 
-from harness.results_contract import COL_TRIAL_ID  # noqa: E402
-from reports.plots import RC, Figure, optimisation_history, rendered, slug  # noqa: E402
-from reports.search_analysis import (MIN_TRIALS_TO_FIT, MIN_TRIALS_TO_PLOT, compare_values,  # noqa: E402
+from harness.results.contract import COL_TRIAL_ID  # noqa: E402
+from harness.reports.plots import RC, Figure, optimisation_history, rendered, slug  # noqa: E402
+from harness.reports.search_analysis import (MIN_TRIALS_TO_FIT, MIN_TRIALS_TO_PLOT, compare_values,  # noqa: E402
                                      distributions, objective, search_rows, searched_params)
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
+    from harness.reports.load import ExperimentResults
 
 # Optuna sizes its figures from figure.figsize (a slice plot: half its width per
 # parameter): small enough for two or three side by side in the report.

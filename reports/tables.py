@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from harness.results_contract import (
+from harness.results.contract import (
     COL_COMPARE_VALUE,
     COL_EXPERIMENT,
     COL_METHOD,
@@ -27,11 +27,11 @@ from harness.results_contract import (
     TEST_METRICS,
     split_method,
 )
-from reports.statistics import summarize, welch
+from harness.reports.statistics import summarize, welch
 
 if TYPE_CHECKING:
-    from reports.load import ExperimentResults
-    from reports.statistics import Comparison, Summary
+    from harness.reports.load import ExperimentResults
+    from harness.reports.statistics import Comparison, Summary
 
 # Test metrics of the summary table, in the AXBN paper's order (Tables 1 and 2).
 METRICS: dict[str, str] = TEST_METRICS

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import search_spaces
+import harness.search_spaces
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.fuzz
 
 EXAMPLES = 100  # per target in `make test`
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(Path(search_spaces.__file__).parent.glob("*.yaml"))
+EXPERIMENTS = sorted(Path(harness.search_spaces.__file__).parent.glob("*.yaml"))
 
 
 def dotted_keys(d, prefix=""):

@@ -1,4 +1,5 @@
-"""Report import cycles among the project's packages (harness, reports, trainables).
+"""Report import cycles among the project's modules (harness, and reports/ and trainables/,
+which install as harness.reports and harness.trainables).
 
 An edge A -> B is an ``import B`` / ``from B import ...`` anywhere in A -- at module
 level, and by default also inside functions, because a function-local import is the usual
@@ -16,18 +17,19 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGES = ("harness", "reports", "trainables")
+# Repository folder -> the dotted package it installs as (pyproject.toml's package-dir).
+PACKAGES = {"harness": "harness", "reports": "harness.reports", "trainables": "harness.trainables"}
 
 
 def module_files(root: Path) -> dict[str, Path]:
     """Dotted module name -> file, for every .py file of the packages under ``root``."""
     modules: dict[str, Path] = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            parts = list(path.relative_to(root).with_suffix("").parts)
+    for folder, package in PACKAGES.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = list(path.relative_to(root / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
-            modules[".".join(parts)] = path
+            modules[".".join([package, *parts])] = path
     return modules
 
 

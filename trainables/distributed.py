@@ -30,12 +30,12 @@ from ray.train import ScalingConfig
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from harness.config import build_config
-from harness.results_contract import DEFAULT_METRIC
+from harness.results.contract import DEFAULT_METRIC
 from harness.sweep.failures import is_deterministic
-from harness.trial_spec import spec_of
-from harness.results_contract import FINAL_REPORT_FILE, TRIAL_META_FILE
-from trainables.trial_runner import draws_pictures, ray_train_reporter, report_failure, run_trial, tune_reporter
-from trainables.trial_setup import run_folder, trial_run_config
+from harness.results.trial_spec import spec_of
+from harness.results.contract import FINAL_REPORT_FILE, TRIAL_META_FILE
+from harness.trainables.trial_runner import draws_pictures, ray_train_reporter, report_failure, run_trial, tune_reporter
+from harness.trainables.trial_setup import run_folder, trial_run_config
 
 # Resources of the Tune trial itself, a driver that only waits on its TorchTrainer: no
 # CPU (the workers hold the real resources, so a 4-GPU node fits 4 workers with all its

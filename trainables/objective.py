@@ -35,14 +35,14 @@ from typing import Any, Callable
 
 from harness.config import RunConfig, build_config
 from harness.core.run_result import RunResult
-from harness.results_contract import (
+from harness.results.contract import (
     EPOCH_LOG,
     OBJECTIVE_SO_FAR_KEY,
     STATUS_COMPLETED,
     STATUS_DIVERGED,
     SUMMARY_FILE,
 )
-from trainables.trial_setup import read_epochs
+from harness.trainables.trial_setup import read_epochs
 
 RUNS_DIR = "runs"
 

@@ -1,6 +1,6 @@
 """Ray Tune trainable wrapping :func:`harness.core.train.run_training`.
 
-One trial = one ``run_training`` call (:func:`trainables.trial_runner.run_trial`, the
+One trial = one ``run_training`` call (:func:`harness.trainables.trial_runner.run_trial`, the
 runner both trainables share). Every epoch is reported to Tune together with the run
 directory as a Tune checkpoint (``last.pt``, ``best.pt``, ``epochs.jsonl``), so a trial
 whose worker dies restarts from its last epoch on another worker. A diverged run is
@@ -8,7 +8,7 @@ reported as such and ends normally: the sweep goes on. So does a trial whose
 configuration or data cannot work: it is reported as ``failed`` with its one-line
 reason and not retried (:mod:`harness.sweep.failures`).
 
-The trial config is ``{"spec": TrialSpec}`` (:mod:`harness.trial_spec`: the phase,
+The trial config is ``{"spec": TrialSpec}`` (:mod:`harness.results.trial_spec`: the phase,
 the compared method, the dotted config overrides, the seed); the experiment's base
 config arrives through ``tune.with_parameters``.
 """
@@ -20,11 +20,11 @@ from typing import Any, Callable
 import ray
 from ray import tune
 
-from harness.results_contract import COL_PHASE, DEFAULT_METRIC, PHASE_SEARCH
-from harness.trial_spec import spec_of
-from trainables.objective import objective_training
-from trainables.trial_runner import draws_pictures, report_failure, run_trial, tune_reporter
-from trainables.trial_setup import run_folder, trial_run_config
+from harness.results.contract import COL_PHASE, DEFAULT_METRIC, PHASE_SEARCH
+from harness.results.trial_spec import spec_of
+from harness.trainables.objective import objective_training
+from harness.trainables.trial_runner import draws_pictures, report_failure, run_trial, tune_reporter
+from harness.trainables.trial_setup import run_folder, trial_run_config
 
 
 def train_retrieval(
@@ -38,7 +38,7 @@ def train_retrieval(
 ) -> None:
     """The Tune function trainable (see the module docstring). ``objective``: the
     experiment's ``search.objective``; a search trial of several folds or seeds trains
-    them all and reports their mean (:mod:`trainables.objective`)."""
+    them all and reports their mean (:mod:`harness.trainables.objective`)."""
     spec = spec_of(config)
     try:
         run_config = trial_run_config(base, spec)

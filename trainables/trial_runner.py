@@ -1,7 +1,7 @@
 """One sweep trial's run, the same for both trainables: train, report every epoch and the end.
 
 :func:`run_trial` calls ``run_training`` (or a test double) in the trial's run folder
-and reports :class:`~harness.trial_report.TrialReport` values: one per epoch, with the
+and reports :class:`~harness.results.trial_report.TrialReport` values: one per epoch, with the
 run folder as the checkpoint every ``train.checkpoint_every`` epochs, and a final one.
 A single-worker trial reports through Tune (:data:`tune_reporter`), rank 0 of a
 data-parallel trial through Ray Train (:data:`ray_train_reporter`); nothing else differs.
@@ -22,9 +22,9 @@ import socket
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from harness.clock import utc_iso
+from harness.utils.clock import utc_iso
 from harness.core.install import library_versions
-from harness.results_contract import (
+from harness.results.contract import (
     COL_PHASE,
     FINAL_REPORT_FILE,
     OBJECTIVE_SO_FAR_KEY,
@@ -33,9 +33,9 @@ from harness.results_contract import (
     TRIAL_META_FILE,
 )
 from harness.sweep.failures import is_deterministic, one_line
-from harness.trial_report import TrialReport, TrialSummary, worst
-from harness.trial_spec import TrialSpec
-from trainables.trial_setup import read_epochs, seal_checkpoint
+from harness.results.trial_report import TrialReport, TrialSummary, worst
+from harness.results.trial_spec import TrialSpec
+from harness.trainables.trial_setup import read_epochs, seal_checkpoint
 
 
 class Reporter(Protocol):
@@ -169,7 +169,7 @@ def _save_retrievals(run_config, out_dir: Path) -> None:
     pictures (logged), never the reproduction."""
     try:
         # here, not at the top: only the best reproductions draw pictures (PIL, numpy)
-        from harness.retrieval_pictures import save_run_retrievals
+        from harness.serving.retrieval_pictures import save_run_retrievals
 
         save_run_retrievals(run_config, out_dir)
     except Exception as e:  # noqa: BLE001 - the trial's result matters more than its picture

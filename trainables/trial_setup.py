@@ -5,7 +5,7 @@ the run config; :func:`run_folder` gives the trial its local run folder, restore
 the trial's last checkpoint when it restarts, and removes it afterwards;
 :func:`seal_checkpoint` lists a checkpoint's files before Tune copies it, so that
 :func:`is_complete_checkpoint` can tell a whole copy from one cut short by a kill. Used
-by :mod:`trainables.retrieval` (one worker) and :mod:`trainables.distributed` (every
+by :mod:`harness.trainables.retrieval` (one worker) and :mod:`harness.trainables.distributed` (every
 rank).
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness.config import RunConfig, build_config
-from harness.results_contract import EPOCH_LOG
-from harness.trial_spec import TrialSpec, run_overrides
+from harness.results.contract import EPOCH_LOG
+from harness.results.trial_spec import TrialSpec, run_overrides
 
 # A checkpoint's own list of its files and their sizes (written last into the folder
 # that Tune then copies): a copy is whole when every listed file is there at its size.

@@ -1,4 +1,4 @@
-"""``harness doctor [--require-gpu] [--no-ray]``: the node self-check (``harness/doctor.py``).
+"""``harness doctor [--require-gpu] [--no-ray]``: the node self-check (``harness/doctor/__init__.py``).
 
 Prints one verdict table; exit code 0 when every check passes, 1 when any fails.
 ``cluster.yaml`` runs ``harness doctor --require-gpu`` in the GPU workers' setup, so a

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from harness.cli.application import app
 from harness.errors import ConfigError
-from harness.paths import readable_file, readable_folder, writable_file
+from harness.utils.paths import readable_file, readable_folder, writable_file
 
 
 @app.command("eval")
@@ -85,7 +85,7 @@ def eval_command(
         path = save(embedded, save_embeddings, split=split)
         Console().print(f"embeddings written to {path}", highlight=False, soft_wrap=True)
     if show > 0:
-        from harness.retrieval_pictures import draw_pictures, nearest_neighbours, write_show
+        from harness.serving.retrieval_pictures import draw_pictures, nearest_neighbours, write_show
 
         q, ql = embedded["query"]
         g, gl = embedded["gallery"] if embedded["gallery"] is not None else (None, None)

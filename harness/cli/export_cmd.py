@@ -25,7 +25,7 @@ def export(
     The exported model maps float32 images [N, 3, S, S] (resized, centre-cropped, normalised
     as recorded in <artefact>.json) to L2-normalised embeddings [N, d].
     """
-    from harness.export import export_checkpoint
+    from harness.serving.export import export_checkpoint
 
     meta = export_checkpoint(checkpoint, onnx_path=onnx, program_path=torch_export, tolerance=tolerance)
     console = Console()

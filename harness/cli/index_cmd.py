@@ -31,7 +31,7 @@ def build(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Embed the gallery with CHECKPOINT; write index.faiss, items.parquet, model.pt, meta.json."""
-    from harness.index import IndexParams, build_index
+    from harness.serving.index import IndexParams, build_index
 
     # Unset options keep IndexParams' defaults (one home for them).
     hnsw = {k: v for k, v in {"hnsw_m": hnsw_m, "ef_search": ef_search}.items() if v is not None}
@@ -63,7 +63,7 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line (query, rank, score, label, path)."),
 ) -> None:
     """Print the top-k gallery images (rank, cosine score, label, path) of each query image."""
-    from harness.index import query_index
+    from harness.serving.index import query_index
 
     console = Console()
     for image, rows in zip(images, query_index(index_dir, images, k=k, device=device)):

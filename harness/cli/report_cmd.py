@@ -23,7 +23,7 @@ def report(
     format: str = typer.Option("md,html", "--format", help="Comma-separated formats: md, html."),
 ) -> None:
     """Render the comparison report; print the path of each written file."""
-    from reports import render_report  # matplotlib/optuna load only when a report is asked for
+    from harness.reports import render_report  # matplotlib/optuna load only when a report is asked for
 
     written = render_report(experiment_dirs, out or default_out_dir(experiment_dirs), formats=format)
     for path in written.values():

@@ -75,8 +75,8 @@ def sweep(
 def fail_on_missing_values(plan) -> None:
     """No compared value leaves the comparison quietly: a line per value without a
     completed reproduction (its first failure's reason), then exit 1."""
-    from harness.best_trial import values_without_reproduction
-    from harness.results_contract import TRIALS_FILE
+    from harness.results.selection import values_without_reproduction
+    from harness.results.contract import TRIALS_FILE
 
     exp = plan.experiment
     missing = values_without_reproduction(plan.store.trials(), exp.compare_labels, exp.search.metric)

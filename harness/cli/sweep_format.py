@@ -11,7 +11,7 @@ import math
 
 from rich.table import Table
 
-from harness.results_contract import COL_COMPARE_VALUE, COL_PHASE, PHASE_REPRODUCTION
+from harness.results.contract import COL_COMPARE_VALUE, COL_PHASE, PHASE_REPRODUCTION
 from harness.sweep.experiment import Experiment, builtin_names, load_experiment
 from harness.sweep.results import ResultsStore
 

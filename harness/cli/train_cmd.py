@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.cli.application import app
-from harness.clock import utc_stamp
+from harness.utils.clock import utc_stamp
 from harness.config import load_config
-from harness.paths import writable_folder
-from harness.results_contract import STATUS_COMPLETED, STATUS_FAILED
+from harness.utils.paths import writable_folder
+from harness.results.contract import STATUS_COMPLETED, STATUS_FAILED
 
 # Metrics shown in the per-epoch line, in this order, when present.
 EPOCH_LINE_KEYS = (

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.atomic import atomic_write
+from harness.utils.atomic import atomic_write
 from harness.config import RunConfig, build_config
 from harness.errors import HarnessError
 

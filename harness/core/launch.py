@@ -35,7 +35,7 @@ from harness.core.device import pick_device
 from harness.core.distributed import PeerFailedError
 from harness.core.train import EpochCallback, RunResult, StepCallback, run_training
 from harness.errors import ConfigError, HarnessError
-from harness.results_contract import last_checkpoint
+from harness.results.contract import last_checkpoint
 
 # After the first failure, how long the other ranks get to end by themselves (and to
 # report their own error) before they are terminated.

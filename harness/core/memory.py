@@ -43,7 +43,7 @@ from harness.core.shared_similarity import (
     with_distance,
 )
 from harness.errors import ConfigError
-from harness.results_contract import ADAPTIVE_MEMORY_KINDS, MEMORY_KINDS, MemoryKind
+from harness.results.contract import ADAPTIVE_MEMORY_KINDS, MEMORY_KINDS, MemoryKind
 
 
 class CrossBatchMemory(nn.Module):

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.results_contract import TrialStatus
+from harness.results.contract import TrialStatus
 
 
 @dataclass

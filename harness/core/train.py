@@ -39,7 +39,7 @@ from typing import Callable
 
 import yaml
 
-from harness.atomic import atomic_write_json
+from harness.utils.atomic import atomic_write_json
 from harness.config import RunConfig
 from harness.core.checkpoint import config_from_checkpoint, load_checkpoint
 from harness.core.device import describe_device
@@ -48,7 +48,7 @@ from harness.core.finite import NonFiniteError, nonfinite_tensors
 from harness.core.run_result import RunResult
 from harness.core.trainer import StepCallback, Trainer, prefixed
 from harness.errors import ConfigError
-from harness.results_contract import (
+from harness.results.contract import (
     CONFIG_FILE,
     EPOCH_LOG,
     STATUS_COMPLETED,

@@ -36,7 +36,7 @@ from harness.data.device_augment import DeviceAugment, resolve_augment_on
 from harness.data.registry import create_datasets
 from harness.data.sampler import ClassBalancedBatchSampler
 from harness.errors import ConfigError
-from harness.results_contract import best_checkpoint, last_checkpoint
+from harness.results.contract import best_checkpoint, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ class Trainer:
         else:
             sources = None if sources is None else self.gather_sources(sources)
             plain = self.memory(out.embeddings, labels, sources)
-        parts = {f"loss.{k}" if not k.startswith("loss") else k: v
-                 for k, v in getattr(self.memory, "last_parts", {}).items()}
+        parts = dict(self.memory.last_parts)  # loss.batch, loss.memory
         total = plain
         if self.xml_loss is not None and not warmup:
             xml = self.xml_loss(out, labels, self.model.prototypes, self.model.embed_pooled, halves)

@@ -44,7 +44,7 @@ from harness.data.fonts import GLYPH_SCALE, load_font, render_glyph
 from harness.data.datasets import ArrayImageDataset, DatasetParts, RetrievalSplit, register_dataset
 from harness.data.annotations import read_text, short
 from harness.errors import DataError
-from harness.paths import cache_dir
+from harness.utils.paths import cache_dir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -11,7 +11,7 @@ read that file instead of decoding the photo.
   ``~/.cache/metric-harness``), one file per image, named by a hash of the image file's
   absolute path, size and modification time, its box and the short side: an edited or
   replaced photo gets a new entry, and trials with the same image size share entries.
-* Written atomically (:mod:`harness.atomic`), so parallel trials and loader workers may
+* Written atomically (:mod:`harness.utils.atomic`), so parallel trials and loader workers may
   fill the same cache; the last writer wins with identical bytes.
 * A corrupt entry (truncated, not an array, wrong shape) is rebuilt from the photo.
 * Size: about ``3 × 256 × 341`` bytes (0.26 MB) per 4:3 image at 224 px, several times
@@ -36,9 +36,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from harness.atomic import atomic_write_bytes
+from harness.utils.atomic import atomic_write_bytes
 from harness.errors import DataError
-from harness.paths import cache_dir
+from harness.utils.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

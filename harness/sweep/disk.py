@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from harness.errors import HarnessError
-from harness.results_contract import FINAL_REPORT_FILE, PHASE_REPRODUCTION, PHASE_SEARCH
+from harness.results.contract import FINAL_REPORT_FILE, PHASE_REPRODUCTION, PHASE_SEARCH
 from harness.sweep.failures import disk_full
 from harness.sweep.results import is_uri
 

@@ -29,7 +29,7 @@ from pydantic import Field, ValidationError
 from harness.config import RunConfig, build_config, load_yaml, parse_overrides, set_dotted
 from harness.core.pairs import positive_pair_problem
 from harness.errors import ConfigError, config_error, printable
-from harness.results_contract import METHOD_CONFIG_KEYS, method_name, method_overrides
+from harness.results.contract import METHOD_CONFIG_KEYS, method_name, method_overrides
 from harness.sweep.search_spec import METHOD_KEY, ReferenceSpec, SearchSpec, StrictModel
 from harness.sweep.space import corner_overrides, grid_for
 from harness.tracking.config import TrackingSpec
@@ -127,7 +127,7 @@ def method_of(cfg: RunConfig) -> str:
 
 
 def builtin_dir() -> Path:
-    return Path(str(resources.files("search_spaces")))
+    return Path(str(resources.files("harness.search_spaces")))
 
 
 def builtin_names() -> list[str]:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.clock import utc_iso
+from harness.utils.clock import utc_iso
 from harness.errors import HarnessError
 
 LOCK = "sweep.lock"

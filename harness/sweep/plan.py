@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ConfigError, ResultsError
-from harness.paths import can_write, existing_ancestor
-from harness.results_contract import STATE_FILE, TRIALS_FILE
+from harness.utils.paths import can_write, existing_ancestor
+from harness.results.contract import STATE_FILE, TRIALS_FILE
 from harness.sweep.cluster import check_address
 from harness.sweep.experiment import Experiment, load_experiment
 from harness.sweep.preflight import check_data_readable

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from harness.results_contract import OBJECTIVE_KEY, STATUS_FAILED
-from harness.trial_spec import NO_COMPARE_LABEL, compare_label
+from harness.results.contract import OBJECTIVE_KEY, STATUS_FAILED
+from harness.results.trial_spec import NO_COMPARE_LABEL, compare_label
 
 
 class SweepProgress(Callback):

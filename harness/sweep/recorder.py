@@ -17,8 +17,8 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY  # how TuneReportCallback names it
 
-from harness.clock import utc_iso
-from harness.results_contract import (
+from harness.utils.clock import utc_iso
+from harness.results.contract import (
     COL_COMPARE_KEY,
     COL_COMPARE_VALUE,
     COL_EPOCH,
@@ -44,8 +44,8 @@ from harness.results_contract import (
 from harness.sweep.experiment import Experiment, method_of
 from harness.sweep.failures import reason_from_traceback
 from harness.sweep.results import ResultsStore
-from harness.trial_report import FINAL_KEY, TrialReport
-from harness.trial_spec import TrialSpec, run_overrides, spec_of
+from harness.results.trial_report import FINAL_KEY, TrialReport
+from harness.results.trial_spec import TrialSpec, run_overrides, spec_of
 
 
 def git_commit() -> str | None:
@@ -75,7 +75,7 @@ def trial_rows(exp: Experiment, spec: TrialSpec, trial_id: str,
     cfg = exp.run_config(run_overrides(spec))
     method = method_of(cfg)
     # the run's epoch log (the summary); only a trial that ended without one keeps the
-    # epoch reports the driver saw (harness/trial_report.py)
+    # epoch reports the driver saw (harness/results/trial_report.py)
     epochs = summary.epochs if summary else buffered_epochs
     if summary:
         status = summary.status

@@ -16,11 +16,11 @@ from typing import Any, Callable
 from ray import tune
 from ray.tune.experiment import Trial
 
-from harness.clock import utc_stamp
+from harness.utils.clock import utc_stamp
 from harness.errors import ResultsError
 from harness.sweep.recorder import trial_error_reason
 from harness.sweep.results import EPOCHS, TRIALS, ResultsStore
-from harness.trial_spec import spec_of
+from harness.results.trial_spec import spec_of
 
 
 def damaged_tables(store: ResultsStore) -> dict[str, str]:

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness.best_trial import best_trials, completed_search_trials
-from harness.results_contract import (
+from harness.results.selection import best_trials, completed_search_trials
+from harness.results.contract import (
     COL_COMPARE_VALUE,
     COL_TRIAL_ID,
     PHASE_REPRODUCTION,
 )
-from harness.trial_spec import TrialSpec, reproduction_spec
+from harness.results.trial_spec import TrialSpec, reproduction_spec
 
 if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 def best_search_trials(exp: Experiment, trials: pd.DataFrame) -> dict[str | None, dict[str, Any]]:
     """The best completed search trial of every compared value, by the experiment's
     metric and mode (its trials-table row as a dict; a value with none is left out).
-    The selection is :func:`harness.best_trial.best_trials`, the report's too."""
+    The selection is :func:`harness.results.selection.best_trials`, the report's too."""
     by = None if exp.compare_labels == [None] else COL_COMPARE_VALUE
     best = best_trials(trials, exp.search.metric, exp.search.mode, by=by)
     out: dict[str | None, dict[str, Any]] = {}

@@ -24,10 +24,10 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from harness.atomic import atomic_write_bytes
+from harness.utils.atomic import atomic_write_bytes
 from harness.errors import ResultsError
 
-from harness.results_contract import (  # noqa: F401  (re-exported for the sweep modules)
+from harness.results.contract import (  # noqa: F401  (re-exported for the sweep modules)
     EPOCH_KEY,
     EPOCHS_FILE as EPOCHS,
     SCHEMA_VERSION,

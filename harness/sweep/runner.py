@@ -30,9 +30,9 @@ import pyarrow.fs
 import ray
 from ray import tune
 
-from harness.clock import utc_iso
+from harness.utils.clock import utc_iso
 from harness.errors import ResultsError, SweepFailedError, SweepInterrupted
-from harness.results_contract import (
+from harness.results.contract import (
     COL_ERROR,
     COL_PHASE,
     COL_STATUS,
@@ -60,7 +60,7 @@ from harness.sweep.searcher import create_compare_searcher
 from harness.sweep.space import space_description
 from harness.sweep.state import SweepState
 from harness.sweep.tuner import create_callbacks, create_trainable, fit_phase, phase_tune_config
-from harness.trial_spec import SPEC_KEY
+from harness.results.trial_spec import SPEC_KEY
 
 __all__ = ["SweepOutcome", "prepare_sweep", "run_sweep", "run_search", "run_reproductions"]
 
@@ -248,11 +248,9 @@ def render_experiment_report(root: str) -> str | None:
     out_dir = join(root, "report")
     # here, not at the top: the report stack (scipy, matplotlib, sklearn) takes ~3 s to
     # import, which every `harness sweep` call, failing ones included, would pay first
-    from reports import render_report
+    from harness.reports import render_report
 
     rendered = render_report(experiment_dirs=[root], out_dir=out_dir, formats=("md", "html"))
-    if isinstance(rendered, dict):
-        return ", ".join(str(p) for p in rendered.values())
-    return str(rendered) if rendered is not None else out_dir
+    return ", ".join(str(p) for p in rendered.values())
 
 

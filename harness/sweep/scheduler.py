@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from harness.results_contract import OBJECTIVE_KEY
+from harness.results.contract import OBJECTIVE_KEY
 from harness.sweep.internals import fs_and_path
-from harness.trial_spec import compare_label
+from harness.results.trial_spec import compare_label
 
 if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.config import MemoryKind
-from harness.results_contract import COL_METHOD, DEFAULT_METRIC, TEST_METRICS, XML_SUFFIX
+from harness.results.contract import COL_METHOD, DEFAULT_METRIC, TEST_METRICS, XML_SUFFIX
 
 METHOD_KEY = COL_METHOD  # `compare: {key: method}` compares the results' method column
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from harness.results_contract import OBJECTIVE_KEY
+from harness.results.contract import OBJECTIVE_KEY
 from harness.sweep.optuna_storage import create_searcher
 from harness.sweep.space import create_sampler, define_by_run
-from harness.trial_spec import NO_COMPARE_LABEL, SPEC_KEY, search_spec
+from harness.results.trial_spec import NO_COMPARE_LABEL, SPEC_KEY, search_spec
 
 if TYPE_CHECKING:
     from harness.sweep.experiment import Experiment

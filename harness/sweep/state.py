@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import ResultsError
-from harness.results_contract import STATE_FILE
+from harness.results.contract import STATE_FILE
 from harness.sweep.experiment import Experiment
 from harness.sweep.results import ResultsStore
 

@@ -17,9 +17,9 @@ import ray.cloudpickle
 from ray import tune
 from ray.tune.result import TRAINING_ITERATION
 
-from harness.atomic import atomic_write_bytes
+from harness.utils.atomic import atomic_write_bytes
 
-from harness.results_contract import PHASE_SEARCH
+from harness.results.contract import PHASE_SEARCH
 from harness.sweep.disk import DiskFullWatch
 from harness.sweep.experiment import Experiment
 from harness.sweep.internals import (
@@ -38,10 +38,10 @@ from harness.sweep.results import is_uri, join
 from harness.sweep.scheduler import SweepScheduler
 from harness.sweep.searcher import CompareSearcher
 from harness.tracking import create_tracking_callbacks, with_tune_tensorboard
-from harness.trial_spec import spec_of
-from trainables.distributed import DRIVER_RESOURCES, train_retrieval_distributed
-from trainables.retrieval import train_retrieval
-from trainables.trial_setup import is_complete_checkpoint
+from harness.results.trial_spec import spec_of
+from harness.trainables.distributed import DRIVER_RESOURCES, train_retrieval_distributed
+from harness.trainables.retrieval import train_retrieval
+from harness.trainables.trial_setup import is_complete_checkpoint
 
 if TYPE_CHECKING:
     from harness.sweep.plan import SweepPlan

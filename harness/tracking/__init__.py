@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.results_contract import PHASE_TRAIN
+from harness.results.contract import PHASE_TRAIN
 from harness.tracking.config import (
     TRACKERS,
     TrackingSpec,

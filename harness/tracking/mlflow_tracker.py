@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from harness.results_contract import STATUS_COMPLETED
+from harness.results.contract import STATUS_COMPLETED
 from harness.tracking.config import MlflowSpec
 from harness.tracking.runs import TrackedRun, clean_metrics, result_metrics, sweep_trial_run
 

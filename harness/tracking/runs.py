@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.results_contract import TUNE_RESULT_KEYS
-from harness.trial_report import REPORT_KEYS, TrialReport
-from harness.trial_spec import run_overrides, spec_of
+from harness.results.contract import TUNE_RESULT_KEYS
+from harness.results.trial_report import REPORT_KEYS, TrialReport
+from harness.results.trial_spec import run_overrides, spec_of
 
 # Tune's bookkeeping and the trainable's non-metric report keys (the epoch is the step).
 NOT_METRICS = TUNE_RESULT_KEYS | REPORT_KEYS
@@ -40,7 +40,7 @@ def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def result_metrics(result: dict[str, Any]) -> tuple[int, dict[str, float]]:
-    """(step, metrics) of one Tune result of trainables.retrieval: an epoch's metrics,
+    """(step, metrics) of one Tune result of harness.trainables.retrieval: an epoch's metrics,
     or for the final report the test metrics of the best checkpoint (at the last epoch)."""
     report = TrialReport.decode(result)
     step = report.epoch or int(result.get("training_iteration") or 0)

@@ -16,7 +16,7 @@ from typing import Any
 from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.wandb import WandbLoggerCallback
 
-from harness.results_contract import STATUS_COMPLETED
+from harness.results.contract import STATUS_COMPLETED
 from harness.tracking.config import WandbSpec
 from harness.tracking.runs import TrackedRun, clean_metrics, result_metrics, sweep_trial_run
 

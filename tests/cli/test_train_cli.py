@@ -64,7 +64,7 @@ def test_train_prints_epochs_and_a_json_summary(tmp_path, harness_cli):
 def test_default_out_dir_is_unique(tmp_path):
     first = default_out_dir(Path("configs/digits.yaml"), root=tmp_path)
     assert first.parent == tmp_path and first.name.startswith("digits-")
-    # UTC, as every other timestamp the harness writes (harness.clock)
+    # UTC, as every other timestamp the harness writes (harness.utils.clock)
     assert re.fullmatch(r"digits-\d{8}T\d{6}Z", first.name)
     first.mkdir()
     second = default_out_dir(Path("configs/digits.yaml"), root=tmp_path)

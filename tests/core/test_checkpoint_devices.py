@@ -17,7 +17,7 @@ from harness.config import build_config
 from harness.core.checkpoint import load_checkpoint, save_checkpoint, set_rng_states, rng_states
 from harness.core.train import run_training
 from harness.core.trainer import Trainer, load_scaler_state
-from harness.doctor_fixtures import misplaced_state, tensors_in, tiny_config
+from harness.doctor.fixtures import misplaced_state, tensors_in, tiny_config
 
 @contextmanager
 def saved_as_if_on(location: str):

@@ -12,7 +12,7 @@ import torch
 from fixtures.host_reads import host_reads
 from harness.config import build_config
 from harness.core.trainer import Trainer
-from harness.doctor_fixtures import tiny_config
+from harness.doctor.fixtures import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from harness.core.staleness import memory_error
 from harness.core.train import run_training
 from harness.core.trainer import Trainer
 from harness.errors import ConfigError
-from harness.results_contract import MEMORY_KINDS
+from harness.results.contract import MEMORY_KINDS
 from fixtures.configs import tiny_config
 from pytorch_metric_learning.losses import SupConLoss
 

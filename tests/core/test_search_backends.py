@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.core import metrics as M
-from harness.doctor_fixtures import tie_heavy_embeddings
+from harness.doctor.fixtures import tie_heavy_embeddings
 
 ROOT = Path(__file__).resolve().parents[2]
 

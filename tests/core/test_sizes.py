@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import search_spaces
+import harness.search_spaces
 import torch
 import yaml
 from pytorch_metric_learning.losses import ContrastiveLoss
@@ -65,7 +65,7 @@ def test_memory_estimate_counts_at_least_the_buffers_the_memory_allocates(kind):
 
 def test_every_shipped_experiment_fits_a_16_gb_machine():
     # The check must never refuse what the project ships (SOP at 224 px, batch 64-256, ...).
-    names = sorted(p.stem for p in Path(search_spaces.__file__).parent.glob("*.yaml"))
+    names = sorted(p.stem for p in Path(harness.search_spaces.__file__).parent.glob("*.yaml"))
     assert len(names) >= 10
     for name in names:
         exp = load_experiment(name)

@@ -12,7 +12,7 @@ from harness.config import DataConfig, build_config
 from harness.data import create_datasets
 from harness.data.device_augment import DeviceAugment, loader_transform, resolve_augment_on
 from harness.errors import ConfigError
-from harness.throughput import MEAN, STD, make_sop_folder
+from harness.doctor.throughput import MEAN, STD, make_sop_folder
 
 
 @pytest.mark.parametrize("setting, device, resolved", [

@@ -15,7 +15,7 @@ from harness.data import create_datasets
 from harness.data.datasets import ImageFileDataset
 from harness.data.image_cache import ImageCache, cache_short_side
 from harness.errors import ConfigError, DataError
-from harness.throughput import MEAN, STD, make_sop_folder
+from harness.doctor.throughput import MEAN, STD, make_sop_folder
 
 IMAGE_SIZE = 32  # SOP's crop_pct 0.875: cached short side floor(32 / 0.875) = 36
 

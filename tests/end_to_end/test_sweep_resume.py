@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from fixtures.processes import session_pids
-from trainables.trial_setup import is_complete_checkpoint
+from harness.trainables.trial_setup import is_complete_checkpoint
 
 pytestmark = [pytest.mark.slow]
 

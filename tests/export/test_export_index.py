@@ -16,8 +16,8 @@ from harness.config import build_config
 from harness.core.checkpoint import load_model
 from harness.data import read_dataset
 from harness.data.transforms import eval_transform
-from harness.index import IndexParams, create_index, recall_against_exact
-from harness.retrieval_pictures import Neighbours, nearest_neighbours, pick_queries
+from harness.serving.index import IndexParams, create_index, recall_against_exact
+from harness.serving.retrieval_pictures import Neighbours, nearest_neighbours, pick_queries
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_eval_show_writes_the_picture(trained, harness_cli):
 def fuzz_index(trained, tmp_path_factory):
     root, data, ckpt = trained
     out_dir = tmp_path_factory.mktemp("fuzz") / "index"
-    from harness.index import IndexParams, build_index
+    from harness.serving.index import IndexParams, build_index
 
     build_index(ckpt, out_dir, "folder", str(data), "test", IndexParams("exact"))
     return out_dir, sorted(data.glob("*/*.png"))[0].read_bytes()

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from reports.colours import method_colours
-from reports.drift_study import display_rows, drift_study, drift_study_figure, welch_gain
+from harness.reports.colours import method_colours
+from harness.reports.drift_study import display_rows, drift_study, drift_study_figure, welch_gain
 
 MAPR = {("none", 1e-4): [0.50, 0.52, 0.54], ("xbn", 1e-4): [0.56, 0.57, 0.58],
         ("none", 1e-3): [0.60, 0.61, 0.62], ("xbn", 1e-3): [0.55, 0.56, 0.57]}  # fmt: skip

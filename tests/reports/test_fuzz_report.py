@@ -21,7 +21,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from harness.errors import ResultsError
-from reports import render_report
+from harness.reports import render_report
 
 from fixtures.fuzzing import NASTY_TOKENS, file_contents, fuzz_settings, one_line_or_success, scalars
 from fixtures.report_tables import write_experiment

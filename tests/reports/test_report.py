@@ -15,13 +15,13 @@ import pytest
 
 from fixtures.report_tables import write_experiment
 from harness.errors import ResultsError
-from reports import render_report
-from reports import plots
-from reports.load import load_experiment
-from reports.completeness import progress
-from reports.search_analysis import best_trials, param_importance
-from reports.statistics import summarize, welch
-from reports.tables import best_reproductions, reproductions
+from harness.reports import render_report
+from harness.reports import plots
+from harness.reports.load import load_experiment
+from harness.reports.completeness import progress
+from harness.reports.search_analysis import best_trials, param_importance
+from harness.reports.statistics import summarize, welch
+from harness.reports.tables import best_reproductions, reproductions
 
 
 def table_row(md: str, label: str) -> list[str]:
@@ -331,13 +331,13 @@ def test_shipped_paper_experiments_carry_table_references():
 
 
 def test_report_files_are_written_atomically_with_the_usual_permissions(tmp_path):
-    """harness.atomic's temp file + fsync + rename, not a second copy of it: no temp file
+    """harness.utils.atomic's temp file + fsync + rename, not a second copy of it: no temp file
     left behind, and the files readable like any file the user writes (not mkstemp's 0600)."""
     import os
     import stat
 
     from fixtures.report_tables import write_experiment
-    from reports.render import render_report
+    from harness.reports.render import render_report
 
     exp = write_experiment(tmp_path / "results")
     written = render_report([exp], tmp_path / "out", formats=("md", "html"))

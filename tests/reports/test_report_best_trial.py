@@ -1,4 +1,4 @@
-"""The report shows the best search trial the sweep reproduces: harness.best_trial's choice,
+"""The report shows the best search trial the sweep reproduces: harness.results.selection's choice,
 ties included (earliest start, not the table's row order)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 
 import pandas as pd
 
-from harness.best_trial import best_trials as select_best_trials
-from reports.load import load_experiment
-from reports.search_analysis import best_trials
+from harness.results.selection import best_trials as select_best_trials
+from harness.reports.load import load_experiment
+from harness.reports.search_analysis import best_trials
 
 
 def _row(trial_id: str, value: float | None, started: str, status: str = "completed") -> dict:
@@ -38,7 +38,7 @@ def test_report_best_trial_is_the_shared_selection_on_ties(tmp_path):
 def test_report_shows_the_objectives_spread_and_says_when_the_search_could_not_separate(tmp_path):
     """search.objective folds x seeds: the chosen setting's mean ± std over its runs, and a
     line for each compared value whose best two settings lie within that std."""
-    from reports.render import render_report
+    from harness.reports.render import render_report
 
     exp_dir = tmp_path / "folds"
     exp_dir.mkdir()

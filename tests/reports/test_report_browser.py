@@ -15,7 +15,7 @@ from PIL import Image
 
 from fixtures.report_browser import HeadlessChromium, find_chromium
 from fixtures.report_tables import write_experiment
-from reports import render_report
+from harness.reports import render_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

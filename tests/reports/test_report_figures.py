@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from fixtures.report_tables import write_experiment
-from reports import render_report
-from reports.colours import METHOD_COLOURS, method_colours
+from harness.reports import render_report
+from harness.reports.colours import METHOD_COLOURS, method_colours
 
 KINDS = ("parallel", "slice", "contour", "importance")
 # Compared on memory.kind (values axbn, xbm; XML on for xbm), in the order the sweep lists

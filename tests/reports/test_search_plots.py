@@ -8,10 +8,10 @@ import json
 import pandas as pd
 
 from fixtures.report_tables import write_experiment
-from reports import render_report
-from reports.load import load_experiment
-from reports.search_analysis import param_importance
-from reports.search_plots import method_search_plots, search_study
+from harness.reports import render_report
+from harness.reports.load import load_experiment
+from harness.reports.search_analysis import param_importance
+from harness.reports.search_plots import method_search_plots, search_study
 
 
 def kinds(exp, value) -> list[str]:

@@ -17,7 +17,7 @@ import sys
 import pandas as pd
 import pytest
 
-from harness.results_contract import (
+from harness.results.contract import (
     COL_COMPARE_VALUE,
     COL_PHASE,
     COL_STATUS,

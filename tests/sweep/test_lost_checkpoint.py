@@ -13,7 +13,7 @@ import pytest
 from ray import tune
 
 from harness.sweep.tuner import repoint_lost_checkpoints
-from trainables.trial_setup import CHECKPOINT_MANIFEST, is_complete_checkpoint, seal_checkpoint
+from harness.trainables.trial_setup import CHECKPOINT_MANIFEST, is_complete_checkpoint, seal_checkpoint
 
 EPOCHS = 4
 

@@ -1,6 +1,6 @@
 """No silent loss of a method: a compared value that ends the sweep without a completed
 reproduction is named, with its first failure's reason, by `harness sweep` (exit 1) and at
-the top of the report (harness/best_trial.py: values_without_reproduction)."""
+the top of the report (harness/results/selection.py: values_without_reproduction)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fixtures.configs import tiny_config
-from harness.best_trial import MissingValue, values_without_reproduction
+from harness.results.selection import MissingValue, values_without_reproduction
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]

@@ -23,10 +23,10 @@ from harness.core.run_result import RunResult
 from harness.core.train import run_training
 from harness.data.registry import create_datasets
 from harness.errors import ConfigError
-from harness.results_contract import COL_OBJECTIVE_MEAN, COL_OBJECTIVE_RUNS, COL_OBJECTIVE_STD
+from harness.results.contract import COL_OBJECTIVE_MEAN, COL_OBJECTIVE_RUNS, COL_OBJECTIVE_STD
 from harness.sweep.experiment import load_experiment
 from harness.sweep.search_spec import ObjectiveSpec
-from trainables.objective import LockstepObjective, objective_training
+from harness.trainables.objective import LockstepObjective, objective_training
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

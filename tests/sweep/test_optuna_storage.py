@@ -21,7 +21,7 @@ from harness.sweep.experiment import Experiment
 from harness.sweep.optuna_storage import create_searcher, open_storage, study_name
 from harness.sweep.searcher import CompareSearcher
 from harness.sweep.space import create_sampler, define_by_run
-from harness.results_contract import OBJECTIVE_KEY as OBJECTIVE
+from harness.results.contract import OBJECTIVE_KEY as OBJECTIVE
 
 EXP = Experiment.model_validate({
     "name": "stored", "base": {"data": {"name": "digits"}, "model": {"backbone": "tiny_cnn_small"}},

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from harness.errors import ResultsError
-from harness.results_contract import STATE_FILE
+from harness.results.contract import STATE_FILE
 from harness.sweep.experiment import Experiment
 from harness.sweep.plan import prepare_sweep
 from harness.sweep.results import ResultsStore

@@ -13,7 +13,7 @@ import pytest
 from harness.sweep.experiment import Experiment
 from harness.sweep.recorder import ResultsRecorder, keep_retrievals, trial_rows
 from harness.sweep.results import ResultsStore
-from harness.trial_report import TrialReport, TrialSummary
+from harness.results.trial_report import TrialReport, TrialSummary
 
 EXP = Experiment.model_validate({
     "name": "rec", "base": {"data": {"name": "digits"}, "model": {"backbone": "tiny_cnn_small"}},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.config import build_config
 from harness.core.run_result import RunResult
-from trainables.trial_runner import run_trial
+from harness.trainables.trial_runner import run_trial
 
 
 def _train_fn(epochs: int):

@@ -7,9 +7,9 @@ import pytest
 from ray import tune
 
 from fixtures.configs import tiny_config
-from harness.results_contract import OBJECTIVE_KEY
-from trainables.distributed import train_retrieval_distributed
-from trainables.retrieval import train_retrieval
+from harness.results.contract import OBJECTIVE_KEY
+from harness.trainables.distributed import train_retrieval_distributed
+from harness.trainables.retrieval import train_retrieval
 
 BAD_SPEC = {"spec": {"phase": "search", "seed": 0, "overrides": {"train.nope": 1}}}
 

@@ -10,8 +10,8 @@ import ray.train.torch
 from ray import tune
 
 from fixtures.configs import tiny_config
-from trainables import distributed
-from trainables.distributed import train_retrieval_distributed
+from harness.trainables import distributed
+from harness.trainables.distributed import train_retrieval_distributed
 
 
 class FakeTrainer:

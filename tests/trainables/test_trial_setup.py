@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from trainables.trial_setup import run_folder, trial_run_config
+from harness.trainables.trial_setup import run_folder, trial_run_config
 
 
 class FolderCheckpoint:

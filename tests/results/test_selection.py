@@ -1,4 +1,4 @@
-"""harness.best_trial: the one best-trial selection the sweep and the report share."""
+"""harness.results.selection: the one best-trial selection the sweep and the report share."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from harness.best_trial import best_trials
+from harness.results.selection import best_trials
 
 
 def _row(trial_id, value, compare_value="a", *, phase="search", status="completed", started_at=None):

@@ -1,14 +1,14 @@
-"""The trial report's one encoder and one decoder (harness/trial_report.py): what a
+"""The trial report's one encoder and one decoder (harness/results/trial_report.py): what a
 trainable reports is what the recorder and the trackers read back."""
 
 from __future__ import annotations
 
 import math
 
-from harness.results_contract import OBJECTIVE_KEY
+from harness.results.contract import OBJECTIVE_KEY
 from harness.sweep.recorder import epoch_of_result
 from harness.tracking.runs import result_metrics
-from harness.trial_report import TrialReport, TrialSummary
+from harness.results.trial_report import TrialReport, TrialSummary
 
 SUMMARY = TrialSummary(
     status="completed", epochs_run=3, best_epoch=2, best_val={"val.recall@1": 0.5},

@@ -4,7 +4,7 @@ The sweep's searcher (search phase) and :mod:`harness.sweep.reproduce` (reproduc
 phase) build specs; the trainables, the recorder, recovery and tracking read them. Ray
 pickles Tune's trial configs into the experiment state, so a sweep restored with
 ``--resume`` hands trials specs written by an earlier run: the keys below are part of
-the results contract and change only with it. Like :mod:`harness.results_contract`,
+the results contract and change only with it. Like :mod:`harness.results.contract`,
 this module imports nothing from the harness but that.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, TypedDict
 
-from harness.results_contract import PHASE_REPRODUCTION, PHASE_SEARCH
+from harness.results.contract import PHASE_REPRODUCTION, PHASE_SEARCH
 
 SPEC_KEY = "spec"  # the trial config is {SPEC_KEY: TrialSpec}
 

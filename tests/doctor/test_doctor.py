@@ -1,4 +1,4 @@
-"""harness/doctor.py and doctor_checks.py: the whole self-check on this CPU machine, the
+"""harness/doctor (its __init__ and checks.py): the whole self-check on this CPU machine, the
 exit code, ``--require-gpu``, the driver/CUDA decision, the loader-vs-GPU verdict and the
 2-rank collectives."""
 
@@ -66,7 +66,7 @@ def test_doctor_require_gpu_fails_without_a_usable_gpu(monkeypatch):
     (None, "470.256.02", 11040, True),     # a CPU-only torch needs no driver
 ])
 def test_driver_cuda_decision(build, driver, cuda, ok):
-    from harness.doctor_checks import driver_mismatch
+    from harness.doctor.checks import driver_mismatch
 
     problem = driver_mismatch("2.14.1", build, driver, cuda)
     assert (problem is None) == ok
@@ -78,7 +78,7 @@ def test_driver_cuda_decision(build, driver, cuda, ok):
 
 
 def test_driver_check_names_both_versions_on_a_too_old_driver(monkeypatch):
-    import harness.doctor_checks as dc
+    import harness.doctor.checks as dc
 
     monkeypatch.setattr(dc.torch.version, "cuda", "13.0")
     monkeypatch.setattr(dc, "driver_versions", lambda: ("570.133.20", 12080))
@@ -97,8 +97,8 @@ def test_driver_check_names_both_versions_on_a_too_old_driver(monkeypatch):
     (1200, 135, 12, True, "INFO"),  # g5.12xlarge-like: 12 per GPU, needs 10
 ])
 def test_loader_short_of_the_gpu_fails_under_require_gpu(gpu, per_cpu, cpus, require, verdict):
-    from harness.doctor_checks import throughput_verdict
-    from harness.throughput import vcpus_needed
+    from harness.doctor.checks import throughput_verdict
+    from harness.doctor.throughput import vcpus_needed
 
     check = throughput_verdict(gpu, per_cpu, cpus, require)
     assert check.verdict == verdict
@@ -112,7 +112,7 @@ def test_loader_short_of_the_gpu_fails_under_require_gpu(gpu, per_cpu, cpus, req
 def test_the_loader_is_sized_with_the_data_settings_of_a_shipped_gpu_trial():
     """The SOP experiment's data as its GPU trials get it: the image cache it turns on,
     and augment_on auto, which is the device on CUDA."""
-    from harness.throughput import shipped_gpu_data
+    from harness.doctor.throughput import shipped_gpu_data
 
     data = shipped_gpu_data()
     assert (data.name, data.image_size, data.augment) == ("sop", 224, "randaugment")
@@ -121,8 +121,8 @@ def test_the_loader_is_sized_with_the_data_settings_of_a_shipped_gpu_trial():
 
 @pytest.mark.parametrize("per_cpu, verdict", [(135, "FAIL"), (400, "INFO")])
 def test_throughput_check_measures_that_setting_and_fails_when_short(monkeypatch, per_cpu, verdict):
-    import harness.doctor_checks as dc
-    import harness.throughput as tp
+    import harness.doctor.checks as dc
+    import harness.doctor.throughput as tp
 
     measured = []
 
@@ -149,8 +149,8 @@ def test_throughput_check_measures_that_setting_and_fails_when_short(monkeypatch
 
 @pytest.mark.slow
 def test_doctor_two_rank_collectives_pass_on_gloo_and_report_a_broken_backend(monkeypatch):
-    from harness.doctor_checks import PASS, check_collectives
-    from harness.doctor_collectives import two_rank_problems
+    from harness.doctor.checks import PASS, check_collectives
+    from harness.doctor.collectives import two_rank_problems
 
     check = check_collectives(torch.device("cpu"))
     assert check.verdict == PASS, check.detail

@@ -28,7 +28,7 @@ CONFIG_FILE = "config.yaml"  # the run config it ran with
 EPOCH_LOG = "epochs.jsonl"  # one JSON line per epoch
 SUMMARY_FILE = "summary.json"  # harness.core.run_result.RunResult.summary()
 # a sweep trial's run folder, in addition (trainables/trial_runner.py)
-FINAL_REPORT_FILE = "final.json"  # its final TrialReport (harness/trial_report.py), once it ended
+FINAL_REPORT_FILE = "final.json"  # its final TrialReport (harness/results/trial_report.py), once it ended
 TRIAL_META_FILE = "trial.json"  # when it first started, how often it restarted
 CHECKPOINT_DIR = "checkpoints"
 
@@ -47,7 +47,7 @@ def best_checkpoint(run_dir: str | Path) -> Path:
 # retrieval pictures from (its test neighbours and run config), copied out of the
 # trial's Tune checkpoint when the trial ends, so a report needs no ``tune/`` folder.
 RETRIEVALS_DIR = "retrievals"
-RETRIEVALS_FILE = "retrievals.npz"  # harness.retrieval_pictures.Neighbours
+RETRIEVALS_FILE = "retrievals.npz"  # harness.serving.retrieval_pictures.Neighbours
 RETRIEVAL_FILES = (CONFIG_FILE, RETRIEVALS_FILE)  # written in this order: the .npz last
 
 # Columns every table has; rows are upserted by these keys.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.atomic import atomic_write_json
+from harness.utils.atomic import atomic_write_json
 from harness.errors import ConfigError, HarnessError
 
 # Embeddings are unit vectors; float32 kernels of PyTorch and onnxruntime differ by ~1e-7

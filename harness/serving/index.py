@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.atomic import atomic_write_json
+from harness.utils.atomic import atomic_write_json
 from harness.core.evaluate import embed_positions as embed_items
 from harness.errors import ConfigError, DataError, HarnessError
 
@@ -213,7 +213,7 @@ def build_index(checkpoint: Path, out_dir: Path, dataset: str | None = None, roo
     """Embed the gallery of ``split`` with ``checkpoint`` and write an index folder."""
     from harness.core.checkpoint import load_checkpoint, load_model
     from harness.core.device import amp_dtype, pick_device
-    from harness.export import preprocessing
+    from harness.serving.export import preprocessing
 
     params = params or IndexParams()
     model, config = load_model(checkpoint)

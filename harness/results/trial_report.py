@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness.results_contract import COL_EPOCH, COL_ERROR, COL_STATUS, OBJECTIVE_KEY, STATUS_FAILED, TUNE_RESULT_KEYS
+from harness.results.contract import COL_EPOCH, COL_ERROR, COL_STATUS, OBJECTIVE_KEY, STATUS_FAILED, TUNE_RESULT_KEYS
 
 FINAL_KEY = "final"  # True on a trial's last report
 STARTED_KEY = "started_at"

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from harness.doctor_fixtures import misplaced_state, tie_heavy_embeddings, tiny_config
-from harness.results_contract import MEMORY_KINDS, STATUS_COMPLETED, best_checkpoint, last_checkpoint
+from harness.doctor.fixtures import misplaced_state, tie_heavy_embeddings, tiny_config
+from harness.results.contract import MEMORY_KINDS, STATUS_COMPLETED, best_checkpoint, last_checkpoint
 
 PASS, FAIL, SKIP, INFO = "PASS", "FAIL", "SKIP", "INFO"
 
@@ -333,7 +333,7 @@ def check_kill_resume(device: torch.device, root: Path) -> tuple[Check, Path | N
     full: dict[int, dict] = {}
     run_training(cfg, root / "uninterrupted", on_epoch=lambda e, m: full.__setitem__(e, m))
     out = root / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")] if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")] if p)}
     proc = subprocess.run([sys.executable, "-c", _KILL_AFTER_EPOCH_1, str(cfg_path), str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != -signal.SIGKILL:
@@ -386,7 +386,7 @@ def check_throughput(device: torch.device, require_gpu: bool = False) -> Check:
     experiment runs (its image cache, augmentation on the GPU as ``augment_on: auto``
     gives on CUDA) and, on a GPU, the shipped ResNet-50's training images/s including
     that augmentation: how many vCPUs a GPU trial needs to keep its GPU busy."""
-    from harness.throughput import (
+    from harness.doctor.throughput import (
         SHIPPED_GPU_EXPERIMENT,
         describe_data,
         device_augment_images_per_s,
@@ -413,7 +413,7 @@ def throughput_verdict(gpu_rate: float, per_cpu: float, cpus_per_gpu: float, req
     (loader workers at ``per_cpu`` images/s each, plus the training process). Short of
     that the GPU waits for data: a FAIL under ``--require-gpu`` (a GPU worker's setup),
     else INFO. ``setting``: the loader's data settings, named in the detail."""
-    from harness.throughput import vcpus_needed
+    from harness.doctor.throughput import vcpus_needed
 
     need = vcpus_needed(gpu_rate, per_cpu)
     short = cpus_per_gpu < need
@@ -429,9 +429,9 @@ def throughput_verdict(gpu_rate: float, per_cpu: float, cpus_per_gpu: float, req
 
 def check_collectives(device: torch.device) -> Check:
     """Two data-parallel ranks on this node: all-reduce, synchronised BatchNorm and DDP's
-    gradient averaging (:mod:`harness.doctor_collectives`). NCCL on two GPUs where the
+    gradient averaging (:mod:`harness.doctor.collectives`). NCCL on two GPUs where the
     node has 2+, else gloo on the CPU (the path of a CPU run)."""
-    from harness.doctor_collectives import two_rank_problems
+    from harness.doctor.collectives import two_rank_problems
 
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     backend = "nccl" if gpus >= 2 else "gloo"

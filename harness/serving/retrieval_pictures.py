@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from harness.results_contract import (
+from harness.results.contract import (
     RETRIEVALS_FILE,
     best_checkpoint,
 )

@@ -14,7 +14,7 @@ settings a GPU trial of the shipped SOP experiment gets: image cache, augmentati
 GPU) and the GPU's training images/s including that augmentation, i.e. the vCPUs a GPU trial needs (a FAIL under ``--require-gpu``
 when the node has fewer per GPU). On a CPU-only machine it says so and checks the CPU
 path. Each check gives one row of a verdict table: PASS, FAIL, SKIP or INFO. The checks
-themselves are in :mod:`harness.doctor_checks`; this module runs them.
+themselves are in :mod:`harness.doctor.checks`; this module runs them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from harness.doctor_checks import (  # noqa: F401  (Check and the verdicts: the doctor's API)
+from harness.doctor.checks import (  # noqa: F401  (Check and the verdicts: the doctor's API)
     FAIL,
     INFO,
     PASS,

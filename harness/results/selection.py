@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.results_contract import (
+from harness.results.contract import (
     COL_COMPARE_VALUE,
     COL_ERROR,
     COL_PHASE,

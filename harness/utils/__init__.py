@@ -1,0 +1,1 @@
+"""Small utilities with no harness dependencies: atomic file writes, the clock, paths."""
