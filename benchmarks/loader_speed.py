@@ -10,7 +10,8 @@ each worker count and each of four settings, in one run:
 * ``+ image cache``: ``data.image_cache: true`` (filled before timing, as after the
   first epoch): the workers read the pre-resized image instead of decoding the JPEG;
 * ``+ device augment``: ``data.augment_on: device``: what the workers still do (decode,
-  resize, centre square as uint8); the augmentation itself is timed separately on the
+  timm's random-resized crop and flip, as uint8); the rest of the augmentation
+  (RandAugment, normalisation, erasing) is timed separately on the
   device present (``device augment`` line: images/s of ``DeviceAugment``);
 * ``cache + device augment``: both.
 

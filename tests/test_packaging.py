@@ -8,6 +8,7 @@ package-dir), so they cannot collide with another distribution's ``reports``.
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,9 +24,16 @@ FORMER_TOP_LEVEL = ("reports", "trainables", "search_spaces")
 
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory) -> set[str]:
+    # Built from a copy of what the wheel is made of: an in-tree build would leave a build/
+    # folder whose stale modules later wheels would still carry.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for folder in INSTALLED_AS:
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(out), str(ROOT)], capture_output=True, text=True)
+                          "-w", str(out), str(source)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     (wheel,) = out.glob("metric_harness-*.whl")
     with zipfile.ZipFile(wheel) as zf:

@@ -159,13 +159,13 @@ def create_datasets(cfg, seed: int, mean, std, augment_on: str = "loader") -> Da
 
     ``augment_on``: ``data.augment_on`` resolved for the training device
     (:func:`harness.data.device_augment.resolve_augment_on`); with ``device`` the
-    training set yields uint8 images for :class:`~harness.data.device_augment.DeviceAugment`.
+    training set yields uint8 crops (timm's crop and flip) for :class:`~harness.data.device_augment.DeviceAugment`.
     ``data.image_cache`` makes every split load through the pre-resized image cache.
     """
     info = get_dataset_info(cfg.name)
     train, val, test = run_parts(cfg, seed)
     if augment_on == "device":
-        t_train = loader_transform(cfg.image_size, info.crop_pct)
+        t_train = loader_transform(cfg.augment, cfg.image_size, info.crop_pct)
     elif augment_on == "loader":
         t_train = train_transform(cfg.augment, cfg.image_size, mean, std, info.crop_pct)
     else:

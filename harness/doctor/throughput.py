@@ -150,15 +150,14 @@ def per_cpu_loader_rate(batches: int = 4, data=None) -> float:
 
 
 def device_augment_images_per_s(device: torch.device, augment: str = "randaugment", image_size: int = 224,
-                                crop_pct: float = 0.875, batch: int = 64, batches: int = 4) -> float:
+                                batch: int = 64, batches: int = 4) -> float:
     """Images/s of :class:`~harness.data.device_augment.DeviceAugment` on ``device``
-    (uint8 squares in, normalised crops out), after one warm-up batch."""
+    (the loader's uint8 crops in, augmented and normalised images out), after one
+    warm-up batch."""
     from harness.data.device_augment import DeviceAugment
-    from harness.data.image_cache import cache_short_side
 
-    side = cache_short_side(image_size, crop_pct)
     aug = DeviceAugment(augment, image_size, MEAN, STD)
-    images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, device=device)
+    images = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8, device=device)
 
     def sync():
         if device.type == "cuda":
