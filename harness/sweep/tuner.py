@@ -158,15 +158,17 @@ def _repoint_search_state(path: str) -> None:
 
 
 def repoint_lost_checkpoints(path: str) -> None:
-    """Point each trial whose recorded checkpoint is gone at its newest whole one.
+    """Point each trial at its newest whole checkpoint where the recorded one is older
+    or gone.
 
-    Tune deletes a trial's older checkpoint (``num_to_keep``) as soon as the newer one
-    arrives, but records the newer one in ``experiment_state-*.json`` only at its next
-    snapshot; a driver killed in between leaves a state naming a deleted checkpoint,
-    and ``Tuner.restore`` would then fail that trial ("does not exist on storage
-    anymore"). The newest complete ``checkpoint_*`` in the trial's folder (a copy cut
-    short by the kill is not: :func:`is_complete_checkpoint`) is at least as far on;
-    its training iteration counts the reports since the recorded one, one a checkpoint.
+    Tune records a trial's newest checkpoint in ``experiment_state-*.json`` only at its
+    next snapshot, and deletes the older one (``num_to_keep``) when the newer arrives. A
+    driver killed in between leaves a state naming an older checkpoint: one still on
+    disk (Tune would retrain the epochs since) or one already deleted (``Tuner.restore``
+    would fail the trial: "does not exist on storage anymore"). The newest complete
+    ``checkpoint_*`` in the trial's folder (a copy cut short by the kill is not:
+    :func:`is_complete_checkpoint`) is at least as far on; its training iteration
+    counts the reports since the recorded one, one a checkpoint.
     """
     if is_uri(path):
         return
@@ -187,11 +189,9 @@ def repoint_lost_checkpoints(path: str) -> None:
                 continue
             recorded = PurePosixPath(latest.checkpoint.path)  # maybe where the sweep was first
             trial_dir = Path(path) / recorded.parent.name
-            if (trial_dir / recorded.name).is_dir():
-                continue
             found = sorted((d for d in trial_dir.glob("checkpoint_*") if is_complete_checkpoint(d)),
                            key=lambda d: d.name)
-            if not found:
+            if not found or _checkpoint_index(found[-1].name) <= _checkpoint_index(recorded.name):
                 continue
             newest = found[-1].name
             metrics = dict(latest.metrics)

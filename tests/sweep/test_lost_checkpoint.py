@@ -1,7 +1,8 @@
-"""A resumed sweep whose Tune experiment state names a checkpoint that Tune had already
-deleted (the driver killed between ``num_to_keep`` deleting it and the next snapshot
-recording its successor) continues the trial from the newest whole checkpoint on disk,
-not from scratch and not as a failed trial; a copy cut short by the kill is passed over."""
+"""A resumed sweep whose Tune experiment state names an older checkpoint than the
+trial's newest on disk (the driver killed before the next snapshot recorded the newer
+one), whether Tune had already deleted the recorded one (``num_to_keep``) or not yet,
+continues the trial from the newest whole checkpoint: not from scratch, not as a failed
+trial, not retraining the epochs in between; a copy cut short by the kill is passed over."""
 
 from __future__ import annotations
 
@@ -49,9 +50,10 @@ def _run_until_the_trial_errors(tmp_path: Path) -> Path:
     return tmp_path / "tune" / "exp"
 
 
-def _lose_the_recorded_checkpoint(exp: Path) -> Path:
-    """The state the kill leaves: the recorded checkpoint (epoch 2) gone, a whole newer
-    one (epoch 3) and a newer copy cut short (epoch 4, a file missing) on disk."""
+def _lose_the_recorded_checkpoint(exp: Path, deleted: bool = True) -> Path:
+    """The state the kill leaves: the recorded checkpoint (epoch 2) gone (or, killed a
+    moment earlier, still there), a whole newer one (epoch 3) and a newer copy cut
+    short (epoch 4, a file missing) on disk."""
     (trial_dir,) = [d for d in exp.iterdir() if d.is_dir() and list(d.glob("checkpoint_*"))]
     recorded = max(trial_dir.glob("checkpoint_*"))
     assert json.loads((recorded / "epoch.json").read_text()) == 2
@@ -64,7 +66,8 @@ def _lose_the_recorded_checkpoint(exp: Path) -> Path:
     (cut / "epoch.json").write_text(json.dumps(4))
     seal_checkpoint(cut)
     (cut / "epoch.json").unlink()
-    shutil.rmtree(recorded)
+    if deleted:
+        shutil.rmtree(recorded)
     assert is_complete_checkpoint(whole) and not is_complete_checkpoint(cut)
     assert (cut / CHECKPOINT_MANIFEST).is_file()
     return trial_dir
@@ -74,9 +77,10 @@ def _resume(exp: Path):
     return tune.Tuner.restore(str(exp), _counting_trainable, resume_errored=True).fit()[0]
 
 
-def test_resume_continues_from_the_newest_whole_checkpoint(ray_session, tmp_path):
+@pytest.mark.parametrize("deleted", [True, False], ids=["recorded-deleted", "recorded-kept"])
+def test_resume_continues_from_the_newest_whole_checkpoint(ray_session, tmp_path, deleted):
     exp = _run_until_the_trial_errors(tmp_path)
-    _lose_the_recorded_checkpoint(exp)
+    _lose_the_recorded_checkpoint(exp, deleted)
 
     repoint_lost_checkpoints(str(exp))
     result = _resume(exp)
@@ -95,6 +99,15 @@ def test_without_the_repair_tune_fails_the_trial(ray_session, tmp_path):
     result = _resume(exp)
 
     assert result.error is not None and "does not exist on storage anymore" in str(result.error)
+
+
+def test_without_the_repair_tune_retrains_from_an_older_checkpoint_still_there(ray_session, tmp_path):
+    exp = _run_until_the_trial_errors(tmp_path)
+    _lose_the_recorded_checkpoint(exp, deleted=False)
+
+    result = _resume(exp)
+
+    assert result.error is None and result.metrics["resumed_from"] == 2  # epoch 3 trained again
 
 
 @pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
