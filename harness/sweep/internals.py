@@ -2,7 +2,8 @@
 
 The sweep needs a few things neither library offers publicly: a restored ``Tuner``'s
 settings (to give it this driver's callbacks, storage and database), a trial's
-checkpoint bookkeeping in Tune's experiment state, Ray's storage resolution, the
+checkpoint bookkeeping in Tune's experiment state, Ray's storage resolution and its
+upload into a local storage (made atomic per file), the
 autoscaler's cluster config, a bare GCS probe, and Optuna trials by their storage id.
 Each is one function here; ``constraints.txt`` pins the versions they were written
 against (ray 2.60.0, optuna 5.1.0) and ``tests/sweep/test_internals.py`` fails, naming
@@ -92,6 +93,55 @@ def last_upload_target(storage) -> str | None:
     """The folder a pickled ``StorageContext``'s last upload went to, if it kept one."""
     last = getattr(getattr(storage, "syncer", None), "_current_cmd", None)
     return None if last is None else str(last[1].get("fs_path", ""))
+
+
+UPLOAD_TEMP_PREFIX = ".upload-"  # a temporary copy beside its destination (atomic uploads)
+
+
+def atomic_local_uploads() -> None:
+    """Make this process's uploads into a local (or mounted) storage atomic per file.
+
+    The driver copies its experiment state (``experiment_state-*.json``,
+    ``searcher-state-*.pkl``, ...) into the sweep's storage after every snapshot with
+    ``pyarrow.fs.copy_files``, which writes each file in place; a driver killed in the
+    middle leaves a truncated state file, and Tune's restore then logs "Failed to
+    restore the run state" and starts the experiment anew (every trial again, the
+    searchers unrestored). Here a local destination is written as a temporary copy
+    beside it first, then each file is renamed over its old version. Object stores
+    (S3, GCS) replace whole objects already and are left to Ray. Idempotent.
+    """
+    import os
+    import shutil
+    import uuid
+
+    import pyarrow.fs
+    from ray.train._internal import storage as ray_storage
+
+    upload = ray_storage._upload_to_fs_path
+    if getattr(upload, "harness_atomic", False):
+        return
+
+    def atomic_upload(local_path: str, fs, fs_path: str, exclude=None) -> None:
+        if not isinstance(fs, pyarrow.fs.LocalFileSystem):
+            return upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+        target = os.path.normpath(fs_path)
+        temp = os.path.join(os.path.dirname(target),
+                            f"{UPLOAD_TEMP_PREFIX}{os.path.basename(target)}-{uuid.uuid4().hex[:8]}")
+        try:
+            upload(local_path=local_path, fs=fs, fs_path=temp, exclude=exclude)
+            if os.path.isfile(temp):
+                os.replace(temp, target)
+                return
+            for folder, _, files in os.walk(temp):
+                dest = os.path.join(target, os.path.relpath(folder, temp))
+                os.makedirs(dest, exist_ok=True)
+                for name in files:
+                    os.replace(os.path.join(folder, name), os.path.join(dest, name))
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    atomic_upload.harness_atomic = True
+    ray_storage._upload_to_fs_path = atomic_upload
 
 
 # ---- the connected Ray cluster ----------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,6 +25,8 @@ from harness.sweep.disk import DiskFullWatch
 from harness.sweep.experiment import Experiment
 from harness.sweep.internals import (
     TUNER_STATE_FIRST_START_KEYS,
+    UPLOAD_TEMP_PREFIX,
+    atomic_local_uploads,
     dump_run_metadata,
     forget_last_upload,
     last_upload_target,
@@ -109,7 +112,9 @@ def fit_phase(plan: SweepPlan, phase: str, trainable, callbacks: list[tune.Callb
     """Restore the phase's Tune experiment when resuming one, else start it fresh;
     run it to the end and return Tune's ``ResultGrid``."""
     path = plan.tune_dir(phase)
+    atomic_local_uploads()  # a driver killed mid-snapshot leaves its state whole
     if plan.resume and tune.Tuner.can_restore(path):
+        _remove_upload_leftovers(path)
         _repoint_search_state(path)
         repoint_lost_checkpoints(path)
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
@@ -127,6 +132,14 @@ def fit_phase(plan: SweepPlan, phase: str, trainable, callbacks: list[tune.Callb
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=_run_config(plan, phase, callbacks))
     return tuner.fit()
+
+
+def _remove_upload_leftovers(path: str) -> None:
+    """The temporary copies of uploads a killed driver left beside the phase's folder."""
+    if is_uri(path):
+        return
+    for leftover in Path(path).parent.glob(f"{UPLOAD_TEMP_PREFIX}{Path(path).name}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _repoint_search_state(path: str) -> None:

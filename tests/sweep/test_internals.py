@@ -111,3 +111,48 @@ def test_optuna_search_keeps_the_attributes_the_stored_searcher_extends():
     missing = [a for a in internals.OPTUNA_SEARCH_ATTRIBUTES if not hasattr(search, a)]
     assert not missing, f"ray.tune.search.optuna.OptunaSearch lost {missing}: see StoredOptunaSearch"
     assert "t1" in search._ot_trials and search._study_name == "s"
+
+
+def test_uploads_into_a_local_storage_are_atomic_per_file(tmp_path, monkeypatch):
+    """A driver killed in the middle of copying its experiment state leaves the old,
+    whole files, not truncated ones (Tune would start the experiment anew)."""
+    from ray.train._internal import storage as ray_storage
+
+    # restored after the test (an in-process sweep of an earlier test may have installed it)
+    monkeypatch.setattr(ray_storage, "_upload_to_fs_path", ray_storage._upload_to_fs_path)
+    internals.atomic_local_uploads()
+    upload = ray_storage._upload_to_fs_path
+    internals.atomic_local_uploads()
+    assert upload.harness_atomic and ray_storage._upload_to_fs_path is upload  # idempotent
+
+    source, dest = tmp_path / "staging", tmp_path / "storage" / "search"
+    (source / "search-1").mkdir(parents=True)
+    (source / "experiment_state-a.json").write_text('{"new": true}')
+    (source / "search-1" / "result.json").write_text("new")
+    (source / "skip.tmp").write_text("excluded")
+    dest.mkdir(parents=True)
+    (dest / "experiment_state-a.json").write_text('{"old": true}')
+    local = pyarrow.fs.LocalFileSystem()
+
+    upload(local_path=str(source), fs=local, fs_path=str(dest), exclude=["*.tmp"])
+    assert json.loads((dest / "experiment_state-a.json").read_text()) == {"new": True}
+    assert (dest / "search-1" / "result.json").read_text() == "new" and not (dest / "skip.tmp").exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["search"]  # no temporary copy left
+
+    # the kill: Ray's copy dies after writing part of a file
+    (source / "experiment_state-a.json").write_text('{"newer": true, "long": "' + "x" * 1000 + '"}')
+
+    def dies_midway(source, destination, source_filesystem=None, destination_filesystem=None, **kw):
+        Path(destination).mkdir(parents=True, exist_ok=True)
+        (Path(destination) / "experiment_state-a.json").write_text('{"newer": tr')
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(ray_storage, "_pyarrow_fs_copy_files", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        upload(local_path=str(source), fs=local, fs_path=str(dest))
+    assert json.loads((dest / "experiment_state-a.json").read_text()) == {"new": True}
+    # Ray's own copy dies the same way in place: the state file is left truncated
+    with pytest.raises(KeyboardInterrupt):
+        ray_storage._pyarrow_fs_copy_files(str(source), str(dest))
+    with pytest.raises(json.JSONDecodeError):
+        json.loads((dest / "experiment_state-a.json").read_text())
