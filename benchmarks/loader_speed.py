@@ -75,12 +75,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["HARNESS_CACHE_DIR"] = str(Path(tmp) / "cache")  # never the user's cache
         if args.dataset == "sop":
             root = Path(tmp) / "sop"
             make_sop_folder(root, args.classes, args.per_class, args.jpeg_size)
             sets = {name: sop_training_set(root, args.image_size, args.augment, image_cache=cache,
-                                           augment_on=on, make=False)
+                                           augment_on=on, make=False,
+                                           cache_root=Path(tmp) / "cache")  # never the user's cache
                     for name, (cache, on) in SETTINGS.items()}
         else:
             cfg = DataConfig(name="digits", image_size=args.image_size, augment=args.augment, val_fraction=0.0)

@@ -154,13 +154,15 @@ def run_parts(cfg, seed: int) -> tuple[LabeledDataset, RetrievalSplit, Retrieval
     return cap_images(train, cfg.max_train_images, seed), val, parts.test
 
 
-def create_datasets(cfg, seed: int, mean, std, augment_on: str = "loader") -> DataBundle:
+def create_datasets(cfg, seed: int, mean, std, augment_on: str = "loader",
+                    cache_root: Path | None = None) -> DataBundle:
     """``DataConfig`` -> train (with training transform), val and test (eval transform).
 
     ``augment_on``: ``data.augment_on`` resolved for the training device
     (:func:`harness.data.device_augment.resolve_augment_on`); with ``device`` the
     training set yields uint8 crops (timm's crop and flip) for :class:`~harness.data.device_augment.DeviceAugment`.
-    ``data.image_cache`` makes every split load through the pre-resized image cache.
+    ``data.image_cache`` makes every split load through the pre-resized image cache,
+    kept under ``cache_root`` (default: ``$HARNESS_CACHE_DIR/images``).
     """
     info = get_dataset_info(cfg.name)
     train, val, test = run_parts(cfg, seed)
@@ -171,7 +173,7 @@ def create_datasets(cfg, seed: int, mean, std, augment_on: str = "loader") -> Da
     else:
         raise ValueError(f"create_datasets: augment_on must be resolved to loader or device, got '{augment_on}'")
     t_eval = eval_transform(cfg.image_size, mean, std, info.crop_pct)
-    cache = ImageCache.for_size(cfg.image_size, info.crop_pct) if cfg.image_cache else None
+    cache = ImageCache.for_size(cfg.image_size, info.crop_pct, cache_root) if cfg.image_cache else None
 
     def ev(split: RetrievalSplit) -> RetrievalSplit:
         return RetrievalSplit(

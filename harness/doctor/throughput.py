@@ -113,10 +113,11 @@ def warm_cache(dataset) -> None:
 
 def sop_training_set(root: Path, image_size: int = 224, augment: str = "randaugment",
                      classes: int = 24, per_class: int = 8, jpeg_size: int = 500,
-                     image_cache: bool = False, augment_on: str = "loader", make: bool = True):
+                     image_cache: bool = False, augment_on: str = "loader", make: bool = True,
+                     cache_root: Path | None = None):
     """The training set of a generated SOP folder at ``root``; ``augment_on``: loader or
-    device (resolved); with ``image_cache`` the cache is filled first (it lives under
-    ``$HARNESS_CACHE_DIR``)."""
+    device (resolved); with ``image_cache`` the cache (under ``cache_root``, default
+    ``$HARNESS_CACHE_DIR/images``) is filled first."""
     from harness.config import DataConfig
     from harness.data import create_datasets
 
@@ -124,7 +125,7 @@ def sop_training_set(root: Path, image_size: int = 224, augment: str = "randaugm
         make_sop_folder(root, classes, per_class, jpeg_size)
     cfg = DataConfig(name="sop", root=str(root), image_size=image_size, augment=augment, val_fraction=0.0,
                      image_cache=image_cache)
-    train = create_datasets(cfg, seed=0, mean=MEAN, std=STD, augment_on=augment_on).train
+    train = create_datasets(cfg, seed=0, mean=MEAN, std=STD, augment_on=augment_on, cache_root=cache_root).train
     warm_cache(train)
     return train
 
@@ -132,21 +133,12 @@ def sop_training_set(root: Path, image_size: int = 224, augment: str = "randaugm
 def per_cpu_loader_rate(batches: int = 4, data=None) -> float:
     """Images per CPU-second of one loader worker with the ``data`` settings (default:
     :func:`shipped_gpu_data`, what a GPU trial's workers do), cache filled beforehand."""
-    import os
-
     data = shipped_gpu_data() if data is None else data
     with tempfile.TemporaryDirectory() as tmp:
-        old = os.environ.get("HARNESS_CACHE_DIR")
-        os.environ["HARNESS_CACHE_DIR"] = str(Path(tmp) / "cache")  # never the user's cache
-        try:
-            train = sop_training_set(Path(tmp) / "sop", data.image_size, data.augment, per_class=6,
-                                     image_cache=data.image_cache, augment_on=data.augment_on)
-            return loader_rates(train, workers=1, batch_size=32, batches=batches)[1]
-        finally:
-            if old is None:
-                os.environ.pop("HARNESS_CACHE_DIR", None)
-            else:
-                os.environ["HARNESS_CACHE_DIR"] = old
+        train = sop_training_set(Path(tmp) / "sop", data.image_size, data.augment, per_class=6,
+                                 image_cache=data.image_cache, augment_on=data.augment_on,
+                                 cache_root=Path(tmp) / "cache")  # never the user's cache
+        return loader_rates(train, workers=1, batch_size=32, batches=batches)[1]
 
 
 def device_augment_images_per_s(device: torch.device, augment: str = "randaugment", image_size: int = 224,
