@@ -16,6 +16,7 @@ The searcher subclass ``harness.sweep.optuna_storage.StoredOptunaSearch`` extend
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # Attributes of ray.tune.search.optuna.OptunaSearch that StoredOptunaSearch relies on.
@@ -70,6 +71,21 @@ def load_run_metadata(json_state: str):
 def dump_run_metadata(metadata) -> str:
     metadata.invalidate_cache()
     return metadata.get_json_state()
+
+
+def record_checkpoint(metadata, checkpoint, metrics: dict[str, Any]) -> None:
+    """Make ``checkpoint`` (a ``tune.Checkpoint``) the one a restore of this trial's run
+    metadata continues from, as Tune records a reported one."""
+    from ray.train._internal.session import _TrainingResult
+
+    metadata.checkpoint_manager.register_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
+
+
+def trial_dir_name(json_state: str) -> str | None:
+    """The trial's folder name under the experiment (first item of an
+    ``experiment_state-*.json`` trial entry); None when the state names none."""
+    name = json.loads(json_state).get("relative_logdir")
+    return name if isinstance(name, str) and name else None
 
 
 def fs_and_path(location: str):

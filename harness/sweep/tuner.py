@@ -31,6 +31,8 @@ from harness.sweep.internals import (
     forget_last_upload,
     last_upload_target,
     load_run_metadata,
+    record_checkpoint,
+    trial_dir_name,
     tuner_run_config,
     tuner_state,
     tuner_tune_config,
@@ -171,17 +173,18 @@ def _repoint_search_state(path: str) -> None:
 
 
 def repoint_lost_checkpoints(path: str) -> None:
-    """Point each trial at its newest whole checkpoint where the recorded one is older
-    or gone.
+    """Point each trial at its newest whole checkpoint where the recorded one is older,
+    gone, or none.
 
     Tune records a trial's newest checkpoint in ``experiment_state-*.json`` only at its
     next snapshot, and deletes the older one (``num_to_keep``) when the newer arrives. A
     driver killed in between leaves a state naming an older checkpoint: one still on
     disk (Tune would retrain the epochs since) or one already deleted (``Tuner.restore``
-    would fail the trial: "does not exist on storage anymore"). The newest complete
-    ``checkpoint_*`` in the trial's folder (a copy cut short by the kill is not:
-    :func:`is_complete_checkpoint`) is at least as far on; its training iteration
-    counts the reports since the recorded one, one a checkpoint.
+    would fail the trial: "does not exist on storage anymore"); or, for a trial whose
+    first checkpoint came after the last snapshot, none (Tune would train it again from
+    scratch). The newest complete ``checkpoint_*`` in the trial's folder (a copy cut
+    short by the kill is not: :func:`is_complete_checkpoint`) is at least as far on; its
+    training iteration counts the reports since the recorded one, one a checkpoint.
     """
     if is_uri(path):
         return
@@ -196,24 +199,31 @@ def repoint_lost_checkpoints(path: str) -> None:
             try:
                 metadata = load_run_metadata(entry[1])
                 latest = metadata.checkpoint_manager.latest_checkpoint_result
+                recorded = None if latest is None or latest.checkpoint is None else PurePosixPath(latest.checkpoint.path)
+                name = recorded.parent.name if recorded is not None else trial_dir_name(entry[0])
             except Exception:  # noqa: BLE001 - as above
                 continue
-            if latest is None or latest.checkpoint is None:
+            if name is None:
                 continue
-            recorded = PurePosixPath(latest.checkpoint.path)  # maybe where the sweep was first
-            trial_dir = Path(path) / recorded.parent.name
+            trial_dir = Path(path) / name
             found = sorted((d for d in trial_dir.glob("checkpoint_*") if is_complete_checkpoint(d)),
                            key=lambda d: d.name)
-            if not found or _checkpoint_index(found[-1].name) <= _checkpoint_index(recorded.name):
+            if not found:
                 continue
             newest = found[-1].name
-            metrics = dict(latest.metrics)
-            if TRAINING_ITERATION in metrics:
-                metrics[TRAINING_ITERATION] += _checkpoint_index(newest) - _checkpoint_index(recorded.name)
-            # in place: the manager's list of kept checkpoints holds the same object
-            latest.checkpoint = tune.Checkpoint(path=str(recorded.parent / newest),
-                                                filesystem=latest.checkpoint.filesystem)
-            latest.metrics = metrics
+            if recorded is None:
+                record_checkpoint(metadata, tune.Checkpoint(path=str(found[-1])),
+                                  {TRAINING_ITERATION: _checkpoint_index(newest) + 1})
+            elif _checkpoint_index(newest) <= _checkpoint_index(recorded.name):
+                continue
+            else:
+                metrics = dict(latest.metrics)
+                if TRAINING_ITERATION in metrics:
+                    metrics[TRAINING_ITERATION] += _checkpoint_index(newest) - _checkpoint_index(recorded.name)
+                # in place: the manager's list of kept checkpoints holds the same object
+                latest.checkpoint = tune.Checkpoint(path=str(recorded.parent / newest),
+                                                    filesystem=latest.checkpoint.filesystem)
+                latest.metrics = metrics
             entry[1], changed = dump_run_metadata(metadata), True
         if changed:
             atomic_write_bytes(file, json.dumps(state).encode())

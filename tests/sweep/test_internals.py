@@ -76,13 +76,22 @@ def test_run_metadata_names_the_checkpoint_a_restore_continues_from(ray_session,
     tune.Tuner(_checkpointing_trainable, param_space={"scratch": str(tmp_path / "scratch")},
                run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path / "tune"), verbose=0)).fit()
     (state_file,) = (tmp_path / "tune" / "exp").glob("experiment_state-*.json")
-    ((_, metadata_json),) = json.loads(state_file.read_text())["trial_data"]
+    ((trial_json, metadata_json),) = json.loads(state_file.read_text())["trial_data"]
     metadata = internals.load_run_metadata(metadata_json)
     latest = metadata.checkpoint_manager.latest_checkpoint_result
     assert Path(latest.checkpoint.path).name == "checkpoint_000000" and Path(latest.checkpoint.path).is_dir()
     assert latest.metrics["training_iteration"] == 1
     again = internals.load_run_metadata(internals.dump_run_metadata(metadata))
     assert again.checkpoint_manager.latest_checkpoint_result.checkpoint.path == latest.checkpoint.path
+    # the trial's folder, named by the trial's own state
+    assert internals.trial_dir_name(trial_json) == Path(latest.checkpoint.path).parent.name
+    # a checkpoint recorded by the harness is the one a restore continues from, after a dump
+    other = tmp_path / "other"
+    other.mkdir()
+    internals.record_checkpoint(metadata, tune.Checkpoint(path=str(other)), {"training_iteration": 7})
+    again = internals.load_run_metadata(internals.dump_run_metadata(metadata))
+    recorded = again.checkpoint_manager.latest_checkpoint_result
+    assert recorded.checkpoint.path == str(other) and recorded.metrics["training_iteration"] == 7
 
 
 def test_the_gcs_probe_and_the_autoscaler_config_on_a_live_ray(ray_session):

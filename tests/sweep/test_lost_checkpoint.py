@@ -1,6 +1,7 @@
 """A resumed sweep whose Tune experiment state names an older checkpoint than the
 trial's newest on disk (the driver killed before the next snapshot recorded the newer
 one), whether Tune had already deleted the recorded one (``num_to_keep``) or not yet,
+or whose state records no checkpoint at all (the trial's first came after the last snapshot),
 continues the trial from the newest whole checkpoint: not from scratch, not as a failed
 trial, not retraining the epochs in between; a copy cut short by the kill is passed over."""
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from ray import tune
 
+from harness.sweep.internals import dump_run_metadata, load_run_metadata
 from harness.sweep.tuner import repoint_lost_checkpoints
 from harness.trainables.trial_setup import CHECKPOINT_MANIFEST, is_complete_checkpoint, seal_checkpoint
 
@@ -31,7 +33,7 @@ def _counting_trainable(config):
     marker = Path(config["marker"])
     for epoch in range(start, EPOCHS + 1):
         folder = Path(config["scratch"]) / f"{tune.get_context().get_trial_id()}-{epoch}"
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)  # a restart from scratch writes it again
         (folder / "epoch.json").write_text(json.dumps(epoch))
         tune.report({"epoch": epoch, "resumed_from": resumed_from},
                     checkpoint=tune.Checkpoint.from_directory(str(seal_checkpoint(folder))))
@@ -73,6 +75,18 @@ def _lose_the_recorded_checkpoint(exp: Path, deleted: bool = True) -> Path:
     return trial_dir
 
 
+def _record_no_checkpoint(exp: Path) -> None:
+    """The state of a snapshot taken before the trial's first checkpoint."""
+    (state_file,) = exp.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    for entry in state["trial_data"]:
+        metadata = load_run_metadata(entry[1])
+        manager = metadata.checkpoint_manager
+        metadata.checkpoint_manager = type(manager)(checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        entry[1] = dump_run_metadata(metadata)
+    state_file.write_text(json.dumps(state))
+
+
 def _resume(exp: Path):
     return tune.Tuner.restore(str(exp), _counting_trainable, resume_errored=True).fit()[0]
 
@@ -89,6 +103,29 @@ def test_resume_continues_from_the_newest_whole_checkpoint(ray_session, tmp_path
     assert result.metrics["resumed_from"] == 3 and result.metrics["epoch"] == EPOCHS
     # Tune's count of reports goes on from the restored checkpoint's: 3 before, 1 after
     assert result.metrics["training_iteration"] == EPOCHS
+
+
+def test_resume_of_a_trial_whose_state_records_no_checkpoint_continues_from_its_newest(ray_session, tmp_path):
+    exp = _run_until_the_trial_errors(tmp_path)
+    _lose_the_recorded_checkpoint(exp, deleted=False)
+    _record_no_checkpoint(exp)
+
+    repoint_lost_checkpoints(str(exp))
+    result = _resume(exp)
+
+    assert result.error is None
+    assert result.metrics["resumed_from"] == 3 and result.metrics["epoch"] == EPOCHS
+    assert result.metrics["training_iteration"] == EPOCHS
+
+
+def test_without_the_repair_a_trial_whose_state_records_no_checkpoint_starts_again(ray_session, tmp_path):
+    exp = _run_until_the_trial_errors(tmp_path)
+    _lose_the_recorded_checkpoint(exp, deleted=False)
+    _record_no_checkpoint(exp)
+
+    result = _resume(exp)
+
+    assert result.error is None and result.metrics["resumed_from"] == 0  # epochs 1-3 trained again
 
 
 def test_without_the_repair_tune_fails_the_trial(ray_session, tmp_path):
