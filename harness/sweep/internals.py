@@ -170,6 +170,32 @@ def autoscaler_config():
     return ray._private.state.state.get_cluster_config()
 
 
+# ---- Ray Tune's W&B callback ----------------------------------------------------------------
+
+def wandb_logging_actor_that_waits_for_its_writer():
+    """Ray's W&B logging actor, except that ``run`` returns only once W&B's service has
+    written the run out. Ray kills a logging actor as soon as its ``run`` returns, and
+    ``wandb.finish()`` returns before wandb-core has closed the run's stream: on a busy
+    machine an offline run lost every record (a 7-byte ``run-*.wandb``).
+    ``wandb.teardown()`` waits for the service to shut down, its streams closed."""
+    from ray.air.integrations.wandb import _WandbLoggingActor
+
+    class WandbLoggingActor(_WandbLoggingActor):
+        def run(self):
+            try:
+                super().run()
+            finally:
+                self._wandb.teardown()
+
+    return WandbLoggingActor
+
+
+def use_wandb_logging_actor(callback_cls, actor_cls):
+    """``callback_cls`` (a ``WandbLoggerCallback`` subclass) starting ``actor_cls``."""
+    callback_cls._logger_actor_cls = actor_cls
+    return callback_cls
+
+
 # ---- Optuna -------------------------------------------------------------------------------
 
 def optuna_trial_id(trial) -> int:

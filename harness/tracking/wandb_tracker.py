@@ -17,6 +17,7 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.wandb import WandbLoggerCallback
 
 from harness.results.contract import STATUS_COMPLETED
+from harness.sweep.internals import use_wandb_logging_actor, wandb_logging_actor_that_waits_for_its_writer
 from harness.tracking.config import WandbSpec
 from harness.tracking.runs import TrackedRun, clean_metrics, result_metrics, sweep_trial_run
 
@@ -42,7 +43,8 @@ def _init_kwargs(spec: WandbSpec, run: TrackedRun, folder: str) -> dict[str, Any
 
 class WandbTrialCallback(WandbLoggerCallback):
     """Ray's W&B callback (one logging actor per trial, on the driver's node) with the
-    harness's run identity, the flat run config as W&B config, and step = epoch."""
+    harness's run identity, the flat run config as W&B config, and step = epoch; its
+    logging actors end only once W&B has written their run out."""
 
     def __init__(self, exp, spec: WandbSpec, folder: str, trials_table: str):
         super().__init__(project=spec.project or exp.name)
@@ -69,6 +71,9 @@ class WandbTrialCallback(WandbLoggerCallback):
         step, metrics = result_metrics(result)
         # The logging actor logs every numeric key at step = result[TRAINING_ITERATION].
         super().log_trial_result(iteration, trial, {**metrics, TRAINING_ITERATION: step})
+
+
+use_wandb_logging_actor(WandbTrialCallback, wandb_logging_actor_that_waits_for_its_writer())
 
 
 class WandbRun:
