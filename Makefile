@@ -55,8 +55,12 @@ demo: install fonts
 system-deps:
 	@bash tools/system-deps.sh
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, a test module to a worker (a module's
+# fixtures are built once); 2 suits the 2-core machine CI and the README's figures use.
+# More workers start more Ray instances at once: raise it with the cores and memory.
+TEST_WORKERS ?= 2
 test: system-deps install
-	HARNESS_TEST_CACHE=$(HARNESS_TEST_CACHE) $(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
+	HARNESS_TEST_CACHE=$(HARNESS_TEST_CACHE) $(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast: system-deps install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -9,6 +9,10 @@
 - ``harness_cache``: a ``HARNESS_CACHE_DIR`` for the tests (glyphs build, glyph backbone):
   ``$HARNESS_TEST_CACHE`` (kept between `make test` runs), else empty for the session.
 Helper modules the tests import by name live in tests/fixtures/ (on the path, pyproject.toml).
+
+`make test` runs the suite on two pytest-xdist workers, a test module to a worker
+(``--dist loadscope``: a module's fixtures, such as one interrupted sweep, are built once);
+the modules that hold slow tests are handed out first, so that the workers end together.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ import pytest
 from fixtures.configs import tiny_config as _tiny_config
 from fixtures.harness_cli import run_cli
 from fixtures.local_ray import local_ray
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with a ``slow`` test first (each module's tests in their order)."""
+    def module(item):
+        return item.nodeid.split("::")[0]
+
+    slow_modules = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module(item) not in slow_modules)
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,14 @@ def test_sweep_on_a_two_node_loopback_cluster(tmp_path):
     )
     nodes = [head]
     try:
-        time.sleep(8)
+        deadline = time.monotonic() + 120  # the head's GCS listening: the worker can join
+        while True:
+            assert head.poll() is None and time.monotonic() < deadline, "the head node never listened"
+            try:
+                socket.create_connection(("127.0.0.2", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
         nodes.append(subprocess.Popen(
             [RAY, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
              "--block", "--disable-usage-stats"],
