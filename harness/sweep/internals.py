@@ -81,6 +81,17 @@ def record_checkpoint(metadata, checkpoint, metrics: dict[str, Any]) -> None:
     metadata.checkpoint_manager.register_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
 
 
+def set_last_checkpoint_index(json_state: str, index: int) -> str:
+    """A trial's state (first item of an ``experiment_state-*.json`` trial entry) whose
+    last checkpoint is ``checkpoint_<index>``: a restored trial numbers its next
+    checkpoint one on from the index its storage context was pickled with."""
+    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+
+    state = _loads_with_cloudpickle(json_state)
+    state["storage"].current_checkpoint_index = index
+    return json.dumps(state, indent=2, cls=TuneFunctionEncoder)
+
+
 def trial_dir_name(json_state: str) -> str | None:
     """The trial's folder name under the experiment (first item of an
     ``experiment_state-*.json`` trial entry); None when the state names none."""

@@ -32,6 +32,7 @@ from harness.sweep.internals import (
     last_upload_target,
     load_run_metadata,
     record_checkpoint,
+    set_last_checkpoint_index,
     trial_dir_name,
     tuner_run_config,
     tuner_state,
@@ -184,7 +185,8 @@ def repoint_lost_checkpoints(path: str) -> None:
     first checkpoint came after the last snapshot, none (Tune would train it again from
     scratch). The newest complete ``checkpoint_*`` in the trial's folder (a copy cut
     short by the kill is not: :func:`is_complete_checkpoint`) is at least as far on; its
-    training iteration counts the reports since the recorded one, one a checkpoint.
+    training iteration counts the reports since the recorded one, one a checkpoint, and
+    the trial's next checkpoint is numbered after it.
     """
     if is_uri(path):
         return
@@ -224,6 +226,10 @@ def repoint_lost_checkpoints(path: str) -> None:
                 latest.checkpoint = tune.Checkpoint(path=str(recorded.parent / newest),
                                                     filesystem=latest.checkpoint.filesystem)
                 latest.metrics = metrics
+            # Tune numbers the trial's next checkpoint on from the index its state
+            # recorded: left there, the next one would land in the folder restored from,
+            # which Tune (num_to_keep) then deletes as the older checkpoint
+            entry[0] = set_last_checkpoint_index(entry[0], _checkpoint_index(newest))
             entry[1], changed = dump_run_metadata(metadata), True
         if changed:
             atomic_write_bytes(file, json.dumps(state).encode())

@@ -85,6 +85,12 @@ def test_run_metadata_names_the_checkpoint_a_restore_continues_from(ray_session,
     assert again.checkpoint_manager.latest_checkpoint_result.checkpoint.path == latest.checkpoint.path
     # the trial's folder, named by the trial's own state
     assert internals.trial_dir_name(trial_json) == Path(latest.checkpoint.path).parent.name
+    # the index of the trial's last checkpoint, as a restored trial reads it
+    from ray.tune.experiment.trial import Trial
+
+    assert Trial.from_json_state(trial_json, stub=True).storage.current_checkpoint_index == 0
+    moved_on = internals.set_last_checkpoint_index(trial_json, 5)
+    assert Trial.from_json_state(moved_on, stub=True).storage.current_checkpoint_index == 5
     # a checkpoint recorded by the harness is the one a restore continues from, after a dump
     other = tmp_path / "other"
     other.mkdir()

@@ -87,6 +87,12 @@ def _record_no_checkpoint(exp: Path) -> None:
     state_file.write_text(json.dumps(state))
 
 
+def _newest_epoch(trial_dir: Path) -> int:
+    """The epoch in the trial's newest whole checkpoint."""
+    newest = max(d for d in trial_dir.glob("checkpoint_*") if is_complete_checkpoint(d))
+    return json.loads((newest / "epoch.json").read_text())
+
+
 def _resume(exp: Path):
     return tune.Tuner.restore(str(exp), _counting_trainable, resume_errored=True).fit()[0]
 
@@ -94,7 +100,7 @@ def _resume(exp: Path):
 @pytest.mark.parametrize("deleted", [True, False], ids=["recorded-deleted", "recorded-kept"])
 def test_resume_continues_from_the_newest_whole_checkpoint(ray_session, tmp_path, deleted):
     exp = _run_until_the_trial_errors(tmp_path)
-    _lose_the_recorded_checkpoint(exp, deleted)
+    trial_dir = _lose_the_recorded_checkpoint(exp, deleted)
 
     repoint_lost_checkpoints(str(exp))
     result = _resume(exp)
@@ -103,11 +109,13 @@ def test_resume_continues_from_the_newest_whole_checkpoint(ray_session, tmp_path
     assert result.metrics["resumed_from"] == 3 and result.metrics["epoch"] == EPOCHS
     # Tune's count of reports goes on from the restored checkpoint's: 3 before, 1 after
     assert result.metrics["training_iteration"] == EPOCHS
+    # the checkpoint of the epoch after the restore is kept (not taken for the older one)
+    assert _newest_epoch(trial_dir) == EPOCHS
 
 
 def test_resume_of_a_trial_whose_state_records_no_checkpoint_continues_from_its_newest(ray_session, tmp_path):
     exp = _run_until_the_trial_errors(tmp_path)
-    _lose_the_recorded_checkpoint(exp, deleted=False)
+    trial_dir = _lose_the_recorded_checkpoint(exp, deleted=False)
     _record_no_checkpoint(exp)
 
     repoint_lost_checkpoints(str(exp))
@@ -116,6 +124,7 @@ def test_resume_of_a_trial_whose_state_records_no_checkpoint_continues_from_its_
     assert result.error is None
     assert result.metrics["resumed_from"] == 3 and result.metrics["epoch"] == EPOCHS
     assert result.metrics["training_iteration"] == EPOCHS
+    assert _newest_epoch(trial_dir) == EPOCHS
 
 
 def test_without_the_repair_a_trial_whose_state_records_no_checkpoint_starts_again(ray_session, tmp_path):
