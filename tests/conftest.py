@@ -22,6 +22,12 @@ from pathlib import Path
 
 import pytest
 
+# Two xdist workers share the machine's cores: one OpenMP thread a process (torch in the
+# workers, the harness processes and Ray workers they start), or the idle threads of one
+# spin on the cores the other needs. Before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from fixtures.configs import tiny_config as _tiny_config
 from fixtures.harness_cli import run_cli
 from fixtures.local_ray import local_ray
