@@ -56,11 +56,13 @@ system-deps:
 	@bash tools/system-deps.sh
 
 # The suite runs on TEST_WORKERS pytest-xdist workers, a test module to a worker (a module's
-# fixtures are built once); 2 suits the 2-core machine CI and the README's figures use.
+# fixtures are built once), the longest modules first (tests/conftest.py orders them; xdist
+# would order them by their number of tests); 2 suits the 2-core machine CI and the
+# README's figures use.
 # More workers start more Ray instances at once: raise it with the cores and memory.
 TEST_WORKERS ?= 2
 test: system-deps install
-	HARNESS_TEST_CACHE=$(HARNESS_TEST_CACHE) $(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	HARNESS_TEST_CACHE=$(HARNESS_TEST_CACHE) $(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: system-deps install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -11,8 +11,9 @@
 Helper modules the tests import by name live in tests/fixtures/ (on the path, pyproject.toml).
 
 `make test` runs the suite on two pytest-xdist workers, a test module to a worker
-(``--dist loadscope``: a module's fixtures, such as one interrupted sweep, are built once);
-the modules that hold slow tests are handed out first, so that the workers end together.
+(``--dist loadscope``: a module's fixtures, such as one interrupted sweep, are built once)
+in the order below (``--no-loadscope-reorder``), the longest modules first so that the
+workers end together.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from fixtures.local_ray import local_ray
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules with a ``slow`` test first (each module's tests in their order)."""
+    """The whole-sweep modules (tests/end_to_end/, the longest) first, then the other
+    modules with a ``slow`` test, then the rest; each module's tests in their order."""
     def module(item):
         return item.nodeid.split("::")[0]
 
     slow_modules = {module(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: module(item) not in slow_modules)
+    items.sort(key=lambda item: (not module(item).startswith("tests/end_to_end/"),
+                                 module(item) not in slow_modules))
 
 
 @pytest.fixture(scope="session")
