@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -19,7 +18,7 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from fixtures.processes import session_pids
+from fixtures.processes import session_pids, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -54,6 +53,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.2", 0))
         return s.getsockname()[1]
+
+
+def listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -101,14 +108,7 @@ def test_sweep_on_a_two_node_loopback_cluster(tmp_path):
     )
     nodes = [head]
     try:
-        deadline = time.monotonic() + 120  # the head's GCS listening: the worker can join
-        while True:
-            assert head.poll() is None and time.monotonic() < deadline, "the head node never listened"
-            try:
-                socket.create_connection(("127.0.0.2", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until(lambda: listening("127.0.0.2", port), head, "the head's GCS listening", limit_s=120)
         nodes.append(subprocess.Popen(
             [RAY, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
              "--block", "--disable-usage-stats"],

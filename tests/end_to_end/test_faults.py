@@ -41,7 +41,7 @@ import pytest
 import yaml
 
 from fixtures.configs import tiny_config
-from fixtures.processes import session_pids
+from fixtures.processes import session_pids, wait_until
 
 HARNESS = [sys.executable, "-c", "from harness.cli import main; main()"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,15 +84,6 @@ def end_session(proc: subprocess.Popen) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def wait_until(condition, proc: subprocess.Popen, what: str, limit_s: float = 600) -> None:
-    """Poll ``condition``; fail (not hang) when the process ends first or never gets there."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert proc.poll() is None, f"the process ended (rc {proc.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"never got to: {what}"
-        time.sleep(0.2)
 
 
 def lines(text: str) -> list[str]:

@@ -22,18 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ACTOR_RUN = """
 import json, os, queue, sys
 from ray.air.integrations.wandb import _QueueItem, _WandbLoggingActor
+from fixtures.processes import child_pids
 from harness.tracking.wandb_tracker import WandbTrialCallback
-
-def alive_children():
-    pids = []
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z":
-            pids.append(int(d))
-    return pids
 
 actor_cls = _WandbLoggingActor if sys.argv[2] == "ray" else WandbTrialCallback._logger_actor_cls
 results = queue.Queue()
@@ -43,7 +33,7 @@ results.put((_QueueItem.END, None))
 actor = actor_cls(sys.argv[1], results, [], [], project="exp", name="search-none-0", id="t0",
                   dir=sys.argv[1], mode="offline")
 actor.run()
-print(json.dumps(alive_children()), flush=True)
+print(json.dumps(child_pids(os.getpid())), flush=True)
 os._exit(0)  # what ray.kill does to the actor's process once run() returns
 """
 
@@ -52,6 +42,7 @@ def run_actor(folder: Path, which: str) -> list[int]:
     folder.mkdir()
     # as in a Ray worker: no W&B service of this test process to connect to
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", ACTOR_RUN, str(folder), which], capture_output=True,
                           text=True, timeout=120, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
